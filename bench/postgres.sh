@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# PostgreSQL backup benchmark: `drkit backup` (zstd, local storage, exact row counts) against
+# `pg_dump -Fc -Z0 > /dev/null` (the floor: pg_dump alone) and `pg_dump -Fp | gzip > file`
+# (the usual cron script), and the shell pipeline `pg_dump -Fc -Z0 | zstd -3 -T2`, on a pgbench database and on a dataset that compresses poorly
+# (random bytea and text). Also drkit's peak RSS (GNU time).
+#
+#   bash bench/postgres.sh [SCALE]     # pgbench scale, default 50 (5 M accounts, ~750 MB)
+#
+# Uses the server of DRKIT_BENCH_PG_URL (+ DRKIT_TEST_PG_BINDIR) when set; otherwise starts
+# its own PostgreSQL 15 on a free loopback port in a temp dir (as the `postgres` user when
+# run as root) and stops it at the end. Figures go to stdout; copy them into
+# docs/benchmarks-postgres.md. Needs hyperfine, zstd, GNU time (apt-installed when missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SCALE=${1:-50}
+BINDIR=${DRKIT_TEST_PG_BINDIR:-/usr/lib/postgresql/15/bin}
+RUNS=${DRKIT_BENCH_RUNS:-3}
+
+need=()
+command -v hyperfine >/dev/null || need+=(hyperfine)
+command -v zstd >/dev/null || need+=(zstd)
+[ -x /usr/bin/time ] || need+=(time)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release -q -p drkit
+DRKIT=$PWD/target/release/drkit
+
+work=$(mktemp -d /var/tmp/drkit-bench-pg.XXXXXX)
+chmod 755 "$work"
+cleanup() {
+  if [ -f "$work/pg/data/postmaster.pid" ]; then
+    as_pg "$BINDIR/pg_ctl" -D "$work/pg/data" -m fast -w -s stop || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+if [ -n "${DRKIT_BENCH_PG_URL:-}" ]; then
+  BASE=$DRKIT_BENCH_PG_URL
+else
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  mkdir -p "$work/pg"
+  echo bench-pw > "$work/pg/pw"
+  [ "$(id -u)" -eq 0 ] && chown -R postgres: "$work/pg"
+  as_pg "$BINDIR/initdb" -D "$work/pg/data" -U drkit --pwfile="$work/pg/pw" --auth=scram-sha-256 \
+    -E UTF8 --locale=C.UTF-8 >/dev/null
+  cat >> "$work/pg/data/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$work/pg'
+shared_buffers = 256MB
+max_wal_size = 4GB
+EOF
+  as_pg "$BINDIR/pg_ctl" -D "$work/pg/data" -l "$work/pg/log" -w -s start
+  BASE=postgres://drkit:bench-pw@127.0.0.1:$port/postgres
+fi
+url_of() { echo "${BASE%/*}/$1"; }
+export PGPASSWORD
+PGPASSWORD=$(python3 -c 'import sys, urllib.parse as u; print(u.unquote(u.urlparse(sys.argv[1]).password or ""))' "$BASE")
+psql_() { "$BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -d "$(url_of "$1")" "${@:2}"; }
+
+echo "== preparing data (pgbench scale $SCALE, and ~500 MB of random bytea/text)" >&2
+for db in bench_pgbench bench_noise; do
+  psql_ postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+done
+"$BINDIR/pgbench" -i -q -s "$SCALE" "$(url_of bench_pgbench)" 2>&1 | tail -n 1 >&2
+psql_ bench_noise <<'SQL'
+CREATE EXTENSION pgcrypto;
+CREATE TABLE noise (id int PRIMARY KEY, blob bytea, txt text);
+INSERT INTO noise SELECT i, gen_random_bytes(1000), encode(gen_random_bytes(400), 'base64')
+FROM generate_series(1, 300000) AS i;
+VACUUM ANALYZE noise;
+SQL
+psql_ bench_pgbench -c "VACUUM ANALYZE"
+
+{
+echo "# PostgreSQL benchmark figures"
+echo
+echo "- machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB, load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "- server: PostgreSQL $(psql_ postgres -Atc 'show server_version'), $("$BINDIR/pg_dump" --version)"
+echo "- drkit: release build, zstd level 3, local storage (fsync on commit), sha256 of raw and stored bytes, exact row counts"
+echo
+} > "$work/report.md"
+
+for db in bench_pgbench bench_noise; do
+  size=$(psql_ postgres -Atc "SELECT pg_size_pretty(pg_database_size('$db'))")
+  cat > "$work/$db.toml" <<TOML
+[storage.local]
+type = "local"
+path = "$work/backups"
+
+[job.$db]
+source = { type = "postgres", url = "$(url_of "$db")", bindir = "$BINDIR" }
+storage = ["local"]
+TOML
+  echo "== $db ($size)" >&2
+  /usr/bin/time -v "$DRKIT" -q --config "$work/$db.toml" backup 2> "$work/time.txt" >/dev/null
+  rss=$(awk -F: '/Maximum resident set size/ {gsub(/ /, "", $2); print $2}' "$work/time.txt")
+  stored=$(find "$work/backups" -name 'data.pgdump.zst' -printf '%s\n' | head -n 1)
+  raw=$(python3 -c 'import json, sys, glob; m = json.load(open(glob.glob(sys.argv[1] + "/*/*/manifest.json")[0])); print(m["data"]["raw_size"])' "$work/backups")
+  rm -rf "$work/backups"
+  hyperfine --warmup 1 --runs "$RUNS" --export-json "$work/$db.json" --export-markdown "$work/$db.md" \
+    --prepare "rm -rf $work/backups $work/dump.sql.gz $work/dump.zst" \
+    -n "pg_dump -Fc -Z0 > /dev/null" "$BINDIR/pg_dump -Fc -Z0 -d '$(url_of "$db")' > /dev/null" \
+    -n "drkit backup" "$DRKIT -q --config $work/$db.toml backup" \
+    -n "pg_dump -Fc -Z0 | zstd -3 -T2 > file" "$BINDIR/pg_dump -Fc -Z0 -d '$(url_of "$db")' | zstd -q -3 -T2 > $work/dump.zst" \
+    -n "pg_dump -Fp | gzip > file" "$BINDIR/pg_dump -Fp -d '$(url_of "$db")' | gzip > $work/dump.sql.gz" >&2
+  gz=$(stat -c %s "$work/dump.sql.gz")
+  python3 - "$work/$db.json" "$db" "$size" "$rss" "$raw" "$stored" "$gz" >> "$work/report.md" <<'PY'
+import json, sys
+res = {r["command"]: r for r in json.load(open(sys.argv[1]))["results"]}
+db, size, rss, raw, stored, gz = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+floor, drkit, cron = (res[k]["mean"] for k in ("pg_dump -Fc -Z0 > /dev/null", "drkit backup", "pg_dump -Fp | gzip > file"))
+mib = 1024 * 1024
+print(f"## {db} ({size} on disk, {raw / mib:.0f} MiB pg_dump custom archive)\n")
+print("| command | mean | min | max |\n|---|---|---|---|")
+for k, r in res.items():
+    print(f"| `{k}` | {r['mean']:.2f} s | {r['min']:.2f} s | {r['max']:.2f} s |")
+print()
+print(f"- drkit / pg_dump -Z0 alone: **{drkit / floor:.2f}x** the wall time (goal: at most 1.15x)")
+print(f"- pg_dump -Fp | gzip / drkit: **{cron / drkit:.2f}x** (goal: at least 1.4x)")
+shell = res["pg_dump -Fc -Z0 | zstd -3 -T2 > file"]["mean"]
+print(f"- drkit / the shell pipeline pg_dump -Fc -Z0 | zstd -3 -T2 (same compression, no checksums, no counts, no fsync): **{drkit / shell:.2f}x**")
+print(f"- CPU seconds (user+sys, client side; the server's COPY is not counted): " + ", ".join(f"`{k}` {r['user'] + r['system']:.2f}" for k, r in res.items()))
+print(f"- archive: drkit {stored / mib:.1f} MiB vs gzip {gz / mib:.1f} MiB (goal: no larger); drkit peak RSS **{rss / 1024:.1f} MiB** (goal: under 64 MiB)")
+print()
+PY
+done
+cat "$work/report.md"

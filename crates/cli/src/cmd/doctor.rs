@@ -1,0 +1,83 @@
+//! `drkit doctor`: pre-flight checks of the config, each source (tools, credentials,
+//! reachability) and each storage (reachable, writable), then the backups' health.
+//! Exit 1 when a check fails, 5 when backups are missing, stale or suspect, else 0.
+
+use drkit_core::{Error, Result};
+use serde_json::json;
+
+use crate::ctx::Ctx;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+pub async fn run(ctx: &Ctx, _args: Args) -> Result<u8> {
+    let mut checks = Vec::new();
+    let mut failed = false;
+    let mut report = |what: String, r: Result<Vec<String>>| {
+        match &r {
+            Ok(notes) => {
+                ctx.out.text(format!("ok    {what}"));
+                for n in notes {
+                    ctx.out.text(format!("      {n}"));
+                }
+            }
+            Err(e) => {
+                failed = true;
+                ctx.out.text(format!("FAIL  {what}: {e}"));
+            }
+        }
+        checks.push(json!({"check": what, "ok": r.is_ok(),
+            "notes": r.as_ref().ok(), "error": r.as_ref().err().map(|e| e.to_string())}));
+    };
+    report(format!("config {}", ctx.config_path.display()), Ok(vec![]));
+    for (name, spec) in &ctx.config.storage {
+        let r = async {
+            let storage = drkit_drivers::open_storage(name, spec)?;
+            let probe = format!(".drkit-doctor-{:08x}", rand_suffix());
+            storage
+                .put(&probe, b"drkit doctor probe\n".to_vec())
+                .await?;
+            storage.delete(&probe).await?;
+            storage.list("").await?;
+            Ok::<_, Error>(vec![format!(
+                "{}: listed, wrote and deleted a probe object",
+                storage.describe()
+            )])
+        }
+        .await;
+        report(format!("storage {name}"), r);
+    }
+    for (name, job) in &ctx.config.job {
+        let r = async {
+            let source = drkit_drivers::open_source(name, &job.source)?;
+            let mut notes = vec![source.describe()];
+            notes.extend(source.preflight().await?);
+            Ok::<_, Error>(notes)
+        }
+        .await;
+        report(format!("job {name} source"), r);
+    }
+    let (rows, docs, unhealthy) = super::status::health(ctx, None).await?;
+    ctx.out.text("");
+    ctx.out.text(crate::output::table(
+        &["JOB", "STORAGE", "STATE", "DETAIL"],
+        &rows,
+    ));
+    ctx.out
+        .json_doc(&json!({"checks": checks, "backups": docs}));
+    Ok(if failed {
+        1
+    } else if unhealthy {
+        5
+    } else {
+        0
+    })
+}
+
+fn rand_suffix() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    nanos ^ std::process::id()
+}

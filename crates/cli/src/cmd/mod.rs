@@ -1,0 +1,12 @@
+//! One module per command.
+
+pub mod backup;
+pub mod daemon;
+pub mod doctor;
+pub mod drill;
+pub mod guard;
+pub mod list;
+pub mod prune;
+pub mod restore;
+pub mod status;
+pub mod verify;

@@ -1,0 +1,143 @@
+//! `drkit`: back up, verify, restore and guard databases and Docker volumes.
+//!
+//! Every failure ends in one line on stderr and an exit code (DESIGN.md):
+//! 0 ok, 1 operation failed, 2 usage or config error, 3 refused by a safety guard,
+//! 4 integrity check failed, 5 stale, missing or suspect backups.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use drkit_core::{Error, ErrorKind};
+
+mod cmd;
+mod ctx;
+mod output;
+
+/// Backups you have restored before you need them.
+#[derive(Parser, Debug)]
+#[command(name = "drkit", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Config file (default: $DRKIT_CONFIG, else ./drkit.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Load KEY=VALUE lines before ${VAR} interpolation (repeatable; later files win, and
+    /// they win over the process environment).
+    #[arg(long = "env-file", global = true, value_name = "FILE")]
+    env_files: Vec<PathBuf>,
+    /// Print one JSON document on stdout (logs go to stderr).
+    #[arg(long, global = true)]
+    json: bool,
+    /// More detail on stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Back up jobs (all jobs when none is named).
+    Backup(cmd::backup::Args),
+    /// List complete backups, newest first.
+    List(cmd::list::Args),
+    /// Re-read backups from storage and check checksums and structure.
+    Verify(cmd::verify::Args),
+    /// Restore a backup (the newest, one by --id, or as of --at TIME).
+    Restore(cmd::restore::Args),
+    /// Apply each job's retention policy (`keep`).
+    Prune(cmd::prune::Args),
+    /// Freshness and health per job; exit 5 when a backup is missing, stale or suspect.
+    Status(cmd::status::Args),
+    /// Restore the newest backup into a scratch place, check it, clean up, keep a report.
+    Drill(cmd::drill::Args),
+    /// Pre-flight: config, tools, credentials, reachability, backup health.
+    Doctor(cmd::doctor::Args),
+    /// Run the schedules until SIGTERM / SIGINT.
+    Daemon(cmd::daemon::Args),
+    /// Run a docker command unless it destroys volumes that lack a fresh, verified backup.
+    Guard(cmd::guard::Args),
+}
+
+/// The exit code of DESIGN.md for an error kind.
+pub fn exit_code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::Config => 2,
+        ErrorKind::Refused => 3,
+        ErrorKind::Integrity => 4,
+        _ => 1,
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, Error> {
+    let out = output::Output::new(cli.json, cli.quiet, cli.verbose);
+    let command = match cli.command {
+        Command::Guard(a) => {
+            // The guard loads the config only for commands that destroy volumes.
+            let work = cmd::guard::run(cli.config.as_deref(), &cli.env_files, out, a);
+            return tokio::select! {
+                r = work => r,
+                name = ctx::interrupted() => Err(Error::cancelled(format!(
+                    "interrupted by {name}: the guarded command was not run"
+                ))),
+            };
+        }
+        other => other,
+    };
+    let ctx = ctx::Ctx::load(cli.config.as_deref(), &cli.env_files, out)?;
+    let is_daemon = matches!(command, Command::Daemon(_));
+    let work = async {
+        match command {
+            Command::Backup(a) => cmd::backup::run(&ctx, a).await,
+            Command::List(a) => cmd::list::run(&ctx, a).await,
+            Command::Verify(a) => cmd::verify::run(&ctx, a).await,
+            Command::Restore(a) => cmd::restore::run(&ctx, a).await,
+            Command::Prune(a) => cmd::prune::run(&ctx, a).await,
+            Command::Status(a) => cmd::status::run(&ctx, a).await,
+            Command::Drill(a) => cmd::drill::run(&ctx, a).await,
+            Command::Doctor(a) => cmd::doctor::run(&ctx, a).await,
+            Command::Daemon(a) => cmd::daemon::run(&ctx, a).await,
+            Command::Guard(_) => unreachable!("handled above"),
+        }
+    };
+    tokio::select! {
+        r = work => r,
+        name = ctx::interrupted() => {
+            if is_daemon {
+                ctx.out.info(format!("daemon: stopped by {name}"));
+                return Ok(0);
+            }
+            Err(Error::cancelled(format!(
+                "interrupted by {name}: nothing was committed by the unfinished operation"
+            )))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Do not wait for blocking work that an interrupted operation left behind.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            output::print_error(&e, json);
+            ExitCode::from(exit_code(e.kind()))
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Human and JSON output: tables and messages on a terminal, one JSON document with --json.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use drkit_core::pipeline::Progress;
+use drkit_core::Error;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Where and how much to print.
+#[derive(Clone, Copy)]
+pub struct Output {
+    pub json: bool,
+    pub quiet: bool,
+    pub verbose: u8,
+}
+
+impl Output {
+    pub fn new(json: bool, quiet: bool, verbose: u8) -> Self {
+        Output {
+            json,
+            quiet,
+            verbose,
+        }
+    }
+
+    /// A progress message on stderr (not with -q).
+    pub fn info(&self, msg: impl AsRef<str>) {
+        if !self.quiet {
+            eprintln!("{}", msg.as_ref());
+        }
+    }
+
+    /// A warning on stderr (always).
+    pub fn warn(&self, msg: impl AsRef<str>) {
+        eprintln!("WARNING: {}", msg.as_ref());
+    }
+
+    /// Detail shown with -v.
+    pub fn detail(&self, msg: impl AsRef<str>) {
+        if self.verbose > 0 {
+            eprintln!("{}", msg.as_ref());
+        }
+    }
+
+    /// Human text on stdout (not with --json).
+    pub fn text(&self, msg: impl AsRef<str>) {
+        if !self.json {
+            stdout_line(msg.as_ref());
+        }
+    }
+
+    /// The one JSON document of --json.
+    pub fn json_doc(&self, value: &serde_json::Value) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).expect("JSON value serializes")
+            );
+        }
+    }
+
+    /// A byte-progress bar on stderr when it is a terminal; a no-op otherwise.
+    pub fn progress(&self, label: &str) -> (Progress, Option<ProgressBar>) {
+        if self.quiet || self.json || !std::io::stderr().is_terminal() {
+            return (drkit_core::pipeline::no_progress(), None);
+        }
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg} {bytes} ({bytes_per_sec}) {elapsed}")
+                .expect("valid template"),
+        );
+        bar.set_message(label.to_string());
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        let b = bar.clone();
+        (Arc::new(move |n| b.set_position(n)), Some(bar))
+    }
+}
+
+/// One line on stdout; a closed pipe (`drkit list | head`) is not an error worth a panic.
+fn stdout_line(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// Print an error as one line on stderr (and as JSON on stdout with --json).
+pub fn print_error(e: &Error, json: bool) {
+    let line = e.to_string().replace('\n', " ");
+    eprintln!("error: {line}");
+    if json {
+        let doc = serde_json::json!({"error": {"kind": e.kind().as_str(), "message": line}});
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("JSON value serializes")
+        );
+    }
+}
+
+/// Bytes as a short human string (1.5 MiB).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// A duration as a short human string (3h 5m, 2d 4h, 45s).
+pub fn human_age(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d {}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+/// Render rows as a left-aligned table with a header.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = vec![line(header.iter().map(|h| h.to_string()).collect())];
+    out.extend(rows.iter().map(|r| line(r.clone())));
+    out.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_units() {
+        let cases = [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1024, "1.0 KiB"),
+            (5 * 1024 * 1024 + 1, "5.0 MiB"),
+        ];
+        for (n, want) in cases {
+            assert_eq!(human_bytes(n), want);
+        }
+        let ages = [
+            (5, "5s"),
+            (600, "10m"),
+            (3 * 3600 + 300, "3h 5m"),
+            (2 * 86_400 + 3600, "2d 1h"),
+        ];
+        for (s, want) in ages {
+            assert_eq!(human_age(s), want);
+        }
+    }
+
+    #[test]
+    fn table_aligns() {
+        let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
+        assert_eq!(t, "A    BB\nxxx  y");
+    }
+}

@@ -1,0 +1,520 @@
+//! The `drkit.toml` model: storages and jobs, `${VAR}` interpolation, validation.
+//!
+//! Driver settings (the `source` table of a job, a storage's table) are kept as TOML tables
+//! here and read by `drkit-drivers`, which knows each driver's keys; everything else is
+//! checked here. Unknown keys are errors everywhere.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{Compression, Error, Result};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Named storages.
+    #[serde(default)]
+    pub storage: BTreeMap<String, DriverSpec>,
+    /// Named jobs.
+    #[serde(default)]
+    pub job: BTreeMap<String, JobConfig>,
+}
+
+/// A driver's settings: its `type` and the rest of its table, read by the driver.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriverSpec {
+    /// The `type` key: `local`, `s3`, `sqlite`, `postgres`, ...
+    pub kind: String,
+    /// Every other key of the table, already interpolated.
+    pub settings: toml::Table,
+}
+
+impl<'de> Deserialize<'de> for DriverSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let mut settings = toml::Table::deserialize(d)?;
+        match settings.remove("type") {
+            Some(toml::Value::String(kind)) => Ok(DriverSpec { kind, settings }),
+            Some(_) => Err(serde::de::Error::custom("`type` must be a string")),
+            None => Err(serde::de::Error::custom("missing key `type`")),
+        }
+    }
+}
+
+impl DriverSpec {
+    /// Deserialize the settings into a driver's own config type (which should deny unknown
+    /// fields). Errors name `what`, e.g. `job.app-db.source`.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self, what: &str) -> Result<T> {
+        toml::Value::Table(self.settings.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                Error::config(format!(
+                    "{what} ({} source): {}",
+                    self.kind,
+                    one_line(e.message())
+                ))
+            })
+    }
+}
+
+/// One job: what to back up, where, how often, how long to keep.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    /// The source to back up.
+    pub source: DriverSpec,
+    /// Names of the storages to write to.
+    #[serde(deserialize_with = "one_or_many")]
+    pub storage: Vec<String>,
+    /// Cron schedule (5 fields, or 6 with seconds).
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// Compression of the archive (default zstd).
+    #[serde(default)]
+    pub compression: Compression,
+    /// Compression level (zstd 1-19, gzip 1-9).
+    #[serde(default)]
+    pub compression_level: Option<i32>,
+    /// Retention policy.
+    #[serde(default)]
+    pub keep: Option<KeepPolicy>,
+    /// Restore drills.
+    #[serde(default)]
+    pub drill: Option<DrillConfig>,
+    /// Age after which `status` calls the newest backup stale (e.g. `26h`).
+    #[serde(default)]
+    pub max_age: Option<String>,
+}
+
+/// How many backups to keep, by slot (as restic's and rustic's `forget`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepPolicy {
+    /// The newest N.
+    pub last: Option<u32>,
+    /// The newest of each of the last N hours that have backups.
+    pub hourly: Option<u32>,
+    /// ... days.
+    pub daily: Option<u32>,
+    /// ... ISO weeks.
+    pub weekly: Option<u32>,
+    /// ... months.
+    pub monthly: Option<u32>,
+    /// ... years.
+    pub yearly: Option<u32>,
+    /// Everything newer than this duration (e.g. `30d`).
+    pub within: Option<String>,
+}
+
+/// Restore drill settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillConfig {
+    /// When to run the drill (cron).
+    pub schedule: Option<String>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+impl Config {
+    /// Read and parse a config file. `lookup` resolves `${VAR}`.
+    pub fn load(path: &Path, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::config(format!(
+                    "config file {} not found: pass --config FILE, set DRKIT_CONFIG, or create ./drkit.toml (see examples/)",
+                    path.display()
+                ))
+            } else {
+                Error::config(format!("cannot read config file {}: {e}", path.display()))
+            }
+        })?;
+        Config::parse(&text, &path.display().to_string(), lookup)
+    }
+
+    /// Parse config text; `origin` names it in errors. `lookup` resolves `${VAR}`.
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let location = e
+                .span()
+                .map(|s| {
+                    format!(
+                        " line {}",
+                        text[..s.start.min(text.len())].lines().count().max(1)
+                    )
+                })
+                .unwrap_or_default();
+            Error::config(format!("{origin}{location}: {}", one_line(e.message())))
+        })?;
+        for (name, s) in config.storage.iter_mut() {
+            interpolate_table(&mut s.settings, &format!("storage.{name}"), lookup)?;
+        }
+        for (name, job) in config.job.iter_mut() {
+            interpolate_table(
+                &mut job.source.settings,
+                &format!("job.{name}.source"),
+                lookup,
+            )?;
+        }
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// Cross-checks that need the whole file.
+    fn validate(&self, origin: &str) -> Result<()> {
+        for (name, job) in &self.job {
+            check_name("job", name, origin)?;
+            if job.storage.is_empty() {
+                return Err(Error::config(format!(
+                    "{origin}: job.{name}.storage is empty: name at least one storage"
+                )));
+            }
+            for s in &job.storage {
+                if !self.storage.contains_key(s) {
+                    let known: Vec<&str> = self.storage.keys().map(String::as_str).collect();
+                    return Err(Error::config(format!(
+                        "{origin}: job.{name} uses storage {s:?}, which is not defined (defined: {})",
+                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    )));
+                }
+            }
+            if let Some(age) = &job.max_age {
+                parse_duration(age)
+                    .map_err(|e| e.context(format!("{origin}: job.{name}.max_age")))?;
+            }
+            if let Some(keep) = &job.keep {
+                if let Some(w) = &keep.within {
+                    parse_duration(w)
+                        .map_err(|e| e.context(format!("{origin}: job.{name}.keep.within")))?;
+                }
+            }
+            let schedules = [
+                ("schedule", job.schedule.as_ref()),
+                (
+                    "drill.schedule",
+                    job.drill.as_ref().and_then(|d| d.schedule.as_ref()),
+                ),
+            ];
+            for (key, expr) in schedules {
+                if let Some(expr) = expr {
+                    crate::schedule::Schedule::parse(expr)
+                        .map_err(|e| e.context(format!("{origin}: job.{name}.{key}")))?;
+                }
+            }
+        }
+        for name in self.storage.keys() {
+            check_name("storage", name, origin)?;
+        }
+        Ok(())
+    }
+
+    /// The job named `name`, or a clear error listing the known jobs.
+    pub fn job(&self, name: &str) -> Result<&JobConfig> {
+        self.job.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.job.keys().map(String::as_str).collect();
+            Error::config(format!(
+                "no job named {name:?} in the config (jobs: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ))
+        })
+    }
+}
+
+fn check_name(what: &str, name: &str, origin: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name != "drills"
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "{origin}: {what} name {name:?} is not allowed: use letters, digits, '-', '_' and '.'"
+        )))
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Replace `${VAR}` in every string of `table` (recursively). `$${` stands for a literal `${`.
+/// An unset variable is a config error naming it and the key that uses it.
+pub fn interpolate_table(
+    table: &mut toml::Table,
+    path: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<()> {
+    for (k, v) in table.iter_mut() {
+        interpolate_value(v, &format!("{path}.{k}"), lookup)?;
+    }
+    Ok(())
+}
+
+fn interpolate_value(
+    v: &mut toml::Value,
+    path: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<()> {
+    match v {
+        toml::Value::String(s) => *s = interpolate(s, path, lookup)?,
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate_value(item, &format!("{path}[{i}]"), lookup)?;
+            }
+        }
+        toml::Value::Table(t) => interpolate_table(t, path, lookup)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Replace `${VAR}` in one string. `$${` stands for a literal `${`.
+pub fn interpolate(s: &str, path: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos..];
+        if let Some(tail) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix("${") {
+            let end = tail.find('}').ok_or_else(|| {
+                Error::config(format!(
+                    "{path}: unclosed ${{ in value (write $${{ for a literal ${{)"
+                ))
+            })?;
+            let name = &tail[..end];
+            let valid = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with(|c: char| c.is_ascii_digit());
+            if !valid {
+                return Err(Error::config(format!(
+                    "{path}: ${{{name}}} is not a valid variable name"
+                )));
+            }
+            let value = lookup(name).ok_or_else(|| {
+                Error::config(format!(
+                    "{path} uses ${{{name}}}, which is not set: export it or load it with --env-file"
+                ))
+            })?;
+            out.push_str(&value);
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Parse an env file: `KEY=VALUE` lines, `#` comments, optional `export `, optional single
+/// or double quotes around the value. `origin` names the file in errors.
+pub fn parse_env_file(text: &str, origin: &str) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(Error::config(format!(
+                "{origin} line {}: expected KEY=VALUE",
+                i + 1
+            )));
+        };
+        let k = k.trim();
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(Error::config(format!(
+                "{origin} line {}: {k:?} is not a variable name",
+                i + 1
+            )));
+        }
+        let v = v.trim();
+        let v = if v.len() >= 2
+            && ((v.starts_with('"') && v.ends_with('"'))
+                || (v.starts_with('\'') && v.ends_with('\'')))
+        {
+            &v[1..v.len() - 1]
+        } else {
+            v
+        };
+        out.push((k.to_string(), v.to_string()));
+    }
+    Ok(out)
+}
+
+/// Parse a duration: a number and a unit, `90s`, `15m`, `6h`, `7d`, `2w`.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let err = || {
+        Error::config(format!(
+            "cannot read duration {s:?}: use a number and a unit, e.g. 90s, 15m, 6h, 7d"
+        ))
+    };
+    let unit_at = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
+    let (n, unit) = s.split_at(unit_at);
+    let n: u64 = n.parse().map_err(|_| err())?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(err()),
+    };
+    Ok(Duration::from_secs(n.checked_mul(secs).ok_or_else(err)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "DB_URL" => Some("postgres://u:p@h/db".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    const GOOD: &str = r#"
+[storage.local]
+type = "local"
+path = "/tmp/x"
+
+[job.app]
+source = { type = "postgres", url = "${DB_URL}" }
+storage = ["local"]
+schedule = "0 */6 * * *"
+keep = { last = 3, daily = 7 }
+drill = { schedule = "0 4 1 * *" }
+
+[job.files]
+source = { type = "sqlite", path = "/srv/x.db" }
+storage = "local"
+compression = "gzip"
+"#;
+
+    #[test]
+    fn parses_and_interpolates() {
+        let c = Config::parse(GOOD, "drkit.toml", &env).unwrap();
+        assert_eq!(c.storage["local"].kind, "local");
+        let app = c.job("app").unwrap();
+        assert_eq!(
+            app.source.settings["url"].as_str(),
+            Some("postgres://u:p@h/db")
+        );
+        assert_eq!(app.keep.as_ref().unwrap().last, Some(3));
+        assert_eq!(c.job("files").unwrap().storage, vec!["local".to_string()]);
+        assert_eq!(c.job("files").unwrap().compression, Compression::Gzip);
+    }
+
+    #[test]
+    fn errors_table() {
+        let cases: &[(&str, &str)] = &[
+            ("[job.a]\nsource = { type = \"sqlite\" }\nstorage = [\"x\"]\nfoo = 1\n", "unknown field `foo`"),
+            ("[storage.l]\ntype = \"local\"\n[job.a]\nsource = { type = \"sqlite\", path = \"${NOPE}\" }\nstorage = [\"l\"]\n", "${NOPE}, which is not set"),
+            ("[job.a]\nsource = { type = \"sqlite\" }\nstorage = [\"x\"]\n", "storage \"x\", which is not defined"),
+            ("[storage.l]\ntype = \"local\"\n[job.a]\nsource = { path = \"x\" }\nstorage = [\"l\"]\n", "missing key `type`"),
+            ("[storage.l]\ntype = \"local\"\n[job.a]\nsource = { type = \"sqlite\" }\nstorage = [\"l\"]\nschedule = \"nope\"\n", "job.a.schedule"),
+            ("[storage.l]\ntype = \"local\"\n[job.a]\nsource = { type = \"sqlite\" }\nstorage = [\"l\"]\nmax_age = \"3 days\"\n", "max_age"),
+            ("[storage.l]\ntype = \"local\"\n[job.\"a/b\"]\nsource = { type = \"sqlite\" }\nstorage = [\"l\"]\n", "not allowed"),
+            ("[storage.l\n", "drkit.toml line 1"),
+            ("[storage.l]\ntype = \"local\"\n[job.a]\nsource = { type = \"sqlite\" }\nstorage = [\"l\"]\ncompression = \"lz4\"\n", "unknown variant `lz4`"),
+        ];
+        for (text, want) in cases {
+            let err = Config::parse(text, "drkit.toml", &env).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::Config, "{text}");
+            let msg = err.to_string();
+            assert!(msg.contains(want), "{text:?}: got {msg:?}, want {want:?}");
+            assert!(!msg.contains('\n'), "multi-line error: {msg:?}");
+        }
+    }
+
+    #[test]
+    fn interpolate_table_cases() {
+        let cases = [
+            ("plain", Ok("plain")),
+            ("${DB_URL}", Ok("postgres://u:p@h/db")),
+            ("a${EMPTY}b", Ok("ab")),
+            ("cost $5", Ok("cost $5")),
+            ("$${DB_URL}", Ok("${DB_URL}")),
+            ("${UNSET}", Err("UNSET")),
+            ("${unclosed", Err("unclosed")),
+            ("${1X}", Err("not a valid")),
+        ];
+        for (input, want) in cases {
+            let got = interpolate(input, "k", &env);
+            match want {
+                Ok(w) => assert_eq!(got.unwrap(), w, "{input}"),
+                Err(w) => assert!(got.unwrap_err().to_string().contains(w), "{input}"),
+            }
+        }
+    }
+
+    #[test]
+    fn env_file() {
+        let text = "# c\nA=1\nexport B = \"two words\"\n\nC='x=y'\n";
+        let got = parse_env_file(text, ".env").unwrap();
+        assert_eq!(
+            got,
+            vec![
+                ("A".into(), "1".into()),
+                ("B".into(), "two words".into()),
+                ("C".into(), "x=y".into())
+            ]
+        );
+        assert!(parse_env_file("JUNK\n", ".env")
+            .unwrap_err()
+            .to_string()
+            .contains(".env line 1"));
+    }
+
+    #[test]
+    fn durations() {
+        let cases = [
+            ("90s", Some(90)),
+            ("15m", Some(900)),
+            ("6h", Some(21600)),
+            ("7d", Some(604800)),
+            ("1w", Some(604800)),
+            ("7", None),
+            ("d", None),
+            ("1y", None),
+            ("-1d", None),
+        ];
+        for (s, want) in cases {
+            assert_eq!(parse_duration(s).ok().map(|d| d.as_secs()), want, "{s}");
+        }
+    }
+}

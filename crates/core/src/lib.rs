@@ -1,0 +1,47 @@
+//! drkit-core: the backup pipeline, manifests, catalog, retention, schedules and config of
+//! drkit, with no database client and no cloud SDK.
+//!
+//! Drivers (`drkit-drivers`) implement [`Source`] (a database or volume) and [`Storage`]
+//! (a folder or bucket); the [`pipeline`] streams one into the other, checksummed and
+//! compressed, and writes a [`Manifest`] last.
+//!
+//! ```no_run
+//! # async fn demo(source: &dyn drkit_core::Source, storage: std::sync::Arc<dyn drkit_core::Storage>) -> drkit_core::Result<()> {
+//! use drkit_core::pipeline::{self, BackupOptions, Target};
+//! let targets = [Target { name: "local".into(), storage: storage.clone() }];
+//! let outcome = pipeline::backup("app-db", source, &targets, &BackupOptions::default(), pipeline::no_progress()).await?;
+//! pipeline::verify(storage.as_ref(), &outcome.manifest, Some(source), pipeline::no_progress()).await?;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+pub mod catalog;
+pub mod config;
+mod error;
+pub mod guard;
+pub mod manifest;
+pub mod pipeline;
+pub mod retention;
+pub mod schedule;
+mod source;
+mod storage;
+
+pub use config::{Config, DriverSpec, JobConfig};
+pub use error::{from_io, redact_url, Error, ErrorKind, Result};
+pub use manifest::Manifest;
+pub use pipeline::Compression;
+pub use source::{Dump, DumpSummary, RestoreOptions, RestoreReport, Source, StreamCheck};
+pub use storage::{BoxRead, JobLock, ObjectMeta, Storage, Upload};
+
+/// The version of drkit, as recorded in manifests.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// This machine's host name, for manifests.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".to_string())
+}

@@ -1,0 +1,83 @@
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{no_progress, restore};
+use crate::{Error, Manifest, RestoreOptions, Result, Source, Storage};
+
+/// The record of one restore drill, kept in the storage at `<job>/drills/<time>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrillReport {
+    /// The job.
+    pub job: String,
+    /// The backup that was restored.
+    pub backup_id: String,
+    /// When the drill started.
+    pub started_at: DateTime<Utc>,
+    /// How long the restore and its checks took.
+    pub duration_ms: u64,
+    /// Whether the restore succeeded and matched the manifest.
+    pub ok: bool,
+    /// The scratch destination (removed afterwards).
+    pub scratch: String,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Error kind when failed (`integrity`, `source`...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<String>,
+}
+
+impl DrillReport {
+    /// The storage key this report is kept under.
+    pub fn key(&self) -> String {
+        format!(
+            "{}/drills/{}.json",
+            self.job,
+            self.started_at.format("%Y%m%dT%H%M%SZ")
+        )
+    }
+}
+
+/// Restore `manifest`'s backup into a scratch place the driver provides, check it against the
+/// manifest (the driver's restore does), remove the scratch place, and write the report to
+/// the storage. Returns the report; a failed drill is a report with `ok: false`.
+pub async fn drill(
+    storage: &dyn Storage,
+    manifest: &Manifest,
+    source: &dyn Source,
+) -> Result<DrillReport> {
+    let scratch = source.drill_scratch(manifest).await?.ok_or_else(|| {
+        Error::config(format!(
+            "the {} driver cannot run restore drills",
+            source.driver()
+        ))
+    })?;
+    let started_at = Utc::now().trunc_subsecs(3);
+    let clock = std::time::Instant::now();
+    let opts = RestoreOptions {
+        to: Some(scratch.clone()),
+        ..Default::default()
+    };
+    let result = restore(storage, manifest, source, &opts, false, no_progress()).await;
+    let duration_ms = clock.elapsed().as_millis() as u64;
+    let cleanup = source.drill_cleanup(&scratch).await;
+    let mut report = DrillReport {
+        job: manifest.job.clone(),
+        backup_id: manifest.id.clone(),
+        started_at,
+        duration_ms,
+        ok: result.is_ok(),
+        scratch,
+        error: result.as_ref().err().map(|e| e.to_string()),
+        error_kind: result.as_ref().err().map(|e| e.kind().as_str().to_string()),
+    };
+    if let (true, Err(e)) = (report.ok, &cleanup) {
+        report.error = Some(format!(
+            "restore ok, but removing the scratch copy failed: {e}"
+        ));
+    }
+    let mut json = serde_json::to_vec_pretty(&report).expect("a report serializes");
+    json.push(b'\n');
+    storage.put(&report.key(), json).await?;
+    Ok(report)
+}

@@ -1,0 +1,140 @@
+//! Stopping the containers that use a volume, and starting them again: after the work,
+//! when it fails, and when the work is dropped half-way. The CLI drops the running
+//! operation on SIGINT/SIGTERM, so an interrupted drkit starts them again too (the restart
+//! on drop runs on a thread of its own and is waited for).
+
+use std::sync::{Arc, Mutex};
+
+use bollard::query_parameters::{StartContainerOptions, StopContainerOptions};
+use drkit_core::{Error, Result};
+
+use super::volumes::ContainerRef;
+use super::{engine_error, Engine};
+
+/// Containers stopped for a volume job, restarted exactly once.
+pub struct Stopper {
+    engine: Engine,
+    volume: String,
+    /// Containers stopped and not yet restarted.
+    pending: Arc<Mutex<Vec<ContainerRef>>>,
+    /// Names of the containers that were stopped.
+    pub stopped: Vec<String>,
+}
+
+impl Stopper {
+    /// Stop the running containers among `users` (gracefully, `timeout_secs` before a
+    /// kill); they are started again by [`Stopper::restart`] or when the stopper is dropped. `what` says why, for
+    /// the messages (e.g. `the backup of volume app_db`).
+    pub async fn stop(
+        engine: &Engine,
+        volume: &str,
+        users: &[ContainerRef],
+        timeout_secs: i32,
+        what: &str,
+    ) -> Result<Stopper> {
+        let pending = Arc::new(Mutex::new(Vec::new()));
+        let mut stopper = Stopper {
+            engine: engine.clone(),
+            volume: volume.into(),
+            pending: pending.clone(),
+            stopped: Vec::new(),
+        };
+        let running: Vec<&ContainerRef> = users.iter().filter(|c| c.running).collect();
+        if running.is_empty() {
+            return Ok(stopper);
+        }
+        for c in running {
+            // Recorded before the call: a stop that half-happened is still restarted.
+            pending.lock().expect("lock").push(c.clone());
+            engine
+                .api()
+                .stop_container(
+                    &c.id,
+                    Some(StopContainerOptions {
+                        t: Some(timeout_secs),
+                        signal: None,
+                    }),
+                )
+                .await
+                .map_err(|e| {
+                    engine_error(
+                        e,
+                        format!("stopping container {} (uses volume {volume})", c.name),
+                    )
+                })?;
+            stopper.stopped.push(c.name.clone());
+            eprintln!("drkit: stopped container {} for {what}", c.name);
+        }
+        Ok(stopper)
+    }
+
+    /// Start again every container this stopper stopped. Each failure names its container.
+    /// Returns the names started.
+    pub async fn restart(&mut self) -> Result<Vec<String>> {
+        let todo = std::mem::take(&mut *self.pending.lock().expect("lock"));
+        let (started, failures) = start_all(&self.engine, &todo).await;
+        for name in &started {
+            eprintln!("drkit: restarted container {name}");
+        }
+        if failures.is_empty() {
+            Ok(started)
+        } else {
+            Err(Error::source_error(format!(
+                "{} (volume {}); start it by hand: docker start {}",
+                failures
+                    .iter()
+                    .map(|(n, e)| format!("container {n} could not be restarted: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                self.volume,
+                failures
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )))
+        }
+    }
+}
+
+async fn start_all(engine: &Engine, todo: &[ContainerRef]) -> (Vec<String>, Vec<(String, String)>) {
+    let mut started = Vec::new();
+    let mut failures = Vec::new();
+    for c in todo {
+        match engine
+            .api()
+            .start_container(&c.id, None::<StartContainerOptions>)
+            .await
+        {
+            Ok(()) => started.push(c.name.clone()),
+            Err(e) => failures.push((
+                c.name.clone(),
+                engine_error(e, "start")
+                    .message()
+                    .trim_start_matches("start: ")
+                    .to_string(),
+            )),
+        }
+    }
+    (started, failures)
+}
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        let todo = std::mem::take(&mut *self.pending.lock().expect("lock"));
+        if todo.is_empty() {
+            return;
+        }
+        // Dropped half-way (a failed or abandoned job): restart now, with a connection of
+        // its own, so it happens even while the caller's runtime winds down.
+        self.engine.blocking_cleanup(move |engine| async move {
+            let (started, failures) = start_all(&engine, &todo).await;
+            for n in started {
+                eprintln!("drkit: restarted container {n} after the failed job");
+            }
+            for (n, e) in failures {
+                eprintln!("drkit: container {n} could not be restarted: {e}; start it by hand: docker start {n}");
+            }
+        });
+    }
+}

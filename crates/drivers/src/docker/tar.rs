@@ -1,0 +1,1110 @@
+//! A streaming reader of the tar archives the Engine's archive endpoint produces and accepts.
+//!
+//! It never buffers file contents: it walks the headers as the bytes go by, counts entries,
+//! computes a content digest, and (on restore) refuses entries that would land outside the
+//! volume. It parses headers the way Go's `archive/tar` (which the Engine uses to extract)
+//! does, so that what it checks is what the Engine writes: content lengths of header-only
+//! types are ignored, PAX global headers are not applied, GNU long names are.
+
+use std::collections::{BTreeMap, HashSet};
+
+use sha2::{Digest, Sha256};
+
+const BLOCK: usize = 512;
+/// Largest PAX or GNU long-name block accepted (Go's reader caps these at 1 MiB too).
+const MAX_META: u64 = 1 << 20;
+/// Examples of problems kept for warnings.
+const MAX_EXAMPLES: usize = 5;
+
+/// Whether problems stop the stream (restore) or are only recorded (backup).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Record problems as warnings; never fail on them (the archive comes from the engine).
+    Observe,
+    /// Refuse the whole archive at the first entry that could land outside the volume.
+    Enforce,
+}
+
+/// What the archive holds: the manifest's `stats` for a docker volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TarStats {
+    /// Entries other than the volume's root directory.
+    pub entries: u64,
+    /// Regular files.
+    pub files: u64,
+    /// Directories (not counting the root).
+    pub dirs: u64,
+    /// Symbolic links.
+    pub symlinks: u64,
+    /// Hard links (to a file earlier in the archive).
+    pub hardlinks: u64,
+    /// Devices, FIFOs.
+    pub other: u64,
+    /// Bytes of regular file content.
+    pub bytes: u64,
+    /// `sha256:` of every entry's path, type, mode, owner, mtime, link target, xattrs and
+    /// content, in archive order: equal digests mean equal volume contents.
+    pub digest: String,
+}
+
+impl TarStats {
+    /// The stats as manifest JSON, with `empty` set when the volume holds nothing.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "entries": self.entries,
+            "files": self.files,
+            "dirs": self.dirs,
+            "symlinks": self.symlinks,
+            "hardlinks": self.hardlinks,
+            "other": self.other,
+            "bytes": self.bytes,
+            "digest": self.digest,
+            "empty": self.entries == 0,
+        })
+    }
+}
+
+/// A problem with one entry: why it would land outside the volume (or is not allowed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsafe {
+    /// The entry's path as the archive names it.
+    pub path: String,
+    /// Why it is refused.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Unsafe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "entry {:?} {}", self.path, self.reason)
+    }
+}
+
+/// Why a stream is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TarError {
+    /// Not a tar archive, or a corrupt one (bad checksum, truncated).
+    Malformed(String),
+    /// An entry that would land outside the volume, or that is not allowed in a volume.
+    Unsafe(Unsafe),
+}
+
+impl std::fmt::Display for TarError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TarError::Malformed(m) => write!(f, "not a valid tar archive: {m}"),
+            TarError::Unsafe(u) => write!(f, "unsafe archive: {u}"),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    /// Collecting a 512-byte header.
+    Header,
+    /// Reading a PAX or GNU long-name body.
+    Meta {
+        kind: u8,
+        remaining: u64,
+        padding: u64,
+    },
+    /// File content: passed through and hashed.
+    Content { remaining: u64, padding: u64 },
+    /// After the end-of-archive zero block.
+    End,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    pax: BTreeMap<String, Vec<u8>>,
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
+}
+
+/// The streaming scanner. Feed it every byte of the archive in order.
+pub struct Scanner {
+    mode: Mode,
+    state: State,
+    block: Vec<u8>,
+    meta: Vec<u8>,
+    pending: Pending,
+    /// Header bytes not yet released (Enforce mode releases an entry's headers once checked).
+    held: Vec<u8>,
+    hasher: Sha256,
+    stats: TarStats,
+    symlinks: HashSet<String>,
+    crossed: HashSet<String>,
+    problems: u64,
+    examples: Vec<Unsafe>,
+    root_seen: bool,
+    root: Option<RootMeta>,
+}
+
+/// The volume root's own metadata, from the archive's `./` entry. The engine's archive
+/// endpoint ignores that entry on extraction, so drkit applies it separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RootMeta {
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time (seconds).
+    pub mtime: u64,
+}
+
+impl Scanner {
+    /// A scanner in `mode`.
+    pub fn new(mode: Mode) -> Self {
+        Scanner {
+            mode,
+            state: State::Header,
+            block: Vec::with_capacity(BLOCK),
+            meta: Vec::new(),
+            pending: Pending::default(),
+            held: Vec::new(),
+            hasher: Sha256::new(),
+            stats: TarStats::default(),
+            symlinks: HashSet::new(),
+            crossed: HashSet::new(),
+            problems: 0,
+            examples: Vec::new(),
+            root_seen: false,
+            root: None,
+        }
+    }
+
+    /// Feed bytes; in [`Mode::Enforce`], the bytes that are safe to pass on are appended to
+    /// `out` (an entry's headers are held back until the entry is checked).
+    pub fn feed(
+        &mut self,
+        mut input: &[u8],
+        mut out: Option<&mut Vec<u8>>,
+    ) -> Result<(), TarError> {
+        while !input.is_empty() {
+            match &mut self.state {
+                State::Header => {
+                    let take = (BLOCK - self.block.len()).min(input.len());
+                    self.block.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                    if self.block.len() == BLOCK {
+                        let block = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
+                        self.held.extend_from_slice(&block);
+                        self.header(&block)?;
+                        if self.pending_is_clear() {
+                            if let Some(o) = out.as_deref_mut() {
+                                o.append(&mut self.held);
+                            } else {
+                                self.held.clear();
+                            }
+                        }
+                    }
+                }
+                State::Meta {
+                    kind,
+                    remaining,
+                    padding,
+                } => {
+                    let want = *remaining + *padding;
+                    let take = (want.min(input.len() as u64)) as usize;
+                    let data_take = (*remaining).min(take as u64) as usize;
+                    self.meta.extend_from_slice(&input[..data_take]);
+                    self.held.extend_from_slice(&input[..take]);
+                    *remaining -= data_take as u64;
+                    *padding -= (take - data_take) as u64;
+                    input = &input[take..];
+                    if *remaining == 0 && *padding == 0 {
+                        let kind = *kind;
+                        let body = std::mem::take(&mut self.meta);
+                        self.meta_done(kind, body)?;
+                        self.state = State::Header;
+                    }
+                }
+                State::Content { remaining, padding } => {
+                    let want = *remaining + *padding;
+                    let take = (want.min(input.len() as u64)) as usize;
+                    let data_take = (*remaining).min(take as u64) as usize;
+                    self.hasher.update(&input[..data_take]);
+                    *remaining -= data_take as u64;
+                    *padding -= (take - data_take) as u64;
+                    if let Some(o) = out.as_deref_mut() {
+                        o.extend_from_slice(&input[..take]);
+                    }
+                    input = &input[take..];
+                    if *remaining == 0 && *padding == 0 {
+                        self.state = State::Header;
+                    }
+                }
+                State::End => {
+                    // Whatever follows the end marker is never extracted; pass it on.
+                    if let Some(o) = out.as_deref_mut() {
+                        o.extend_from_slice(input);
+                    }
+                    input = &[];
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Entries (other than the root) whose headers were read so far.
+    pub fn entries_seen(&self) -> u64 {
+        self.stats.entries
+    }
+
+    fn pending_is_clear(&self) -> bool {
+        matches!(
+            self.state,
+            State::Content { .. } | State::End | State::Header
+        ) && self.pending.pax.is_empty()
+            && self.pending.long_name.is_none()
+            && self.pending.long_link.is_none()
+    }
+
+    /// The stream ended: check it ended at an entry boundary, and return the stats.
+    pub fn finish(mut self) -> Result<Finished, TarError> {
+        match self.state {
+            State::End => {}
+            State::Header
+                if self.block.is_empty()
+                    && self.pending_is_clear()
+                    && (self.stats.entries > 0 || self.root_seen) =>
+            {
+                // No end marker, but complete entries: Go's reader accepts this too.
+            }
+            _ => {
+                return Err(TarError::Malformed(
+                    "the archive ends in the middle of an entry".into(),
+                ))
+            }
+        }
+        self.stats.digest = format!("sha256:{}", hex::encode(self.hasher.finalize()));
+        Ok(Finished {
+            stats: self.stats,
+            problems: self.problems,
+            examples: self.examples,
+            root: self.root,
+        })
+    }
+
+    fn meta_done(&mut self, kind: u8, body: Vec<u8>) -> Result<(), TarError> {
+        match kind {
+            // As Go's reader: a PAX header replaces the records of an earlier one.
+            b'x' => self.pending.pax = parse_pax(&body)?.into_iter().collect(),
+            // Go's reader returns a global header as an entry of its own (the Engine ignores
+            // it), which drops whatever PAX or GNU long-name headers came before it.
+            b'g' => self.pending = Pending::default(),
+            b'L' => self.pending.long_name = Some(trim_nul(&body).to_vec()),
+            b'K' => self.pending.long_link = Some(trim_nul(&body).to_vec()),
+            _ => unreachable!("only meta kinds reach meta_done"),
+        }
+        Ok(())
+    }
+
+    fn header(&mut self, block: &[u8]) -> Result<(), TarError> {
+        if block.iter().all(|&b| b == 0) {
+            self.state = State::End;
+            return Ok(());
+        }
+        let stored = parse_number(&block[148..156])
+            .ok_or_else(|| TarError::Malformed("unreadable header checksum".into()))?;
+        let unsigned: u64 = block
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    b as u64
+                }
+            })
+            .sum();
+        let signed: i64 = block
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    b as i8 as i64
+                }
+            })
+            .sum();
+        if stored != unsigned && stored as i64 != signed {
+            return Err(TarError::Malformed("header checksum mismatch".into()));
+        }
+        let typeflag = block[156];
+        let magic = &block[257..263];
+        // As Go's reader: the name prefix field counts only for USTAR/PAX headers (magic and
+        // version both right).
+        let ustar = magic == b"ustar\0" && &block[263..265] == b"00";
+        let gnu = magic == b"ustar ";
+        if ustar && &block[508..512] == b"tar\0" {
+            return Err(TarError::Malformed(
+                "star-format archives are not supported".into(),
+            ));
+        }
+        let size_field = parse_number(&block[124..136])
+            .ok_or_else(|| TarError::Malformed("unreadable size".into()))?;
+
+        if matches!(typeflag, b'x' | b'g' | b'L' | b'K') {
+            if size_field > MAX_META {
+                return Err(TarError::Malformed(format!(
+                    "extended header of {size_field} bytes is too large"
+                )));
+            }
+            if typeflag == b'x' && !self.pending.pax.is_empty() {
+                // Go merges consecutive PAX headers; later keys win. Keep going.
+            }
+            self.state = State::Meta {
+                kind: typeflag,
+                remaining: size_field,
+                padding: pad(size_field),
+            };
+            if size_field == 0 {
+                self.state = State::Header;
+            }
+            return Ok(());
+        }
+
+        let pending = std::mem::take(&mut self.pending);
+        let mut name = trim_nul(&block[0..100]).to_vec();
+        if ustar {
+            let prefix = trim_nul(&block[345..500]);
+            if !prefix.is_empty() {
+                let mut full = prefix.to_vec();
+                full.push(b'/');
+                full.extend_from_slice(&name);
+                name = full;
+            }
+        }
+        let _ = gnu;
+        let mut link = trim_nul(&block[157..257]).to_vec();
+        let mut size = size_field;
+        let mut uid = parse_number(&block[108..116]).unwrap_or(0);
+        let mut gid = parse_number(&block[116..124]).unwrap_or(0);
+        let mut mtime = parse_number(&block[136..148]).unwrap_or(0).to_string();
+        let mode = parse_number(&block[100..108]).unwrap_or(0) & 0o7777;
+        let mut xattrs = Vec::new();
+        let mut sparse = false;
+        for (k, v) in &pending.pax {
+            match k.as_str() {
+                "path" => name = v.clone(),
+                "linkpath" => link = v.clone(),
+                "size" => {
+                    size =
+                        ascii_number(v).ok_or_else(|| TarError::Malformed("bad PAX size".into()))?
+                }
+                "uid" => uid = ascii_number(v).unwrap_or(uid),
+                "gid" => gid = ascii_number(v).unwrap_or(gid),
+                "mtime" => {
+                    let s = String::from_utf8_lossy(v);
+                    mtime = s.split('.').next().unwrap_or("0").to_string();
+                }
+                k if k.starts_with("SCHILY.xattr.") || k.starts_with("LIBARCHIVE.xattr.") => {
+                    xattrs.push((k.to_string(), v.clone()))
+                }
+                k if k.starts_with("GNU.sparse.") => sparse = true,
+                _ => {}
+            }
+        }
+        // As Go's reader: GNU long names win over PAX paths.
+        if let Some(n) = pending.long_name {
+            name = n;
+        }
+        if let Some(l) = pending.long_link {
+            link = l;
+        }
+        // Go's reader: a legacy regular entry (type NUL) whose final name ends in '/' is a
+        // directory, and so carries no content.
+        let typeflag = if typeflag == 0 && name.ends_with(b"/") {
+            b'5'
+        } else {
+            typeflag
+        };
+        let header_only = matches!(typeflag, b'1' | b'2' | b'3' | b'4' | b'5' | b'6');
+        let content = if header_only { 0 } else { size };
+        let path_text = String::from_utf8_lossy(&name).into_owned();
+        let link_text = String::from_utf8_lossy(&link).into_owned();
+
+        // Safety checks. Whatever the archive claims, nothing may land outside the volume.
+        let checked = self.check(typeflag, &name, &link, sparse);
+        let normalized = match checked {
+            Ok(n) => n,
+            Err(reason) => {
+                let problem = Unsafe {
+                    path: path_text.clone(),
+                    reason,
+                };
+                if self.mode == Mode::Enforce {
+                    return Err(TarError::Unsafe(problem));
+                }
+                self.problems += 1;
+                if self.examples.len() < MAX_EXAMPLES {
+                    self.examples.push(problem);
+                }
+                normalize(&name).unwrap_or_else(|_| path_text.clone())
+            }
+        };
+
+        // Stats and digest.
+        let is_root = normalized.is_empty();
+        if is_root {
+            self.root_seen = true;
+            if typeflag == b'5' {
+                self.root = Some(RootMeta {
+                    mode: mode as u32,
+                    uid: uid.min(u32::MAX as u64) as u32,
+                    gid: gid.min(u32::MAX as u64) as u32,
+                    mtime: mtime.parse().unwrap_or(0),
+                });
+            }
+        } else {
+            self.stats.entries += 1;
+            match typeflag {
+                b'0' | 0 | b'7' => {
+                    self.stats.files += 1;
+                    self.stats.bytes += content;
+                }
+                b'5' => self.stats.dirs += 1,
+                b'2' => self.stats.symlinks += 1,
+                b'1' => self.stats.hardlinks += 1,
+                _ => self.stats.other += 1,
+            }
+        }
+        xattrs.sort();
+        let typ = if typeflag == 0 { b'0' } else { typeflag };
+        let record_link = if typeflag == b'1' {
+            normalize(&link).unwrap_or(link_text)
+        } else {
+            link_text
+        };
+        let dev = if matches!(typeflag, b'3' | b'4') {
+            format!(
+                "{}:{}",
+                parse_number(&block[329..337]).unwrap_or(0),
+                parse_number(&block[337..345]).unwrap_or(0)
+            )
+        } else {
+            String::new()
+        };
+        self.hasher.update(b"E\0");
+        self.hasher.update([typ]);
+        for field in [
+            if is_root { ".".to_string() } else { normalized },
+            format!("{mode:o}"),
+            uid.to_string(),
+            gid.to_string(),
+            mtime,
+            content.to_string(),
+            record_link,
+            dev,
+        ] {
+            self.hasher.update(b"\0");
+            self.hasher.update(field.as_bytes());
+        }
+        for (k, v) in &xattrs {
+            self.hasher.update(b"\0");
+            self.hasher.update(k.as_bytes());
+            self.hasher.update(b"=");
+            self.hasher.update(v);
+        }
+        self.hasher.update(b"\n");
+        self.state = if content > 0 {
+            State::Content {
+                remaining: content,
+                padding: pad(content),
+            }
+        } else {
+            State::Header
+        };
+        Ok(())
+    }
+
+    /// Check one entry; returns its normalized path (`""` for the root).
+    fn check(
+        &mut self,
+        typeflag: u8,
+        name: &[u8],
+        link: &[u8],
+        sparse: bool,
+    ) -> Result<String, String> {
+        if name.contains(&0) || link.contains(&0) {
+            return Err("has a NUL byte in its name".into());
+        }
+        let path = normalize(name)?;
+        if sparse || typeflag == b'S' {
+            return Err("is a sparse file, which volume archives never hold".into());
+        }
+        match typeflag {
+            b'0' | 0 | b'7' | b'1' | b'2' | b'5' | b'6' => {}
+            b'3' | b'4' => {
+                return Err("is a device node, which drkit does not restore into a volume".into())
+            }
+            other => return Err(format!("has unsupported type {:?}", other as char)),
+        }
+        if let Some(through) = self.through_symlink(&path) {
+            return Err(format!(
+                "would be written through the symbolic link {through:?}"
+            ));
+        }
+        match typeflag {
+            b'1' => {
+                let target =
+                    normalize(link).map_err(|e| format!("is a hard link whose target {e}"))?;
+                if target.is_empty() {
+                    return Err("is a hard link to the volume's root".into());
+                }
+                if let Some(through) = self.through_symlink(&target) {
+                    return Err(format!(
+                        "is a hard link through the symbolic link {through:?}"
+                    ));
+                }
+            }
+            b'2' => {
+                let target = String::from_utf8_lossy(link).into_owned();
+                if target.starts_with('/') {
+                    return Err(format!(
+                        "is a symbolic link to the absolute path {target:?}, outside the volume"
+                    ));
+                }
+                if self.crossed.contains(&path) {
+                    return Err(
+                        "is a symbolic link at a path another link steps back out of with '..'"
+                            .into(),
+                    );
+                }
+                let mut stack: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+                stack.pop();
+                let mut crossed = Vec::new();
+                for comp in target.split('/') {
+                    match comp {
+                        "" | "." => {}
+                        ".." => {
+                            if stack.is_empty() {
+                                return Err(format!(
+                                    "is a symbolic link to {target:?}, outside the volume"
+                                ));
+                            }
+                            let exited = stack.join("/");
+                            if self.symlinks.contains(&exited) {
+                                return Err(format!("is a symbolic link to {target:?}, which steps back out of the symbolic link {exited:?}"));
+                            }
+                            crossed.push(exited);
+                            stack.pop();
+                        }
+                        c => stack.push(c),
+                    }
+                }
+                self.crossed.extend(crossed);
+                if path.is_empty() {
+                    return Err("replaces the volume's root with a symbolic link".into());
+                }
+                self.symlinks.insert(path.clone());
+            }
+            b'5' => {}
+            _ => {
+                if path.is_empty() {
+                    return Err("replaces the volume's root with a file".into());
+                }
+            }
+        }
+        Ok(path)
+    }
+
+    fn through_symlink(&self, path: &str) -> Option<String> {
+        if self.symlinks.is_empty() {
+            return None;
+        }
+        let mut end = 0;
+        while let Some(pos) = path[end..].find('/') {
+            let prefix = &path[..end + pos];
+            if self.symlinks.contains(prefix) {
+                return Some(prefix.to_string());
+            }
+            end += pos + 1;
+        }
+        None
+    }
+}
+
+/// What a finished scan found.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// Counts and digest.
+    pub stats: TarStats,
+    /// Entries that a restore would refuse (counted in [`Mode::Observe`]).
+    pub problems: u64,
+    /// Up to five of them.
+    pub examples: Vec<Unsafe>,
+    /// The root directory's metadata, when the archive has a `./` entry.
+    pub root: Option<RootMeta>,
+}
+
+/// Normalize an archive path: strip `./` and trailing `/`; refuse absolute paths and `..`.
+pub fn normalize(name: &[u8]) -> Result<String, String> {
+    let text = String::from_utf8_lossy(name);
+    if text.starts_with('/') {
+        return Err(format!("is an absolute path ({text:?})"));
+    }
+    let mut parts = Vec::new();
+    for comp in text.split('/') {
+        match comp {
+            "" | "." => {}
+            ".." => return Err(format!("climbs out with '..' ({text:?})")),
+            c => parts.push(c),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+fn pad(n: u64) -> u64 {
+    (BLOCK as u64 - n % BLOCK as u64) % BLOCK as u64
+}
+
+fn trim_nul(b: &[u8]) -> &[u8] {
+    match b.iter().position(|&c| c == 0) {
+        Some(p) => &b[..p],
+        None => b,
+    }
+}
+
+/// A numeric header field: octal text, or base-256 when the high bit is set.
+fn parse_number(field: &[u8]) -> Option<u64> {
+    if field.first().is_some_and(|b| b & 0x80 != 0) {
+        if field[0] & 0x40 != 0 {
+            return None; // negative
+        }
+        let mut v: u64 = (field[0] & 0x3f) as u64;
+        for &b in &field[1..] {
+            v = v.checked_mul(256)?.checked_add(b as u64)?;
+        }
+        return Some(v);
+    }
+    let text: Vec<u8> = field.iter().copied().take_while(|&c| c != 0).collect();
+    let text = std::str::from_utf8(&text).ok()?.trim();
+    if text.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(text, 8).ok()
+}
+
+fn ascii_number(v: &[u8]) -> Option<u64> {
+    std::str::from_utf8(v).ok()?.trim().parse().ok()
+}
+
+/// Parse PAX records: `"%d %s=%s\n"`.
+fn parse_pax(mut body: &[u8]) -> Result<Vec<(String, Vec<u8>)>, TarError> {
+    let bad = || TarError::Malformed("corrupt PAX extended header".into());
+    let mut out = Vec::new();
+    while !body.is_empty() {
+        if body.iter().all(|&b| b == 0) {
+            break;
+        }
+        let sp = body.iter().position(|&b| b == b' ').ok_or_else(bad)?;
+        let len: usize = std::str::from_utf8(&body[..sp])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(bad)?;
+        if len <= sp + 1 || len > body.len() || body[len - 1] != b'\n' {
+            return Err(bad());
+        }
+        let record = &body[sp + 1..len - 1];
+        let eq = record.iter().position(|&b| b == b'=').ok_or_else(bad)?;
+        let key = String::from_utf8(record[..eq].to_vec()).map_err(|_| bad())?;
+        out.push((key, record[eq + 1..].to_vec()));
+        body = &body[len..];
+    }
+    Ok(out)
+}
+
+/// Whether `head` starts like a tar archive (a header block with a valid checksum, or an
+/// empty archive of zero blocks).
+pub fn looks_like_tar(head: &[u8]) -> bool {
+    if head.len() < BLOCK {
+        return false;
+    }
+    let block = &head[..BLOCK];
+    if block.iter().all(|&b| b == 0) {
+        return true;
+    }
+    let Some(stored) = parse_number(&block[148..156]) else {
+        return false;
+    };
+    let sum: u64 = block
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                b as u64
+            }
+        })
+        .sum();
+    stored == sum
+}
+
+/// Building archives, for the helper's own small uploads and for tests.
+pub mod build {
+    /// One entry of a test or helper archive.
+    pub struct Entry<'a> {
+        /// Path inside the archive (written as-is, unchecked).
+        pub path: &'a str,
+        /// `b'0'` file, `b'5'` dir, `b'2'` symlink, `b'1'` hardlink.
+        pub typeflag: u8,
+        /// Link target for links.
+        pub link: &'a str,
+        /// File content.
+        pub data: &'a [u8],
+        /// Permission bits.
+        pub mode: u32,
+        /// Owner.
+        pub uid: u32,
+        /// Group.
+        pub gid: u32,
+        /// Modification time (seconds).
+        pub mtime: u64,
+    }
+
+    fn octal(field: &mut [u8], v: u64) {
+        let s = format!("{:0width$o}", v, width = field.len() - 1);
+        field[..s.len()].copy_from_slice(s.as_bytes());
+    }
+
+    /// A ustar header block for `e` (names up to 100 bytes).
+    pub fn header(e: &Entry<'_>) -> [u8; 512] {
+        let mut h = [0u8; 512];
+        let name = e.path.as_bytes();
+        assert!(
+            name.len() <= 100,
+            "test archive names are at most 100 bytes"
+        );
+        h[..name.len()].copy_from_slice(name);
+        octal(&mut h[100..108], e.mode as u64);
+        octal(&mut h[108..116], e.uid as u64);
+        octal(&mut h[116..124], e.gid as u64);
+        let size = if e.typeflag == b'0' {
+            e.data.len() as u64
+        } else {
+            0
+        };
+        octal(&mut h[124..136], size);
+        octal(&mut h[136..148], e.mtime);
+        h[156] = e.typeflag;
+        let link = e.link.as_bytes();
+        h[157..157 + link.len()].copy_from_slice(link);
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u64 = h.iter().map(|&b| b as u64).sum();
+        let s = format!("{sum:06o}\0 ");
+        h[148..156].copy_from_slice(s.as_bytes());
+        h
+    }
+
+    /// A whole archive of `entries`, with the end marker.
+    pub fn archive(entries: &[Entry<'_>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in entries {
+            out.extend_from_slice(&header(e));
+            if e.typeflag == b'0' {
+                out.extend_from_slice(e.data);
+                out.resize(out.len() + super::pad(e.data.len() as u64) as usize, 0);
+            }
+        }
+        out.resize(out.len() + 1024, 0);
+        out
+    }
+
+    /// A plain entry with default owner and time.
+    pub fn entry<'a>(path: &'a str, typeflag: u8, link: &'a str, data: &'a [u8]) -> Entry<'a> {
+        Entry {
+            path,
+            typeflag,
+            link,
+            data,
+            mode: if typeflag == b'5' { 0o755 } else { 0o644 },
+            uid: 0,
+            gid: 0,
+            mtime: 1_700_000_000,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::build::{archive, entry};
+    use super::*;
+
+    fn scan(bytes: &[u8], mode: Mode, chunk: usize) -> Result<(Finished, Vec<u8>), TarError> {
+        let mut s = Scanner::new(mode);
+        let mut out = Vec::new();
+        for c in bytes.chunks(chunk) {
+            s.feed(c, Some(&mut out))?;
+        }
+        Ok((s.finish()?, out))
+    }
+
+    #[test]
+    fn counts_and_passes_bytes_through() {
+        let a = archive(&[
+            entry("./", b'5', "", b""),
+            entry("./a.txt", b'0', "", b"hello"),
+            entry("./sub/", b'5', "", b""),
+            entry("./sub/big", b'0', "", &[7u8; 1500]),
+            entry("./link", b'2', "a.txt", b""),
+            entry("./sub/hard", b'1', "./a.txt", b""),
+            entry("./up", b'2', "sub/../a.txt", b""),
+        ]);
+        for chunk in [1, 7, 512, 100_000] {
+            let (f, out) = scan(&a, Mode::Enforce, chunk).unwrap();
+            assert_eq!(out, a, "chunk {chunk}");
+            let s = f.stats;
+            assert_eq!(
+                (s.entries, s.files, s.dirs, s.symlinks, s.hardlinks, s.bytes),
+                (6, 2, 1, 2, 1, 1505)
+            );
+            assert!(s.digest.starts_with("sha256:"));
+        }
+    }
+
+    #[test]
+    fn digest_sees_content_mode_owner_and_time() {
+        let base = archive(&[entry("./a", b'0', "", b"x")]);
+        let d = |a: &[u8]| scan(a, Mode::Observe, 64).unwrap().0.stats.digest;
+        let mut e = entry("./a", b'0', "", b"y");
+        assert_ne!(d(&base), d(&archive(&[e])), "content");
+        e = entry("./a", b'0', "", b"x");
+        e.mode = 0o600;
+        assert_ne!(d(&base), d(&archive(&[e])), "mode");
+        e = entry("./a", b'0', "", b"x");
+        e.uid = 1000;
+        assert_ne!(d(&base), d(&archive(&[e])), "owner");
+        e = entry("./a", b'0', "", b"x");
+        e.mtime = 1;
+        assert_ne!(d(&base), d(&archive(&[e])), "mtime");
+        assert_eq!(
+            d(&base),
+            d(&archive(&[entry("a", b'0', "", b"x")])),
+            "./ prefix is not content"
+        );
+    }
+
+    #[test]
+    fn empty_volume() {
+        let mut root = entry("./", b'5', "", b"");
+        root.mode = 0o700;
+        root.uid = 999;
+        let (f, _) = scan(&archive(&[root]), Mode::Enforce, 512).unwrap();
+        assert_eq!(f.stats.entries, 0);
+        assert_eq!(
+            f.root,
+            Some(RootMeta {
+                mode: 0o700,
+                uid: 999,
+                gid: 0,
+                mtime: 1_700_000_000
+            })
+        );
+        assert_eq!(f.stats.to_json()["empty"], true);
+    }
+
+    #[test]
+    fn refuses_unsafe_entries_before_releasing_them() {
+        type Case<'a> = (&'a [(&'a str, u8, &'a str)], &'a str);
+        let cases: &[Case] = &[
+            (&[("../evil", b'0', "")], "climbs out"),
+            (&[("./a/../../evil", b'0', "")], "climbs out"),
+            (&[("/etc/passwd", b'0', "")], "absolute path"),
+            (&[("l", b'2', "/etc")], "absolute path"),
+            (&[("l", b'2', "../outside")], "outside the volume"),
+            (&[("d/l", b'2', "../../x")], "outside the volume"),
+            (
+                &[("l", b'2', "."), ("l/x", b'0', "")],
+                "through the symbolic link",
+            ),
+            (&[("a", b'2', "."), ("s", b'2', "a/..")], "steps back out"),
+            (&[("s", b'2', "a/.."), ("a", b'2', ".")], "steps back out"),
+            (&[("h", b'1', "../x")], "climbs out"),
+            (&[("h", b'1', "/etc/shadow")], "absolute path"),
+            (
+                &[("l", b'2', "sub"), ("h", b'1', "l/x")],
+                "through the symbolic link",
+            ),
+            (&[("dev", b'3', "")], "device"),
+            (&[(".", b'2', "x")], "root"),
+        ];
+        for (entries, want) in cases {
+            let mut list: Vec<_> = entries
+                .iter()
+                .map(|(p, t, l)| entry(p, *t, l, b""))
+                .collect();
+            list.insert(0, entry("./ok", b'0', "", b"fine"));
+            let a = archive(&list);
+            let mut s = Scanner::new(Mode::Enforce);
+            let mut out = Vec::new();
+            let err = s.feed(&a, Some(&mut out)).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains(want), "{entries:?}: {msg}");
+            // The bad (last) entry's header was never released; the good ones before it were.
+            assert_eq!(out.len(), 1024 + 512 * (entries.len() - 1), "{entries:?}");
+            // Observe mode records it instead.
+            let (f, _) = scan(&a, Mode::Observe, 512).unwrap();
+            assert!(f.problems >= 1, "{entries:?}");
+        }
+    }
+
+    #[test]
+    fn header_only_types_carry_no_content() {
+        // A symlink header claiming 512 bytes of content: Go's reader (and so the Engine)
+        // treats the next block as a header; so must we, or a hidden entry slips through.
+        let mut a = Vec::new();
+        let mut h = build::header(&entry("l", b'2', "x", b""));
+        h[124..136].copy_from_slice(b"00000001000\0");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u64 = h.iter().map(|&b| b as u64).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        a.extend_from_slice(&h);
+        a.extend_from_slice(&build::header(&entry("../evil", b'0', "", b"")));
+        a.resize(a.len() + 1024, 0);
+        let err = scan(&a, Mode::Enforce, 512).unwrap_err();
+        assert!(err.to_string().contains("climbs out"), "{err}");
+    }
+
+    fn meta(typeflag: u8, body: &[u8]) -> Vec<u8> {
+        let mut e = entry("meta", b'0', "", b"");
+        e.typeflag = typeflag;
+        let mut h = build::header(&e);
+        h[124..136].copy_from_slice(format!("{:011o}\0", body.len()).as_bytes());
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u64 = h.iter().map(|&b| b as u64).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        let mut out = h.to_vec();
+        out.extend_from_slice(body);
+        out.resize(out.len() + pad(body.len() as u64) as usize, 0);
+        out
+    }
+
+    #[test]
+    fn meta_headers_apply_as_go_applies_them() {
+        let tail = |name: &str| {
+            let mut t = build::header(&entry(name, b'0', "", b"")).to_vec();
+            t.resize(t.len() + 1024, 0);
+            t
+        };
+        let cases: Vec<(Vec<u8>, bool)> = vec![
+            // A later PAX header replaces an earlier one: the raw name counts again.
+            (
+                [
+                    meta(b'x', b"13 path=safe\n"),
+                    meta(b'x', b"12 uid=1000\n"),
+                    tail("../evil"),
+                ]
+                .concat(),
+                false,
+            ),
+            // A global header drops the pending PAX path.
+            (
+                [
+                    meta(b'x', b"13 path=safe\n"),
+                    meta(b'g', b"12 uid=1000\n"),
+                    tail("../evil"),
+                ]
+                .concat(),
+                false,
+            ),
+            // A GNU long name wins over a PAX path.
+            (
+                [
+                    meta(b'L', b"../evil\0"),
+                    meta(b'x', b"13 path=safe\n"),
+                    tail("x"),
+                ]
+                .concat(),
+                false,
+            ),
+            // And a PAX path over a plain name.
+            (
+                [meta(b'x', b"13 path=safe\n"), tail("../evil")].concat(),
+                true,
+            ),
+        ];
+        for (i, (a, ok)) in cases.into_iter().enumerate() {
+            let got = scan(&a, Mode::Enforce, 512);
+            assert_eq!(got.is_ok(), ok, "case {i}: {:?}", got.err());
+        }
+    }
+
+    #[test]
+    fn legacy_directory_entries_carry_no_content() {
+        // Type NUL with a trailing '/' is a directory for Go's reader, whatever its size
+        // field says: the block after it is the next header, and it is checked.
+        let mut e = entry("dir/", b'0', "", b"");
+        e.typeflag = 0;
+        let mut h = build::header(&e);
+        h[124..136].copy_from_slice(b"00000001000\0");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u64 = h.iter().map(|&b| b as u64).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        let mut a = h.to_vec();
+        a.extend_from_slice(&build::header(&entry("../evil", b'0', "", b"")));
+        a.resize(a.len() + 1024, 0);
+        let err = scan(&a, Mode::Enforce, 512).unwrap_err();
+        assert!(err.to_string().contains("climbs out"), "{err}");
+    }
+
+    #[test]
+    fn pax_path_overrides_header_name() {
+        let mut a = Vec::new();
+        let record = b"19 path=../../evil\n";
+        let mut x = entry("PaxHeaders/x", b'x', "", b"");
+        x.typeflag = b'x';
+        let mut h = build::header(&x);
+        h[124..136].copy_from_slice(format!("{:011o}\0", record.len()).as_bytes());
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u64 = h.iter().map(|&b| b as u64).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        a.extend_from_slice(&h);
+        a.extend_from_slice(record);
+        a.resize(1024, 0);
+        a.extend_from_slice(&build::header(&entry("innocent", b'0', "", b"")));
+        a.resize(a.len() + 1024, 0);
+        let mut s = Scanner::new(Mode::Enforce);
+        let mut out = Vec::new();
+        let err = s.feed(&a, Some(&mut out)).unwrap_err();
+        assert!(err.to_string().contains("climbs out"), "{err}");
+        assert!(
+            out.is_empty(),
+            "the PAX header was held back with its entry"
+        );
+    }
+
+    #[test]
+    fn malformed_streams() {
+        let mut a = archive(&[entry("a", b'0', "", b"abc")]);
+        a[0] ^= 1;
+        assert!(matches!(
+            scan(&a, Mode::Observe, 512),
+            Err(TarError::Malformed(_))
+        ));
+        let a = archive(&[entry("a", b'0', "", &[1u8; 2000])]);
+        assert!(matches!(
+            scan(&a[..1024], Mode::Observe, 512),
+            Err(TarError::Malformed(_))
+        ));
+        assert!(looks_like_tar(&archive(&[entry("a", b'0', "", b"")])));
+        assert!(!looks_like_tar(
+            b"SQLite format 3\0 and more bytes to make it long enough"
+        ));
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_number(b"0000644\0"), Some(0o644));
+        assert_eq!(parse_number(b"  644 \0"), Some(0o644));
+        assert_eq!(parse_number(&[0x80, 0, 0, 0, 0, 0, 1, 0]), Some(256));
+        assert_eq!(parse_number(b"\0\0\0"), Some(0));
+        assert_eq!(parse_number(b"9"), None);
+    }
+}

@@ -1,0 +1,843 @@
+//! The Docker named-volume source: a tar of the volume's contents, read and written through
+//! the Engine's archive endpoints of a helper container that is never started.
+//!
+//! ```toml
+//! [job.uploads]
+//! source = { type = "docker-volume", volume = "myapp_uploads", stop_containers = true }
+//! # or by compose identity, resolved through the com.docker.compose.* labels:
+//! source = { type = "docker-volume", project = "myapp", volume = "pgdata" }
+//! ```
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use drkit_core::{
+    from_io, BoxRead, DriverSpec, Dump, DumpSummary, Error, ErrorKind, Manifest, RestoreOptions,
+    RestoreReport, Result, Source,
+};
+use futures::{FutureExt, Stream};
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+
+use crate::docker::containers::Stopper;
+use crate::docker::helper::{self, Helper, MOUNT};
+use crate::docker::tar::{self, Finished, Mode, Scanner, TarError};
+use crate::docker::volumes::{self, VolumeInfo};
+use crate::docker::{engine_error, Engine};
+
+/// The `source` table of a docker-volume job.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerVolumeConfig {
+    /// The volume's name; with `project`, its key in the compose file.
+    pub volume: String,
+    /// The compose project the volume belongs to (found by compose's labels).
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Stop the containers using the volume during the backup (and restore), then start them.
+    #[serde(default)]
+    pub stop_containers: bool,
+    /// How long a container may take to stop before it is killed (default `30s`).
+    #[serde(default)]
+    pub stop_timeout: Option<String>,
+    /// The engine's address (default: `DOCKER_HOST`, else the local socket).
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+/// A Docker named volume.
+pub struct DockerVolumeSource {
+    cfg: DockerVolumeConfig,
+    stop_timeout: i32,
+}
+
+impl DockerVolumeSource {
+    /// Build from a job's `source` table; `what` names it in errors.
+    pub fn from_spec(spec: &DriverSpec, what: &str) -> Result<Self> {
+        let cfg: DockerVolumeConfig = spec.parse(what)?;
+        Self::new(cfg, what)
+    }
+
+    /// Build from settings.
+    pub fn new(cfg: DockerVolumeConfig, what: &str) -> Result<Self> {
+        if cfg.volume.trim().is_empty() {
+            return Err(Error::config(format!("{what}.volume is empty: name the docker volume (or its compose key with `project`)")));
+        }
+        if cfg.project.as_deref().is_some_and(|p| p.trim().is_empty()) {
+            return Err(Error::config(format!(
+                "{what}.project is empty: remove it, or name the compose project"
+            )));
+        }
+        let stop_timeout = match &cfg.stop_timeout {
+            Some(t) => drkit_core::config::parse_duration(t)
+                .map_err(|e| e.context(format!("{what}.stop_timeout")))?
+                .as_secs()
+                .min(i32::MAX as u64) as i32,
+            None => 30,
+        };
+        Ok(DockerVolumeSource { cfg, stop_timeout })
+    }
+
+    /// A source for a plain volume name (what the guard's `--backup-first` uses for volumes
+    /// that no job names).
+    pub fn for_volume(name: &str, stop_containers: bool) -> Self {
+        DockerVolumeSource {
+            cfg: DockerVolumeConfig {
+                volume: name.into(),
+                project: None,
+                stop_containers,
+                stop_timeout: None,
+                host: None,
+            },
+            stop_timeout: 30,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &DockerVolumeConfig {
+        &self.cfg
+    }
+
+    async fn engine(&self) -> Result<Engine> {
+        Engine::connect(self.cfg.host.as_deref()).await
+    }
+
+    /// Find the volume this source names.
+    pub async fn resolve(&self, engine: &Engine) -> Result<VolumeInfo> {
+        match &self.cfg.project {
+            Some(p) => volumes::resolve_compose(engine, p, &self.cfg.volume).await,
+            None => volumes::inspect(engine, &self.cfg.volume).await,
+        }
+    }
+
+    /// Whether `v` is the volume this source names (by name, or by compose labels).
+    pub fn names(&self, v: &VolumeInfo) -> bool {
+        match &self.cfg.project {
+            Some(p) => {
+                v.project() == Some(p.as_str())
+                    && v.compose_volume() == Some(self.cfg.volume.as_str())
+            }
+            None => v.name == self.cfg.volume,
+        }
+    }
+
+    /// Where a restore goes: `--to`, else the job's volume (or, when the compose volume is
+    /// gone, the name recorded in the manifest). Returns the name and, when it exists, the
+    /// volume.
+    async fn destination(
+        &self,
+        engine: &Engine,
+        manifest: &Manifest,
+        opts: &RestoreOptions,
+    ) -> Result<(String, Option<VolumeInfo>)> {
+        let name = match &opts.to {
+            Some(to) => {
+                let to = to.trim();
+                if to.is_empty() || to.contains('/') || to.starts_with('.') {
+                    return Err(Error::config(format!("--to {to:?} is not a docker volume name: use letters, digits, '_', '.', '-'")));
+                }
+                to.to_string()
+            }
+            None => match self.resolve(engine).await {
+                Ok(v) => return Ok((v.name.clone(), Some(v))),
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    match manifest.source.get("volume").and_then(|v| v.as_str()) {
+                        Some(n) => n.to_string(),
+                        None => self.cfg.volume.clone(),
+                    }
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        match volumes::inspect(engine, &name).await {
+            Ok(v) => Ok((name, Some(v))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok((name, None)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[async_trait]
+impl Source for DockerVolumeSource {
+    fn driver(&self) -> &'static str {
+        "docker-volume"
+    }
+
+    fn extension(&self) -> &'static str {
+        "tar"
+    }
+
+    fn describe(&self) -> String {
+        match &self.cfg.project {
+            Some(p) => format!("docker volume {} of compose project {p}", self.cfg.volume),
+            None => format!("docker volume {}", self.cfg.volume),
+        }
+    }
+
+    async fn dump(&self) -> Result<Dump> {
+        let engine = self.engine().await?;
+        let vol = self.resolve(&engine).await?;
+        let users = volumes::users(&engine, &vol.name).await?;
+        let running: Vec<String> = users
+            .iter()
+            .filter(|c| c.running)
+            .map(|c| c.name.clone())
+            .collect();
+        let mut warnings = Vec::new();
+        // The helper exists before any container is stopped: nothing is created while they
+        // are down, so an interruption then leaves nothing behind.
+        let helper = Helper::create(&engine, &vol.name, MOUNT, true).await?;
+        let stopper = if self.cfg.stop_containers {
+            Some(
+                Stopper::stop(
+                    &engine,
+                    &vol.name,
+                    &users,
+                    self.stop_timeout,
+                    &format!("the backup of volume {}", vol.name),
+                )
+                .await?,
+            )
+        } else {
+            if !running.is_empty() {
+                warnings.push(format!(
+                    "volume {} was copied while containers were running on it ({}): files being written may be inconsistent; set stop_containers = true for a consistent copy",
+                    vol.name,
+                    running.join(", ")
+                ));
+            }
+            None
+        };
+        let slot: Arc<Mutex<Option<Finished>>> = Arc::default();
+        let reader = ScanReader::start(&helper, slot.clone(), vol.name.clone());
+        let finish = async move {
+            let mut stopper = stopper;
+            let removed = helper.remove().await;
+            let restarted = match stopper.as_mut() {
+                Some(s) => s.restart().await?,
+                None => Vec::new(),
+            };
+            removed?;
+            let finished = slot.lock().expect("lock").take().ok_or_else(|| {
+                Error::source_error(format!("volume {}: the archive stream was not read to its end", vol.name))
+            })?;
+            let stats = finished.stats.clone();
+            if stats.entries == 0 {
+                warnings.push(format!("volume {} holds no files: this backup is empty", vol.name));
+            }
+            if finished.problems > 0 {
+                let examples: Vec<String> = finished.examples.iter().map(|u| u.to_string()).collect();
+                warnings.push(format!(
+                    "volume {} has {} entries a restore will refuse (links pointing outside the volume, devices): {}",
+                    vol.name,
+                    finished.problems,
+                    examples.join("; ")
+                ));
+            }
+            let stopped = stopper.as_ref().map(|s| s.stopped.clone()).unwrap_or_default();
+            let source = serde_json::json!({
+                "volume": vol.name,
+                "project": vol.project(),
+                "compose_volume": vol.compose_volume(),
+                "volume_driver": vol.driver,
+                "driver_options": vol.options,
+                "labels": vol.labels,
+                "created": vol.created.map(|t| drkit_core::manifest::format_time(&t)),
+                "engine_version": engine.version,
+                "api_version": engine.api_version,
+                "stopped_containers": stopped,
+                "restarted_containers": restarted,
+            });
+            Ok(DumpSummary { source, stats: stats.to_json(), warnings })
+        }
+        .boxed();
+        Ok(Dump {
+            reader: Box::new(reader),
+            finish,
+        })
+    }
+
+    async fn plan_restore(
+        &self,
+        manifest: &Manifest,
+        opts: &RestoreOptions,
+    ) -> Result<RestoreReport> {
+        let engine = self.engine().await?;
+        let (name, existing) = self.destination(&engine, manifest, opts).await?;
+        let mut report = RestoreReport {
+            destination: format!("docker volume {name}"),
+            ..Default::default()
+        };
+        match existing {
+            None => report
+                .notes
+                .push(format!("volume {name} does not exist: it will be created")),
+            Some(_) => {
+                let empty = helper::is_empty(&engine, &name).await?;
+                if !empty {
+                    if !opts.force {
+                        return Err(Error::refused(format!(
+                            "volume {name} is not empty: a restore would replace its contents; pass --force to empty it first, or --to NEW_VOLUME to restore beside it"
+                        )));
+                    }
+                    report.replaces_existing = true;
+                    report.notes.push(format!("volume {name} is not empty: --force empties it before the restored files go in"));
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn restore(
+        &self,
+        data: BoxRead,
+        manifest: &Manifest,
+        opts: &RestoreOptions,
+    ) -> Result<RestoreReport> {
+        let mut report = self.plan_restore(manifest, opts).await?;
+        let engine = self.engine().await?;
+        let (name, existing) = self.destination(&engine, manifest, opts).await?;
+        let expected = expected_stats(manifest);
+
+        let got: tar::TarStats;
+        match existing {
+            None => {
+                // A new volume: nobody uses it, so restore straight into it, and remove it
+                // again if anything goes wrong.
+                let recorded_labels = if opts.to.is_none() {
+                    labels_of(manifest)
+                } else {
+                    BTreeMap::new()
+                };
+                let driver = manifest
+                    .source
+                    .get("volume_driver")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or("local")
+                    .to_string();
+                let options = if opts.to.is_none() {
+                    options_of(manifest)
+                } else {
+                    BTreeMap::new()
+                };
+                volumes::create(&engine, &name, &driver, &options, &recorded_labels).await?;
+                let result = async {
+                    let finished = extract(&engine, &name, data).await?;
+                    set_root(&engine, &name, finished.root).await?;
+                    check_restored(&engine, &name, expected.as_ref()).await
+                }
+                .await;
+                if result.is_err() {
+                    let _ = volumes::remove(&engine, &name).await;
+                }
+                got = result?;
+                report.notes.push(format!("created volume {name}"));
+            }
+            Some(_) => {
+                // An existing volume: extract into a staging volume first, so that nothing
+                // reaches the destination unless the whole archive was safe and intact.
+                let staging = format!("drkit-staging-{:08x}", rand::random::<u32>());
+                let staged_labels: BTreeMap<String, String> =
+                    [("drkit.staging".to_string(), name.clone())].into();
+                volumes::create(&engine, &staging, "local", &BTreeMap::new(), &staged_labels)
+                    .await?;
+                let result = async {
+                    let staged = extract(&engine, &staging, data).await?;
+                    let users = volumes::users(&engine, &name).await?;
+                    let mut stopper = if self.cfg.stop_containers {
+                        Some(Stopper::stop(&engine, &name, &users, self.stop_timeout, &format!("the restore into volume {name}")).await?)
+                    } else {
+                        let running: Vec<String> = users.iter().filter(|c| c.running).map(|c| c.name.clone()).collect();
+                        if !running.is_empty() {
+                            report.notes.push(format!("containers {} kept running on volume {name} during the restore: restart them so they see the restored files", running.join(", ")));
+                        }
+                        None
+                    };
+                    let written = async {
+                        if report.replaces_existing {
+                            empty_volume(&engine, &name).await?;
+                        }
+                        copy_volume(&engine, &staging, &name).await?;
+                        set_root(&engine, &name, staged.root).await?;
+                        // Checked before the containers start again and write to it.
+                        check_restored(&engine, &name, expected.as_ref()).await
+                    }
+                    .await;
+                    let restarted = match stopper.as_mut() {
+                        Some(s) => s.restart().await,
+                        None => Ok(Vec::new()),
+                    };
+                    let written = written?;
+                    let restarted = restarted?;
+                    if let Some(s) = &stopper {
+                        if !s.stopped.is_empty() {
+                            report.notes.push(format!("stopped containers {} and started them again: {}", s.stopped.join(", "), restarted.join(", ")));
+                        }
+                    }
+                    Ok::<_, Error>(written)
+                }
+                .await;
+                let _ = volumes::remove(&engine, &staging).await;
+                got = result?;
+            }
+        }
+        report.stats_checked = expected.is_some();
+        report.notes.push(format!(
+            "{} entries ({} files, {} bytes) in volume {name}",
+            got.entries, got.files, got.bytes
+        ));
+        Ok(report)
+    }
+
+    async fn preflight(&self) -> Result<Vec<String>> {
+        let engine = self.engine().await?;
+        let vol = self.resolve(&engine).await?;
+        let users = volumes::users(&engine, &vol.name).await?;
+        let size = volumes::sizes(&engine)
+            .await?
+            .get(&vol.name)
+            .copied()
+            .unwrap_or(-1);
+        let mut notes = vec![format!(
+            "Docker engine {} (API {}) at {}: volume {} ({}), used by {}",
+            engine.version,
+            engine.api_version,
+            engine.host,
+            vol.name,
+            crate::docker::human_size(size),
+            if users.is_empty() {
+                "no container".to_string()
+            } else {
+                users
+                    .iter()
+                    .map(|c| format!("{}{}", c.name, if c.running { " (running)" } else { "" }))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        )];
+        helper::ensure_image(&engine).await?;
+        notes.push(format!("helper image {} present", helper::HELPER_IMAGE));
+        for w in crate::docker::lookalike::check(&engine, vol.project()).await? {
+            notes.push(format!("WARNING: {w}"));
+        }
+        Ok(notes)
+    }
+
+    async fn drill_scratch(&self, manifest: &Manifest) -> Result<Option<String>> {
+        let _ = manifest;
+        Ok(Some(format!("drkit-drill-{:08x}", rand::random::<u32>())))
+    }
+
+    async fn drill_cleanup(&self, scratch: &str) -> Result<()> {
+        let engine = self.engine().await?;
+        match volumes::remove(&engine, scratch).await {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_structure(&self, head: &[u8]) -> Result<()> {
+        if tar::looks_like_tar(head) {
+            Ok(())
+        } else {
+            Err(Error::integrity(
+                "the archive is not a tar archive (bad first header)",
+            ))
+        }
+    }
+}
+
+/// Read a restored volume back and compare it with the backup's stats.
+async fn check_restored(
+    engine: &Engine,
+    name: &str,
+    expected: Option<&Expected>,
+) -> Result<tar::TarStats> {
+    let got = scan_volume(engine, name).await?;
+    if let Some(want) = expected {
+        if got.digest != want.digest || got.entries != want.entries || got.bytes != want.bytes {
+            return Err(Error::integrity(format!(
+                "volume {name} after the restore holds {} entries, {} bytes, digest {}; the backup recorded {} entries, {} bytes, digest {}",
+                got.entries,
+                got.bytes,
+                short(&got.digest),
+                want.entries,
+                want.bytes,
+                short(&want.digest)
+            )));
+        }
+    }
+    Ok(got)
+}
+
+fn short(d: &str) -> &str {
+    &d[..d.len().min(19)]
+}
+
+struct Expected {
+    entries: u64,
+    bytes: u64,
+    digest: String,
+}
+
+fn expected_stats(m: &Manifest) -> Option<Expected> {
+    let s = &m.stats;
+    Some(Expected {
+        entries: s.get("entries")?.as_u64()?,
+        bytes: s.get("bytes")?.as_u64()?,
+        digest: s.get("digest")?.as_str()?.to_string(),
+    })
+}
+
+fn labels_of(m: &Manifest) -> BTreeMap<String, String> {
+    string_map(m.source.get("labels"))
+}
+
+fn options_of(m: &Manifest) -> BTreeMap<String, String> {
+    string_map(m.source.get("driver_options"))
+}
+
+fn string_map(v: Option<&serde_json::Value>) -> BTreeMap<String, String> {
+    v.and_then(|v| v.as_object())
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Read a whole volume and return its stats.
+pub async fn scan_volume(engine: &Engine, volume: &str) -> Result<tar::TarStats> {
+    let helper = Helper::create(engine, volume, MOUNT, true).await?;
+    let mut reader = helper.download(&format!("{MOUNT}/."));
+    let mut scanner = Scanner::new(Mode::Observe);
+    let mut buf = vec![0u8; 256 * 1024];
+    let result = loop {
+        match reader.read(&mut buf).await {
+            Ok(0) => {
+                break scanner
+                    .finish()
+                    .map(|f| f.stats)
+                    .map_err(|e| Error::source_error(format!("volume {volume}: {e}")))
+            }
+            Ok(n) => {
+                if let Err(e) = scanner.feed(&buf[..n], None) {
+                    break Err(Error::source_error(format!("volume {volume}: {e}")));
+                }
+            }
+            Err(e) => {
+                break Err(from_io(
+                    e,
+                    ErrorKind::Source,
+                    format!("reading volume {volume}"),
+                ))
+            }
+        }
+    };
+    drop(reader);
+    helper.remove().await?;
+    result
+}
+
+/// Extract `data` into `volume`, checking every entry before it is sent: the first unsafe
+/// entry stops the stream (the caller throws the volume away).
+async fn extract(engine: &Engine, volume: &str, data: BoxRead) -> Result<Finished> {
+    let helper = Helper::create(engine, volume, MOUNT, false).await?;
+    let failure: Arc<Mutex<Option<Error>>> = Arc::default();
+    let finished: Arc<Mutex<Option<Finished>>> = Arc::default();
+    let stream = validating_stream(data, failure.clone(), finished.clone());
+    let uploaded = helper.upload(MOUNT, stream).await;
+    let removed = helper.remove().await;
+    if let Some(e) = failure.lock().expect("lock").take() {
+        return Err(e);
+    }
+    uploaded.map_err(|e| engine_error(e, format!("writing the archive into volume {volume}")))?;
+    removed?;
+    let done = finished.lock().expect("lock").take();
+    done.ok_or_else(|| {
+        Error::source_error(format!(
+            "volume {volume}: the engine stopped reading the archive before its end"
+        ))
+    })
+}
+
+fn validating_stream(
+    data: BoxRead,
+    failure: Arc<Mutex<Option<Error>>>,
+    finished: Arc<Mutex<Option<Finished>>>,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    struct St {
+        data: BoxRead,
+        scanner: Option<Scanner>,
+        buf: Vec<u8>,
+    }
+    let st = St {
+        data,
+        scanner: Some(Scanner::new(Mode::Enforce)),
+        buf: vec![0u8; 256 * 1024],
+    };
+    futures::stream::try_unfold(st, move |mut st| {
+        let failure = failure.clone();
+        let finished = finished.clone();
+        async move {
+            let fail = |e: Error| {
+                let msg = e.to_string();
+                *failure.lock().expect("lock") = Some(e);
+                std::io::Error::other(msg)
+            };
+            loop {
+                let Some(scanner) = st.scanner.as_mut() else {
+                    return Ok(None);
+                };
+                let n = match st.data.read(&mut st.buf).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        return Err(fail(from_io(e, ErrorKind::Storage, "reading the backup")))
+                    }
+                };
+                if n == 0 {
+                    let scanner = st.scanner.take().expect("present");
+                    match scanner.finish() {
+                        Ok(f) => {
+                            *finished.lock().expect("lock") = Some(f);
+                            return Ok(None);
+                        }
+                        Err(e) => return Err(fail(tar_refusal(e))),
+                    }
+                }
+                let mut out = Vec::with_capacity(n + 1024);
+                if let Err(e) = scanner.feed(&st.buf[..n], Some(&mut out)) {
+                    return Err(fail(tar_refusal(e)));
+                }
+                if !out.is_empty() {
+                    return Ok(Some((Bytes::from(out), st)));
+                }
+            }
+        }
+    })
+}
+
+fn tar_refusal(e: TarError) -> Error {
+    match e {
+        TarError::Unsafe(u) => Error::refused(format!("restore refused, nothing was written to the volume: the archive's {u}")),
+        TarError::Malformed(m) => Error::integrity(format!("restore refused, nothing was written to the volume: the backup is not a valid tar archive ({m})")),
+    }
+}
+
+/// Give the volume's root directory the archive's mode, owner and mtime. The archive
+/// endpoint ignores an archive's `./` entry, so the volume is mounted one level down
+/// (`/drkit/data`) and a directory entry `data` is extracted at `/drkit`: an existing
+/// directory replaced by a directory keeps its contents and takes the entry's metadata.
+async fn set_root(engine: &Engine, volume: &str, root: Option<tar::RootMeta>) -> Result<()> {
+    let Some(r) = root else {
+        return Ok(());
+    };
+    let h = Helper::create(engine, volume, "/drkit/data", false).await?;
+    let mut e = tar::build::entry("data", b'5', "", b"");
+    e.mode = r.mode;
+    e.uid = r.uid;
+    e.gid = r.gid;
+    e.mtime = r.mtime;
+    let archive = tar::build::archive(&[e]);
+    let stream = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(archive))]);
+    let result = h.upload("/drkit", stream).await;
+    let _ = h.remove().await;
+    result.map_err(|e| {
+        engine_error(
+            e,
+            format!("setting the owner, mode and time of volume {volume}'s root"),
+        )
+    })
+}
+
+/// Copy one volume's contents into another, through two helpers.
+async fn copy_volume(engine: &Engine, from: &str, to: &str) -> Result<()> {
+    let src = Helper::create(engine, from, MOUNT, true).await?;
+    let dst = Helper::create(engine, to, MOUNT, false).await?;
+    let reader = src.download(&format!("{MOUNT}/."));
+    let stream = tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024);
+    let result = dst.upload(MOUNT, stream).await;
+    let _ = src.remove().await;
+    let _ = dst.remove().await;
+    result.map_err(|e| engine_error(e, format!("copying the restored files into volume {to}")))
+}
+
+/// Empty a volume through the archive endpoint: with the volume mounted at `/drkit/data`,
+/// extracting a regular file named `data` at `/drkit` makes the engine remove the directory
+/// tree first (replacing a directory by a file); the mount point itself cannot go (EBUSY),
+/// which ends that extraction with an error, and leaves the volume empty. Checked afterwards.
+async fn empty_volume(engine: &Engine, volume: &str) -> Result<()> {
+    let h = Helper::create(engine, volume, "/drkit/data", false).await?;
+    let archive = tar::build::archive(&[tar::build::entry("data", b'0', "", b"")]);
+    let stream = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(archive))]);
+    let result = h.upload("/drkit", stream).await;
+    let _ = h.remove().await;
+    match result {
+        Ok(()) => {}
+        Err(bollard::errors::Error::DockerResponseServerError { message, .. })
+            if message.contains("busy") => {}
+        Err(e) => return Err(engine_error(e, format!("emptying volume {volume}"))),
+    }
+    if !helper::is_empty(engine, volume).await? {
+        return Err(Error::source_error(format!(
+            "could not empty volume {volume} before the restore; empty it by hand and retry"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads the engine's archive on a task of its own, a few chunks ahead of the pipeline, and
+/// scans it on the way (stats and digest for the manifest): the engine, the scan and the
+/// pipeline's hashing and compression run side by side.
+struct ScanReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    buf: Bytes,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ScanReader {
+    fn start(helper: &Helper, slot: Arc<Mutex<Option<Finished>>>, volume: String) -> ScanReader {
+        use futures::StreamExt;
+        let mut stream = helper.download_stream(&format!("{MOUNT}/."));
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(64);
+        let task = tokio::spawn(async move {
+            let mut scanner = Scanner::new(Mode::Observe);
+            while let Some(item) = stream.next().await {
+                let chunk = match item {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                if let Err(e) = scanner.feed(&chunk, None) {
+                    let e = Error::source_error(format!(
+                        "volume {volume}: the engine's archive is unreadable: {e}"
+                    ));
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return; // the pipeline gave up
+                }
+            }
+            match scanner.finish() {
+                Ok(f) => *slot.lock().expect("lock") = Some(f),
+                Err(e) => {
+                    let e =
+                        Error::source_error(format!("volume {volume}: the engine's archive {e}"));
+                    let _ = tx.send(Err(e.into())).await;
+                }
+            }
+        });
+        ScanReader {
+            rx,
+            buf: Bytes::new(),
+            task,
+        }
+    }
+}
+
+impl Drop for ScanReader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl AsyncRead for ScanReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            if !self.buf.is_empty() {
+                let n = self.buf.len().min(out.remaining());
+                let chunk = self.buf.split_to(n);
+                out.put_slice(&chunk);
+                return Poll::Ready(Ok(()));
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(b))) => self.buf = b,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(text: &str) -> DriverSpec {
+        let mut settings: toml::Table = toml::from_str(text).unwrap();
+        let kind = settings
+            .remove("type")
+            .and_then(|t| t.as_str().map(str::to_string))
+            .unwrap_or_default();
+        DriverSpec { kind, settings }
+    }
+
+    #[test]
+    fn config_errors() {
+        let cases = [
+            ("type = \"docker-volume\"\nvolume = \"\"", "volume is empty"),
+            (
+                "type = \"docker-volume\"\nvolume = \"v\"\nproject = \" \"",
+                "project is empty",
+            ),
+            (
+                "type = \"docker-volume\"\nvolume = \"v\"\nstop_timeout = \"soon\"",
+                "stop_timeout",
+            ),
+            (
+                "type = \"docker-volume\"\nvolume = \"v\"\nstop = true",
+                "unknown field `stop`",
+            ),
+            (
+                "type = \"docker-volume\"\nstop_containers = true",
+                "missing field `volume`",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = DockerVolumeSource::from_spec(&spec(text), "job.x.source")
+                .err()
+                .expect(text);
+            assert_eq!(err.kind(), ErrorKind::Config, "{text}");
+            assert!(err.to_string().contains(want), "{text}: {err}");
+        }
+        let ok = DockerVolumeSource::from_spec(&spec("type = \"docker-volume\"\nvolume = \"db\"\nproject = \"shop\"\nstop_timeout = \"2m\""), "s").unwrap();
+        assert_eq!(ok.stop_timeout, 120);
+        assert_eq!(ok.describe(), "docker volume db of compose project shop");
+    }
+
+    #[test]
+    fn names_by_label_or_name() {
+        let v = VolumeInfo {
+            name: "shop_db".into(),
+            driver: "local".into(),
+            options: Default::default(),
+            labels: [
+                (crate::docker::LABEL_PROJECT.to_string(), "shop".to_string()),
+                (crate::docker::LABEL_VOLUME.to_string(), "db".to_string()),
+            ]
+            .into(),
+            created: None,
+        };
+        let by_compose =
+            DockerVolumeSource::from_spec(&spec("volume = \"db\"\nproject = \"shop\""), "s")
+                .unwrap();
+        let by_name = DockerVolumeSource::for_volume("shop_db", false);
+        let other =
+            DockerVolumeSource::from_spec(&spec("volume = \"db\"\nproject = \"shop-prod\""), "s")
+                .unwrap();
+        assert!(by_compose.names(&v) && by_name.names(&v) && !other.names(&v));
+    }
+}

@@ -1,0 +1,995 @@
+//! Restore: plan (where, and whether it may), stream into pg_restore (or stage for
+//! `--jobs`), then compare the row counts with the manifest.
+
+use std::collections::HashSet;
+
+use drkit_core::{
+    from_io, BoxRead, Error, ErrorKind, Manifest, RestoreOptions, RestoreReport, Result,
+};
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+use tokio_postgres::Client;
+
+use super::archive::{self, Index, Sequence, TarReader};
+use super::conn::{self, is_missing_database, pg_error, quote_ident, quote_literal, ConnParams};
+use super::stats::{self, DbStats, Stats, StatsMode, TableName, SYSTEM_SCHEMAS_SQL};
+use super::tools::{check_version, Exec, Tool, Version};
+use super::PostgresSource;
+use crate::process::{Process, ProcessWriter};
+
+/// What the manifest's `source` says about the archive.
+#[derive(Debug, Deserialize)]
+struct SourceInfo {
+    #[serde(default)]
+    layout: Option<String>,
+    #[serde(default)]
+    pg_dump_version: Option<String>,
+    #[serde(default)]
+    globals: bool,
+}
+
+/// One database to restore.
+#[derive(Debug, Clone)]
+struct Target {
+    /// Its stats in the manifest (name = the archived database).
+    stats: DbStats,
+    /// Where it goes.
+    params: ConnParams,
+    password: Option<String>,
+    exists: bool,
+    tables: i64,
+}
+
+/// A checked plan.
+pub(super) struct Plan {
+    pub report: RestoreReport,
+    targets: Vec<Target>,
+    stats: Stats,
+    tar: bool,
+    /// The server's maintenance connection (for CREATE DATABASE and the roles).
+    maint: ConnParams,
+    maint_password: Option<String>,
+    jobs: Option<u32>,
+}
+
+fn manifest_info(manifest: &Manifest) -> Result<(SourceInfo, Stats)> {
+    let info: SourceInfo = serde_json::from_value(manifest.source.clone()).map_err(|e| {
+        Error::integrity(format!(
+            "backup {}/{}: its manifest's source is unreadable ({e})",
+            manifest.job, manifest.id
+        ))
+    })?;
+    let stats: Stats = serde_json::from_value(manifest.stats.clone()).map_err(|e| {
+        Error::integrity(format!(
+            "backup {}/{}: its manifest's stats are unreadable ({e})",
+            manifest.job, manifest.id
+        ))
+    })?;
+    Ok((info, stats))
+}
+
+/// Tables of the current database (to refuse restoring over data).
+async fn count_tables(client: &Client, params: &ConnParams) -> Result<i64> {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p') AND {SYSTEM_SCHEMAS_SQL} \
+                 AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| pg_error(&e, params, "looking at the destination"))?;
+    Ok(row.get(0))
+}
+
+/// Connect to `params`, or `None` when its database does not exist.
+async fn try_connect(params: &ConnParams, password: Option<&str>) -> Result<Option<Client>> {
+    match conn::connect(params, password).await {
+        Ok(c) => Ok(Some(c)),
+        Err(e) if is_missing_database(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub(super) async fn plan(
+    src: &PostgresSource,
+    manifest: &Manifest,
+    opts: &RestoreOptions,
+) -> Result<Plan> {
+    let (info, stats) = manifest_info(manifest)?;
+    let tar = info.layout.as_deref() == Some("tar");
+    let env = |k: &str| std::env::var(k).ok();
+    let base = match opts.to.as_deref() {
+        None => src.params.clone(),
+        Some(to) if to.contains("://") => ConnParams::parse_url(to, &env).map_err(|e| e.context("--to"))?,
+        Some(name) if tar && !name.contains('*') => {
+            return Err(Error::config(format!(
+                "--to {name:?} names one database, but backup {} holds {} databases{}: give a name with a * (each database X goes to the name with * replaced by X), or a server url (postgres://user@host:port/postgres)",
+                manifest.id,
+                stats.databases.len(),
+                if info.globals { " and the roles" } else { "" }
+            )))
+        }
+        Some(name) => src.params.with_dbname(name),
+    };
+    base.tokio_config(None).map_err(|e| e.context("--to"))?;
+    // The job's password_file belongs to the job's server: never send it elsewhere.
+    let same_server = base.server() == src.params.server();
+    let password_for = |p: &ConnParams| -> Result<Option<String>> {
+        let file = if same_server {
+            src.password_file.as_deref()
+        } else {
+            None
+        };
+        Ok(conn::resolve_password(p, file, &env)?.map(|(pw, _)| pw))
+    };
+
+    match opts.jobs {
+        Some(0) => return Err(Error::config("--jobs must be at least 1")),
+        Some(n) if n > 1 && matches!(src.tools.exec(), Exec::Docker { .. }) => {
+            return Err(Error::config(
+                "--jobs needs pg_restore to read a staged file, which a program inside a container cannot: restore without --jobs, or configure a local pg_restore",
+            ))
+        }
+        _ => {}
+    }
+    let (restore_version, restore_text) = src.tools.version(Tool::PgRestore).await?;
+    if let Some(dumped) = info.pg_dump_version.as_deref().and_then(Version::parse) {
+        check_version(
+            &src.tools,
+            Tool::PgRestore,
+            &restore_text,
+            restore_version,
+            dumped,
+            &format!(
+                "the archive (written by pg_dump {})",
+                info.pg_dump_version.as_deref().unwrap_or("?")
+            ),
+        )?;
+    }
+    if stats.databases.is_empty() {
+        return Err(Error::integrity(format!(
+            "backup {}/{} lists no database in its manifest",
+            manifest.job, manifest.id
+        )));
+    }
+
+    let mut targets = Vec::new();
+    for db in &stats.databases {
+        // One database goes where --to says (or back to its own name); several keep their
+        // names on the destination server. A `*` in the destination's name stands for the
+        // archived name.
+        let params = match opts.to.as_deref() {
+            _ if base.dbname().contains('*') => {
+                base.with_dbname(&base.dbname().replace('*', &db.name))
+            }
+            Some(_) if !tar => base.clone(),
+            _ => base.with_dbname(&db.name),
+        };
+        let password = password_for(&params)?;
+        let (exists, tables) = match try_connect(&params, password.as_deref()).await? {
+            Some(client) => (true, count_tables(&client, &params).await?),
+            None => (false, 0),
+        };
+        targets.push(Target {
+            stats: db.clone(),
+            params,
+            password,
+            exists,
+            tables,
+        });
+    }
+    let busy: Vec<&Target> = targets.iter().filter(|t| t.tables > 0).collect();
+    if !busy.is_empty() && !opts.force {
+        let what = busy
+            .iter()
+            .map(|t| {
+                format!(
+                    "database {:?} on {} has {} tables",
+                    t.params.dbname(),
+                    t.params.server(),
+                    t.tables
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(Error::refused(format!(
+            "{what}: restoring would mix the backup into existing data; pass --force to drop and recreate the backed-up objects (pg_restore --clean --if-exists), or restore elsewhere with --to"
+        )));
+    }
+
+    // A connection for CREATE DATABASE and the roles: the url's database, else postgres.
+    let mut maint = base.clone();
+    let mut maint_password = password_for(&maint)?;
+    let needs_maint = info.globals || targets.iter().any(|t| !t.exists);
+    if needs_maint
+        && (maint.dbname().contains('*')
+            || try_connect(&maint, maint_password.as_deref())
+                .await?
+                .is_none())
+    {
+        let mut found = false;
+        for db in ["postgres", "template1"] {
+            let p = base.with_dbname(db);
+            let pw = password_for(&p)?;
+            if try_connect(&p, pw.as_deref()).await?.is_some() {
+                maint = p;
+                maint_password = pw;
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            return Err(Error::source_error(format!(
+                "cannot reach a database on {} to create the missing ones from (tried {:?}, postgres, template1)",
+                base.server(),
+                base.dbname()
+            )));
+        }
+    }
+
+    let mut notes = Vec::new();
+    for t in &targets {
+        if !t.exists {
+            notes.push(format!(
+                "database {:?} does not exist on {}: it will be created",
+                t.params.dbname(),
+                t.params.server()
+            ));
+        } else if t.tables > 0 {
+            notes.push(format!("database {:?}: its {} tables are replaced where the backup has them (--clean --if-exists)", t.params.dbname(), t.tables));
+        }
+    }
+    if info.globals {
+        notes.push("roles and tablespaces of the backup are created where missing; existing ones are left as they are".into());
+    }
+    if stats.row_counts == StatsMode::Estimate {
+        notes.push("the backup recorded estimated row counts: the restore checks that its tables exist, not their counts".into());
+    }
+    if let Some(n) = opts.jobs.filter(|n| *n > 1) {
+        notes.push(format!(
+            "the archive is staged in a temp folder ({}) for pg_restore --jobs {n}",
+            std::env::temp_dir().display()
+        ));
+    }
+    let destination = if tar || targets.len() > 1 {
+        format!(
+            "postgres://{}@{} (databases {})",
+            base.user(),
+            base.server(),
+            targets
+                .iter()
+                .map(|t| t.params.dbname().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    } else {
+        targets[0].params.display()
+    };
+    let report = RestoreReport {
+        destination,
+        replaces_existing: !busy.is_empty(),
+        kept_previous: None,
+        stats_checked: false,
+        notes,
+    };
+    Ok(Plan {
+        report,
+        targets,
+        stats,
+        tar,
+        maint,
+        maint_password,
+        jobs: opts.jobs.filter(|n| *n > 1),
+    })
+}
+
+/// Drop the drill databases matching `scratch` (`drkit_drill_<hex>` or `drkit_drill_<hex>_*`)
+/// on the job's server. Refuses any other name.
+pub(super) async fn drop_scratch(src: &PostgresSource, scratch: &str) -> Result<()> {
+    if !scratch.starts_with(super::DRILL_PREFIX) || scratch.contains("://") {
+        return Err(Error::refused(format!(
+            "{scratch:?} is not a drill database: not dropping it"
+        )));
+    }
+    let maint = if src.params.dbname().starts_with(super::DRILL_PREFIX) {
+        src.params.with_dbname("postgres")
+    } else {
+        src.params.clone()
+    };
+    let password = src.password_for(&maint)?;
+    let client = conn::connect(&maint, password.as_deref()).await?;
+    let like = scratch.replace('_', "\\_").replace('*', "%");
+    let names: Vec<String> = client
+        .query(
+            "SELECT datname::text FROM pg_database WHERE datname LIKE $1",
+            &[&like],
+        )
+        .await
+        .map_err(|e| pg_error(&e, &maint, "listing drill databases"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for n in names {
+        let plain = format!("DROP DATABASE IF EXISTS {}", quote_ident(&n));
+        if client
+            .batch_execute(&format!("{plain} WITH (FORCE)"))
+            .await
+            .is_err()
+        {
+            client
+                .batch_execute(&plain)
+                .await
+                .map_err(|e| pg_error(&e, &maint, &format!("dropping drill database {n:?}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Databases drkit created for this restore, dropped again if it fails.
+struct Created {
+    maint: ConnParams,
+    password: Option<String>,
+    names: Vec<String>,
+}
+
+impl Created {
+    async fn create(&mut self, t: &Target, notes: &mut Vec<String>) -> Result<()> {
+        let client = conn::connect(&self.maint, self.password.as_deref()).await?;
+        let name = t.params.dbname();
+        // The archived owner, when that role exists here (the roles of a `globals` backup
+        // are restored before the databases).
+        let owner_exists = client
+            .query_opt(
+                "SELECT 1 FROM pg_roles WHERE rolname = $1",
+                &[&t.stats.owner],
+            )
+            .await
+            .map_err(|e| pg_error(&e, &self.maint, "looking up the database owner"))?
+            .is_some();
+        let owner = if owner_exists {
+            format!(" OWNER {}", quote_ident(&t.stats.owner))
+        } else {
+            String::new()
+        };
+        let full = format!(
+            "CREATE DATABASE {}{owner} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+            quote_ident(name),
+            quote_literal(&t.stats.encoding),
+            quote_literal(&t.stats.collate),
+            quote_literal(&t.stats.ctype)
+        );
+        if let Err(first) = client.batch_execute(&full).await {
+            let plain = format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(name));
+            client
+                .batch_execute(&plain)
+                .await
+                .map_err(|e| pg_error(&e, &self.maint, &format!("creating database {name:?}")))?;
+            notes.push(format!(
+                "database {name:?} was created with the server's default encoding and locale ({} {} / {} was refused: {})",
+                t.stats.encoding,
+                t.stats.collate,
+                t.stats.ctype,
+                first.as_db_error().map(|d| conn::one_line(d.message())).unwrap_or_default()
+            ));
+        } else {
+            notes.push(format!(
+                "created database {name:?}{}",
+                if owner_exists {
+                    format!(" owned by {:?}", t.stats.owner)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        self.names.push(name.to_string());
+        Ok(())
+    }
+
+    /// Keep `name`: its restore committed.
+    fn keep(&mut self, name: &str) {
+        self.names.retain(|n| n != name);
+    }
+
+    async fn drop_all(&mut self) {
+        if self.names.is_empty() {
+            return;
+        }
+        if let Ok(client) = conn::connect(&self.maint, self.password.as_deref()).await {
+            for n in self.names.drain(..) {
+                // FORCE (PostgreSQL 13+) ends the killed pg_restore's session if the server
+                // has not noticed yet.
+                let plain = format!("DROP DATABASE IF EXISTS {}", quote_ident(&n));
+                if client
+                    .batch_execute(&format!("{plain} WITH (FORCE)"))
+                    .await
+                    .is_err()
+                {
+                    let _ = client.batch_execute(&plain).await;
+                }
+            }
+        }
+    }
+}
+
+fn pg_restore_args(t: &Target, src: &PostgresSource, force: bool) -> Vec<String> {
+    let child = src.tools.child_params(&t.params);
+    let mut args = vec![
+        "--no-password".to_string(),
+        "--exit-on-error".to_string(),
+        format!("--dbname={}", child.conninfo()),
+    ];
+    if force {
+        args.push("--clean".into());
+        args.push("--if-exists".into());
+    }
+    args
+}
+
+/// A pg_restore reading stdin that always lags one chunk behind: the last chunk reaches it
+/// only with [`Feed::finish`], after the whole archive was read and checked, so pg_restore
+/// cannot commit a stream that later turns out damaged.
+struct Feed {
+    writer: ProcessWriter,
+    held: Vec<u8>,
+    db: String,
+}
+
+impl Feed {
+    fn start(src: &PostgresSource, t: &Target, force: bool) -> Result<Feed> {
+        let mut args = pg_restore_args(t, src, force);
+        args.push("--single-transaction".into());
+        let mut cmd = src
+            .tools
+            .command(Tool::PgRestore, &args, t.password.as_deref(), true);
+        let name = format!("pg_restore into database {:?}", t.params.dbname());
+        Ok(Feed {
+            writer: Process::writer(&mut cmd, &name)?,
+            held: Vec::with_capacity(archive::PART_SIZE),
+            db: t.params.dbname().to_string(),
+        })
+    }
+
+    async fn push(&mut self, chunk: &[u8]) -> Result<()> {
+        if !self.held.is_empty() {
+            self.writer.send(&self.held).await?;
+        }
+        self.held.clear();
+        self.held.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<String> {
+        if !self.held.is_empty() {
+            self.writer.send(&self.held).await?;
+        }
+        self.writer.finish().await?;
+        Ok(self.db)
+    }
+}
+
+/// Filters the roles script of `pg_dumpall --globals-only`: roles and tablespaces that exist
+/// on the destination are not created or altered (their passwords and attributes stay).
+pub struct GlobalsFilter {
+    roles: HashSet<String>,
+    tablespaces: HashSet<String>,
+    partial: Vec<u8>,
+}
+
+/// Read the identifier at the start of `s` (quoted or not).
+fn leading_ident(s: &str) -> Option<String> {
+    if let Some(rest) = s.strip_prefix('"') {
+        let mut out = String::new();
+        let mut chars = rest.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                    out.push('"');
+                } else {
+                    return Some(out);
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        None
+    } else {
+        let ident: String = s
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '$')
+            .collect();
+        (!ident.is_empty()).then_some(ident)
+    }
+}
+
+impl GlobalsFilter {
+    /// Skip these existing roles and tablespaces.
+    pub fn new(roles: HashSet<String>, tablespaces: HashSet<String>) -> Self {
+        GlobalsFilter {
+            roles,
+            tablespaces,
+            partial: Vec::new(),
+        }
+    }
+
+    /// Whether a line of the script is kept.
+    pub fn keep(&self, line: &str) -> bool {
+        let l = line.trim_start();
+        for (prefix, set) in [
+            ("CREATE ROLE ", &self.roles),
+            ("ALTER ROLE ", &self.roles),
+            ("CREATE TABLESPACE ", &self.tablespaces),
+        ] {
+            if let Some(rest) = l.strip_prefix(prefix) {
+                if let Some(name) = leading_ident(rest) {
+                    return !set.contains(&name);
+                }
+            }
+        }
+        true
+    }
+
+    /// Filter `data` (a piece of the script) into `out`; a line cut at the end waits for
+    /// the next piece.
+    pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        self.partial.extend_from_slice(data);
+        let Some(last_nl) = self.partial.iter().rposition(|&b| b == b'\n') else {
+            return;
+        };
+        let rest = self.partial.split_off(last_nl + 1);
+        let complete = std::mem::replace(&mut self.partial, rest);
+        for line in complete.split_inclusive(|&b| b == b'\n') {
+            if self.keep(&String::from_utf8_lossy(line)) {
+                out.extend_from_slice(line);
+            }
+        }
+    }
+
+    /// The last line, if the script does not end with a newline.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        let line = std::mem::take(&mut self.partial);
+        if !line.is_empty() && self.keep(&String::from_utf8_lossy(&line)) {
+            out.extend_from_slice(&line);
+        }
+    }
+}
+
+async fn globals_filter(plan: &Plan) -> Result<GlobalsFilter> {
+    let client = conn::connect(&plan.maint, plan.maint_password.as_deref()).await?;
+    let names = |sql: &'static str| async {
+        Ok::<_, Error>(
+            client
+                .query(sql, &[])
+                .await
+                .map_err(|e| pg_error(&e, &plan.maint, "listing roles"))?
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<HashSet<String>>(),
+        )
+    };
+    let roles = names("SELECT rolname::text FROM pg_roles").await?;
+    let tablespaces = names("SELECT spcname::text FROM pg_tablespace").await?;
+    Ok(GlobalsFilter::new(roles, tablespaces))
+}
+
+fn psql_writer(src: &PostgresSource, plan: &Plan) -> Result<ProcessWriter> {
+    let child = src.tools.child_params(&plan.maint);
+    let args = vec![
+        "--no-psqlrc".to_string(),
+        "--quiet".to_string(),
+        "--no-password".to_string(),
+        "--set=ON_ERROR_STOP=1".to_string(),
+        format!("--dbname={}", child.conninfo()),
+    ];
+    let mut cmd = src
+        .tools
+        .command(Tool::Psql, &args, plan.maint_password.as_deref(), true);
+    Process::writer(&mut cmd, "psql (restoring the roles)")
+}
+
+fn read_error(e: std::io::Error) -> Error {
+    from_io(e, ErrorKind::Storage, "reading the archive")
+}
+
+pub(super) async fn restore(
+    src: &PostgresSource,
+    data: BoxRead,
+    manifest: &Manifest,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport> {
+    let plan = plan(src, manifest, opts).await?;
+    let mut notes = plan.report.notes.clone();
+    let mut created = Created {
+        maint: plan.maint.clone(),
+        password: plan.maint_password.clone(),
+        names: Vec::new(),
+    };
+    let result = match plan.jobs {
+        None => stream(src, &plan, data, opts.force, &mut created, &mut notes).await,
+        Some(n) => staged(src, &plan, data, opts.force, n, &mut created, &mut notes).await,
+    };
+    if let Err(e) = result {
+        created.drop_all().await;
+        return Err(e);
+    }
+    check_counts(&plan).await?;
+    let mut report = plan.report.clone();
+    report.stats_checked = plan.stats.row_counts == StatsMode::Exact;
+    notes.retain(|n| !n.contains("will be created"));
+    notes.push(format!(
+        "restored {} tables{}{}",
+        plan.stats.table_count,
+        if report.stats_checked {
+            format!(", {} rows: the counts match the manifest", plan.stats.rows)
+        } else {
+            ": all present".into()
+        },
+        if plan.stats.large_objects > 0 {
+            format!(", and {} large objects", plan.stats.large_objects)
+        } else {
+            String::new()
+        }
+    ));
+    report.notes = notes;
+    Ok(report)
+}
+
+/// Stream the archive into pg_restore (and psql for the roles).
+async fn stream(
+    src: &PostgresSource,
+    plan: &Plan,
+    mut data: BoxRead,
+    force: bool,
+    created: &mut Created,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    if !plan.tar {
+        let t = &plan.targets[0];
+        if !t.exists {
+            created.create(t, notes).await?;
+        }
+        let mut feed = Feed::start(src, t, force)?;
+        let mut buf = vec![0u8; archive::PART_SIZE];
+        loop {
+            let n = archive::fill(&mut data, &mut buf)
+                .await
+                .map_err(read_error)?;
+            if n == 0 {
+                break;
+            }
+            feed.push(&buf[..n]).await?;
+        }
+        let db = feed.finish().await?;
+        created.keep(&db);
+        return Ok(());
+    }
+
+    let mut tar = TarReader::new(data);
+    let index = read_index(&mut tar, plan).await?;
+    let mut seq = Sequence::new(&index);
+    let mut pending: Vec<Feed> = Vec::new();
+    let mut current: Option<Feed> = None;
+    let mut psql: Option<(ProcessWriter, GlobalsFilter)> = None;
+    let mut filtered = Vec::new();
+    while let Some(member) = tar.next().await? {
+        let (i, starts) = seq.next(&member.name)?;
+        let entry = &index.streams[i];
+        if starts {
+            if let Some(f) = current.take() {
+                pending.push(f);
+            }
+            if let Some((w, mut filter)) = psql.take() {
+                finish_psql(w, &mut filter).await?;
+            }
+            match &entry.database {
+                None => psql = Some((psql_writer(src, plan)?, globals_filter(plan).await?)),
+                Some(db) => {
+                    let t = target_of(plan, db)?;
+                    if !t.exists {
+                        created.create(t, notes).await?;
+                    }
+                    current = Some(Feed::start(src, t, force)?);
+                }
+            }
+        }
+        if let Some(f) = current.as_mut() {
+            f.push(&member.data).await?;
+        } else if let Some((w, filter)) = psql.as_mut() {
+            filtered.clear();
+            filter.feed(&member.data, &mut filtered);
+            w.send(&filtered).await?;
+        }
+    }
+    if seq.started() != index.streams.len() {
+        return Err(Error::integrity(format!(
+            "the PostgreSQL archive holds {} of its {} streams: it is truncated",
+            seq.started(),
+            index.streams.len()
+        )));
+    }
+    if let Some((w, mut filter)) = psql.take() {
+        finish_psql(w, &mut filter).await?;
+    }
+    pending.extend(current.take());
+    // The whole archive has been read and checked: let every pg_restore commit.
+    let mut done: Vec<String> = Vec::new();
+    for f in pending {
+        let db = f.db.clone();
+        match f.finish().await {
+            Ok(db) => {
+                created.keep(&db);
+                done.push(db);
+            }
+            Err(e) if done.is_empty() => return Err(e),
+            Err(e) => {
+                return Err(e.context(format!(
+                    "database {db:?} (already restored: {})",
+                    done.join(", ")
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn finish_psql(mut w: ProcessWriter, filter: &mut GlobalsFilter) -> Result<()> {
+    let mut last = Vec::new();
+    filter.finish(&mut last);
+    if !last.is_empty() {
+        w.send(&last).await?;
+    }
+    w.finish().await.map(|_| ())
+}
+
+async fn read_index<R: tokio::io::AsyncRead + Unpin>(
+    tar: &mut TarReader<R>,
+    plan: &Plan,
+) -> Result<Index> {
+    let first = tar
+        .next()
+        .await?
+        .ok_or_else(|| Error::integrity("the PostgreSQL archive is empty"))?;
+    if first.name != archive::INDEX_NAME {
+        return Err(Error::integrity(format!(
+            "the PostgreSQL archive starts with {:?}, not its index",
+            first.name
+        )));
+    }
+    let index: Index = serde_json::from_slice(&first.data).map_err(|e| {
+        Error::integrity(format!("the PostgreSQL archive's index is unreadable: {e}"))
+    })?;
+    if index.format != archive::FORMAT || index.version != 1 {
+        return Err(Error::integrity(format!(
+            "the PostgreSQL archive is in format {} version {}, which this drkit does not read",
+            index.format, index.version
+        )));
+    }
+    for s in &index.streams {
+        if let Some(db) = &s.database {
+            target_of(plan, db)?;
+        }
+    }
+    Ok(index)
+}
+
+fn target_of<'a>(plan: &'a Plan, archived: &str) -> Result<&'a Target> {
+    plan.targets
+        .iter()
+        .find(|t| t.stats.name == archived)
+        .ok_or_else(|| {
+            Error::integrity(format!(
+                "the archive holds database {archived:?}, which its manifest does not list"
+            ))
+        })
+}
+
+/// Stage the archive in a temp folder, then restore it with `pg_restore --jobs`.
+async fn staged(
+    src: &PostgresSource,
+    plan: &Plan,
+    mut data: BoxRead,
+    force: bool,
+    jobs: u32,
+    created: &mut Created,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("drkit-pg-restore-")
+        .tempdir()
+        .map_err(|e| {
+            Error::source_error(format!(
+                "cannot create a staging folder in {}: {e}",
+                std::env::temp_dir().display()
+            ))
+        })?;
+    let stage_err = |e: std::io::Error| {
+        Error::source_error(format!(
+            "staging the archive in {}: {e}: set TMPDIR to a folder with room for the whole dump",
+            dir.path().display()
+        ))
+    };
+    // (path, database or None for the roles)
+    let mut files: Vec<(std::path::PathBuf, Option<String>)> = Vec::new();
+    if !plan.tar {
+        let path = dir.path().join("archive.pgdump");
+        let mut f = tokio::fs::File::create(&path).await.map_err(stage_err)?;
+        copy_checked(&mut data, &mut f).await?;
+        f.sync_all().await.map_err(stage_err)?;
+        files.push((path, Some(plan.targets[0].stats.name.clone())));
+    } else {
+        let mut tar = TarReader::new(data);
+        let index = read_index(&mut tar, plan).await?;
+        let mut seq = Sequence::new(&index);
+        let mut file: Option<tokio::fs::File> = None;
+        while let Some(member) = tar.next().await? {
+            let (i, starts) = seq.next(&member.name)?;
+            if starts {
+                if let Some(mut f) = file.take() {
+                    f.flush().await.map_err(stage_err)?;
+                }
+                let path = dir.path().join(&index.streams[i].file);
+                file = Some(tokio::fs::File::create(&path).await.map_err(stage_err)?);
+                files.push((path, index.streams[i].database.clone()));
+            }
+            file.as_mut()
+                .expect("a stream was started")
+                .write_all(&member.data)
+                .await
+                .map_err(stage_err)?;
+        }
+        if let Some(mut f) = file.take() {
+            f.flush().await.map_err(stage_err)?;
+        }
+        if seq.started() != index.streams.len() {
+            return Err(Error::integrity(
+                "the PostgreSQL archive is missing streams: it is truncated",
+            ));
+        }
+    }
+    // The archive was read to a clean end: restore from the staged files.
+    for (path, db) in &files {
+        match db {
+            None => {
+                let mut w = psql_writer(src, plan)?;
+                let mut filter = globals_filter(plan).await?;
+                let mut f = tokio::fs::File::open(path).await.map_err(stage_err)?;
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut out = Vec::new();
+                loop {
+                    let n = archive::fill(&mut f, &mut buf).await.map_err(stage_err)?;
+                    if n == 0 {
+                        break;
+                    }
+                    out.clear();
+                    filter.feed(&buf[..n], &mut out);
+                    w.send(&out).await?;
+                }
+                finish_psql(w, &mut filter).await?;
+            }
+            Some(db) => {
+                let t = target_of(plan, db)?;
+                if !t.exists {
+                    created.create(t, notes).await?;
+                }
+                let mut args = pg_restore_args(t, src, force);
+                args.push(format!("--jobs={jobs}"));
+                args.push(path.display().to_string());
+                let mut cmd =
+                    src.tools
+                        .command(Tool::PgRestore, &args, t.password.as_deref(), false);
+                cmd.stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null());
+                let name = format!(
+                    "pg_restore --jobs {jobs} into database {:?}",
+                    t.params.dbname()
+                );
+                Process::spawn(&mut cmd, &name)?.wait_ok().await?;
+                created.keep(t.params.dbname());
+            }
+        }
+        let _ = tokio::fs::remove_file(path).await;
+    }
+    Ok(())
+}
+
+async fn copy_checked(data: &mut BoxRead, f: &mut tokio::fs::File) -> Result<()> {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = archive::fill(data, &mut buf).await.map_err(read_error)?;
+        if n == 0 {
+            return Ok(());
+        }
+        f.write_all(&buf[..n]).await.map_err(|e| {
+            Error::source_error(format!(
+                "staging the archive: {e}: set TMPDIR to a folder with room for the whole dump"
+            ))
+        })?;
+    }
+}
+
+/// Compare every restored database with the manifest's stats.
+async fn check_counts(plan: &Plan) -> Result<()> {
+    for t in &plan.targets {
+        let client = conn::connect(&t.params, t.password.as_deref()).await?;
+        let mut got = Vec::new();
+        for table in &t.stats.tables {
+            let name = TableName {
+                schema: table.schema.clone(),
+                name: table.name.clone(),
+            };
+            let qualified = format!("{}.{}", quote_ident(&name.schema), quote_ident(&name.name));
+            let exists: bool = client
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&qualified])
+                .await
+                .map_err(|e| pg_error(&e, &t.params, "checking the restored tables"))?
+                .get(0);
+            if !exists {
+                continue;
+            }
+            let mut counted = stats::count_rows(
+                &client,
+                &t.params,
+                std::slice::from_ref(&name),
+                StatsMode::Exact,
+            )
+            .await?;
+            got.append(&mut counted);
+        }
+        let lo = match t.stats.large_objects {
+            Some(_) => Some(stats::count_large_objects(&client, &t.params).await?),
+            None => None,
+        };
+        let diffs = stats::differences(&t.stats, &got, lo, plan.stats.row_counts);
+        if !diffs.is_empty() {
+            let more = if diffs.len() > 3 {
+                format!(" (and {} more differences)", diffs.len() - 3)
+            } else {
+                String::new()
+            };
+            return Err(Error::integrity(format!(
+                "restored database {:?} on {} does not match the backup: {}{more}",
+                t.params.dbname(),
+                t.params.server(),
+                diffs.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globals_filter_keeps_new_roles_only() {
+        let roles: HashSet<String> = ["drkit", "We\"ird"].iter().map(|s| s.to_string()).collect();
+        let tbs: HashSet<String> = ["fast"].iter().map(|s| s.to_string()).collect();
+        let mut f = GlobalsFilter::new(roles, tbs);
+        let script = "SET client_encoding = 'UTF8';\nCREATE ROLE drkit;\nALTER ROLE drkit WITH SUPERUSER PASSWORD 'x';\nCREATE ROLE app;\nALTER ROLE app WITH LOGIN;\nCREATE ROLE \"We\"\"ird\";\nALTER ROLE \"We\"\"ird\" SET search_path = a;\nCREATE TABLESPACE fast OWNER drkit LOCATION '/x';\nCREATE TABLESPACE slow OWNER drkit LOCATION '/y';\nGRANT app TO drkit GRANTED BY drkit;\nCOMMENT ON ROLE app IS 'x'";
+        let mut out = Vec::new();
+        // Feed in awkward pieces: lines are cut anywhere.
+        for piece in script.as_bytes().chunks(7) {
+            f.feed(piece, &mut out);
+        }
+        f.finish(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "SET client_encoding = 'UTF8';\nCREATE ROLE app;\nALTER ROLE app WITH LOGIN;\nCREATE TABLESPACE slow OWNER drkit LOCATION '/y';\nGRANT app TO drkit GRANTED BY drkit;\nCOMMENT ON ROLE app IS 'x'"
+        );
+    }
+
+    #[test]
+    fn idents() {
+        assert_eq!(leading_ident("app WITH LOGIN").as_deref(), Some("app"));
+        assert_eq!(
+            leading_ident("\"a b\"\"c\" SET x").as_deref(),
+            Some("a b\"c")
+        );
+        assert_eq!(leading_ident("\"open").as_deref(), None);
+        assert_eq!(leading_ident(";").as_deref(), None);
+    }
+}

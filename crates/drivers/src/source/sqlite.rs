@@ -1,0 +1,534 @@
+//! SQLite source: a consistent snapshot of a live database, streamed page by page.
+//!
+//! The dump opens a read transaction (a snapshot: in WAL mode writers go on; in rollback
+//! mode they wait for it), records the tables' row counts and the page count inside it, then
+//! streams every page of that snapshot from the `sqlite_dbpage` virtual table: the raw
+//! stream is a byte-for-byte database file, with no temp copy. Where `sqlite_dbpage` is not
+//! compiled in, it falls back to SQLite's online backup API into a temp file.
+//!
+//! Restore writes a temp file beside the destination, runs `PRAGMA integrity_check`, checks
+//! the row counts against the manifest, and only then renames it into place. An existing
+//! database is kept beside it (`<name>.pre-restore-<time>`), with its `-wal` and `-shm`.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::Utc;
+use drkit_core::{
+    BoxRead, DriverSpec, Dump, DumpSummary, Error, ErrorKind, Manifest, RestoreOptions,
+    RestoreReport, Result, Source,
+};
+use futures::FutureExt;
+use rusqlite::{Connection, OpenFlags};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+const MAGIC: &[u8; 16] = b"SQLite format 3\0";
+/// Pages are sent in chunks of about this many bytes.
+const CHUNK: usize = 256 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqliteConfig {
+    path: PathBuf,
+    /// How long to wait for a lock held by a writer, e.g. `30s` (default 60s).
+    #[serde(default)]
+    busy_timeout: Option<String>,
+}
+
+/// A SQLite database file.
+#[derive(Debug, Clone)]
+pub struct SqliteSource {
+    path: PathBuf,
+    busy_timeout: std::time::Duration,
+}
+
+impl SqliteSource {
+    /// A source for the database at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SqliteSource {
+            path: path.into(),
+            busy_timeout: std::time::Duration::from_secs(60),
+        }
+    }
+
+    /// Build from a `type = "sqlite"` table.
+    pub fn from_spec(spec: &DriverSpec, what: &str) -> Result<Self> {
+        let c: SqliteConfig = spec.parse(what)?;
+        let mut s = Self::new(c.path);
+        if let Some(t) = c.busy_timeout {
+            s.busy_timeout = drkit_core::config::parse_duration(&t)
+                .map_err(|e| e.context(format!("{what}.busy_timeout")))?;
+        }
+        Ok(s)
+    }
+}
+
+fn sql_error(path: &Path, e: rusqlite::Error) -> Error {
+    Error::source_error(format!("SQLite {}: {e}", path.display()))
+}
+
+/// Check that `path` is an existing SQLite database file, by its header.
+fn check_database_file(path: &Path) -> Result<u64> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::source_error(format!(
+                "SQLite database {} does not exist: check the job's source.path",
+                path.display()
+            ))
+        } else {
+            Error::source_error(format!(
+                "cannot open SQLite database {}: {e}",
+                path.display()
+            ))
+        }
+    })?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut head = [0u8; 16];
+    if len < 100 || f.read_exact(&mut head).is_err() || &head != MAGIC {
+        return Err(Error::source_error(format!(
+            "{} is not a SQLite database (no SQLite header): check the job's source.path",
+            path.display()
+        )));
+    }
+    Ok(len)
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Tables (not internal `sqlite_*` ones) with their row counts, and page facts, read on
+/// `conn` (inside the caller's transaction, so they describe its snapshot).
+fn read_stats(conn: &Connection) -> rusqlite::Result<Value> {
+    let names: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut tables = Map::new();
+    for name in &names {
+        let n: i64 = conn.query_row(
+            &format!("SELECT count(*) FROM {}", quote_ident(name)),
+            [],
+            |r| r.get(0),
+        )?;
+        tables.insert(name.clone(), json!(n));
+    }
+    let page_count: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let total_rows: i64 = tables.values().filter_map(Value::as_i64).sum();
+    Ok(json!({
+        "empty": names.is_empty(),
+        "tables": tables,
+        "table_count": names.len(),
+        "rows": total_rows,
+        "page_count": page_count,
+        "page_size": page_size,
+    }))
+}
+
+fn source_facts(conn: &Connection, path: &Path, size: u64, method: &str) -> Value {
+    let journal: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap_or_else(|_| "unknown".into());
+    json!({
+        "path": path.display().to_string(),
+        "file_size": size,
+        "sqlite_version": rusqlite::version(),
+        "journal_mode": journal,
+        "method": method,
+    })
+}
+
+fn warnings_for(stats: &Value, path: &Path) -> Vec<String> {
+    if stats["empty"] == json!(true) {
+        vec![format!("SQLite database {} has no tables", path.display())]
+    } else {
+        Vec::new()
+    }
+}
+
+fn open_read(path: &Path, busy: std::time::Duration) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| sql_error(path, e))?;
+    conn.busy_timeout(busy).map_err(|e| sql_error(path, e))?;
+    Ok(conn)
+}
+
+type Sender = mpsc::Sender<std::io::Result<Bytes>>;
+
+/// Stream the snapshot's pages through `tx`; returns the summary. Runs on a blocking thread.
+fn dump_pages(
+    path: &Path,
+    size: u64,
+    busy: std::time::Duration,
+    tx: &Sender,
+) -> Result<DumpSummary> {
+    let conn = open_read(path, busy)?;
+    let has_dbpage = conn
+        .prepare("SELECT pgno FROM sqlite_dbpage('main') LIMIT 0")
+        .is_ok();
+    if !has_dbpage {
+        drop(conn);
+        return dump_with_backup_api(path, size, busy, tx);
+    }
+    conn.execute_batch("BEGIN")
+        .map_err(|e| sql_error(path, e))?;
+    let stats = read_stats(&conn).map_err(|e| sql_error(path, e))?;
+    let page_count = stats["page_count"].as_i64().unwrap_or(0);
+    let mut stmt = conn
+        .prepare("SELECT pgno, data FROM sqlite_dbpage('main') ORDER BY pgno")
+        .map_err(|e| sql_error(path, e))?;
+    let mut rows = stmt.query([]).map_err(|e| sql_error(path, e))?;
+    let mut buf = Vec::with_capacity(CHUNK);
+    let mut expected = 1i64;
+    while let Some(row) = rows.next().map_err(|e| sql_error(path, e))? {
+        let pgno: i64 = row.get(0).map_err(|e| sql_error(path, e))?;
+        if pgno != expected {
+            return Err(Error::source_error(format!(
+                "SQLite {}: page {expected} missing from the snapshot",
+                path.display()
+            )));
+        }
+        expected += 1;
+        let data = row.get_ref(1).map_err(|e| sql_error(path, e))?;
+        buf.extend_from_slice(
+            data.as_blob()
+                .map_err(|e| Error::source_error(e.to_string()))?,
+        );
+        if buf.len() >= CHUNK {
+            let chunk = Bytes::from(std::mem::replace(&mut buf, Vec::with_capacity(CHUNK)));
+            if tx.blocking_send(Ok(chunk)).is_err() {
+                return Err(Error::cancelled(
+                    "the backup stopped reading the SQLite dump",
+                ));
+            }
+        }
+    }
+    if !buf.is_empty() && tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+        return Err(Error::cancelled(
+            "the backup stopped reading the SQLite dump",
+        ));
+    }
+    if expected - 1 != page_count {
+        return Err(Error::source_error(format!(
+            "SQLite {}: snapshot has {} pages, page_count says {page_count}",
+            path.display(),
+            expected - 1
+        )));
+    }
+    drop(rows);
+    drop(stmt);
+    let source = source_facts(&conn, path, size, "snapshot (sqlite_dbpage)");
+    conn.execute_batch("COMMIT")
+        .map_err(|e| sql_error(path, e))?;
+    Ok(DumpSummary {
+        warnings: warnings_for(&stats, path),
+        source,
+        stats,
+    })
+}
+
+/// Fallback: SQLite's online backup API into a temp file, then stream that file.
+fn dump_with_backup_api(
+    path: &Path,
+    size: u64,
+    busy: std::time::Duration,
+    tx: &Sender,
+) -> Result<DumpSummary> {
+    use std::io::Read;
+    let src = open_read(path, busy)?;
+    let tmp = tempfile::NamedTempFile::new().map_err(|e| {
+        Error::source_error(format!(
+            "cannot create a temp file for the SQLite backup: {e}"
+        ))
+    })?;
+    let mut dst = Connection::open(tmp.path()).map_err(|e| sql_error(tmp.path(), e))?;
+    {
+        let backup =
+            rusqlite::backup::Backup::new(&src, &mut dst).map_err(|e| sql_error(path, e))?;
+        backup
+            .run_to_completion(-1, std::time::Duration::from_millis(50), None)
+            .map_err(|e| sql_error(path, e))?;
+    }
+    let stats = read_stats(&dst).map_err(|e| sql_error(path, e))?;
+    let source = source_facts(&src, path, size, "online backup API");
+    drop(dst);
+    let mut f = std::fs::File::open(tmp.path()).map_err(|e| Error::source_error(e.to_string()))?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Error::source_error(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        if tx
+            .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
+            .is_err()
+        {
+            return Err(Error::cancelled(
+                "the backup stopped reading the SQLite dump",
+            ));
+        }
+    }
+    Ok(DumpSummary {
+        warnings: warnings_for(&stats, path),
+        source,
+        stats,
+    })
+}
+
+impl SqliteSource {
+    fn destination(&self, opts: &RestoreOptions) -> PathBuf {
+        opts.to
+            .as_ref()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.path.clone())
+    }
+}
+
+fn side_path(dest: &Path, suffix: &str) -> PathBuf {
+    let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    dest.with_file_name(name)
+}
+
+/// Check a restored file: integrity, then the manifest's row counts.
+fn check_restored(path: &Path, manifest: &Manifest) -> Result<()> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| sql_error(path, e))?;
+    let verdict: Vec<String> = conn
+        .prepare("PRAGMA integrity_check")
+        .and_then(|mut s| s.query_map([], |r| r.get::<_, String>(0))?.collect())
+        .map_err(|e| Error::integrity(format!("restored database fails to open: {e}")))?;
+    if verdict != ["ok"] {
+        return Err(Error::integrity(format!(
+            "restored database fails PRAGMA integrity_check: {}",
+            verdict.join("; ")
+        )));
+    }
+    let got = read_stats(&conn).map_err(|e| sql_error(path, e))?;
+    if got["tables"] != manifest.stats["tables"] {
+        return Err(Error::integrity(format!(
+            "restored row counts {} differ from the manifest's {}",
+            got["tables"], manifest.stats["tables"]
+        )));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Source for SqliteSource {
+    fn driver(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn extension(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn describe(&self) -> String {
+        format!("SQLite {}", self.path.display())
+    }
+
+    async fn dump(&self) -> Result<Dump> {
+        let size = check_database_file(&self.path)?;
+        let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
+        let (path, busy) = (self.path.clone(), self.busy_timeout);
+        let worker = tokio::task::spawn_blocking(move || {
+            let result = dump_pages(&path, size, busy, &tx);
+            if let Err(e) = &result {
+                // Make the reader fail too, so nothing reads a short stream as complete.
+                let _ = tx.blocking_send(Err(std::io::Error::other(Error::new(
+                    e.kind(),
+                    e.message().to_string(),
+                ))));
+            }
+            result
+        });
+        let reader = tokio_util::io::StreamReader::new(tokio_stream_from(rx));
+        let finish = async move {
+            worker
+                .await
+                .map_err(|e| Error::source_error(format!("SQLite dump thread failed: {e}")))?
+        }
+        .boxed();
+        Ok(Dump {
+            reader: Box::new(reader),
+            finish,
+        })
+    }
+
+    async fn plan_restore(
+        &self,
+        _manifest: &Manifest,
+        opts: &RestoreOptions,
+    ) -> Result<RestoreReport> {
+        let dest = self.destination(opts);
+        let parent = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !parent.is_dir() {
+            return Err(Error::config(format!(
+                "cannot restore to {}: folder {} does not exist",
+                dest.display(),
+                parent.display()
+            )));
+        }
+        let exists = dest.exists();
+        if exists && !opts.force {
+            return Err(Error::refused(format!(
+                "{} already exists: pass --force to replace it (the current file is kept beside it as {}.pre-restore-<time>), or --to another path",
+                dest.display(),
+                dest.file_name().unwrap_or_default().to_string_lossy()
+            )));
+        }
+        Ok(RestoreReport {
+            destination: dest.display().to_string(),
+            replaces_existing: exists,
+            kept_previous: None,
+            stats_checked: false,
+            notes: Vec::new(),
+        })
+    }
+
+    async fn restore(
+        &self,
+        mut data: BoxRead,
+        manifest: &Manifest,
+        opts: &RestoreOptions,
+    ) -> Result<RestoreReport> {
+        let mut report = self.plan_restore(manifest, opts).await?;
+        let dest = self.destination(opts);
+        let tmp = side_path(
+            &dest,
+            &format!(".drkit-restore-{:08x}", rand::random::<u32>()),
+        );
+        let written = async {
+            let mut f = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .await
+                .map_err(|e| {
+                    Error::source_error(format!("cannot create {}: {e}", tmp.display()))
+                })?;
+            tokio::io::copy(&mut data, &mut f).await.map_err(|e| {
+                drkit_core::from_io(e, ErrorKind::Source, format!("writing {}", tmp.display()))
+            })?;
+            f.sync_all()
+                .await
+                .map_err(|e| Error::source_error(format!("writing {}: {e}", tmp.display())))?;
+            f.shutdown().await.ok();
+            Ok::<_, Error>(())
+        }
+        .await;
+        let checked = match written {
+            Ok(()) => {
+                let (tmp2, m) = (tmp.clone(), manifest.clone());
+                tokio::task::spawn_blocking(move || check_restored(&tmp2, &m))
+                    .await
+                    .map_err(|e| Error::source_error(e.to_string()))
+                    .and_then(|r| r)
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = checked {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        // Keep the current database (and its -wal/-shm) beside the new one, then rename.
+        if dest.exists() {
+            let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
+            let kept = side_path(&dest, &format!(".pre-restore-{stamp}"));
+            for suffix in ["-wal", "-shm", "-journal"] {
+                let from = side_path(&dest, suffix);
+                if from.exists() {
+                    std::fs::rename(&from, side_path(&kept, suffix)).map_err(|e| {
+                        Error::source_error(format!("cannot move {} aside: {e}", from.display()))
+                    })?;
+                }
+            }
+            std::fs::rename(&dest, &kept).map_err(|e| {
+                Error::source_error(format!("cannot move {} aside: {e}", dest.display()))
+            })?;
+            report.kept_previous = Some(kept.display().to_string());
+        }
+        std::fs::rename(&tmp, &dest).map_err(|e| {
+            Error::source_error(format!(
+                "cannot rename {} to {}: {e}",
+                tmp.display(),
+                dest.display()
+            ))
+        })?;
+        if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
+        }
+        report.stats_checked = true;
+        Ok(report)
+    }
+
+    async fn preflight(&self) -> Result<Vec<String>> {
+        let size = check_database_file(&self.path)?;
+        let (path, busy) = (self.path.clone(), self.busy_timeout);
+        let journal = tokio::task::spawn_blocking(move || {
+            let conn = open_read(&path, busy)?;
+            conn.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
+                .map_err(|e| sql_error(&path, e))
+        })
+        .await
+        .map_err(|e| Error::source_error(e.to_string()))??;
+        let mut notes = vec![format!(
+            "{} readable, {size} bytes, journal mode {journal}",
+            self.path.display()
+        )];
+        if journal != "wal" {
+            notes.push("not in WAL mode: writers wait while a backup reads its snapshot".into());
+        }
+        Ok(notes)
+    }
+
+    async fn drill_scratch(&self, _manifest: &Manifest) -> Result<Option<String>> {
+        let dir = std::env::temp_dir().join(format!("drkit-drill-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir(&dir).map_err(|e| {
+            Error::source_error(format!("cannot create drill folder {}: {e}", dir.display()))
+        })?;
+        Ok(Some(dir.join("restore.db").display().to_string()))
+    }
+
+    async fn drill_cleanup(&self, scratch: &str) -> Result<()> {
+        if let Some(dir) = Path::new(scratch).parent() {
+            std::fs::remove_dir_all(dir).map_err(|e| {
+                Error::source_error(format!("cannot remove {}: {e}", dir.display()))
+            })?;
+        }
+        Ok(())
+    }
+
+    fn check_structure(&self, head: &[u8]) -> Result<()> {
+        if head.len() >= 16 && &head[..16] == MAGIC {
+            Ok(())
+        } else {
+            Err(Error::integrity(
+                "the dump does not start with a SQLite header",
+            ))
+        }
+    }
+}
+
+fn tokio_stream_from(
+    mut rx: mpsc::Receiver<std::io::Result<Bytes>>,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + Unpin {
+    Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}

@@ -1,0 +1,490 @@
+//! The `type = "s3"` table of a storage: parsing and checking, contacting nothing.
+
+use std::time::Duration;
+
+use drkit_core::config::parse_duration;
+use drkit_core::{DriverSpec, Error, Result};
+use serde::Deserialize;
+
+/// Smallest part S3 accepts (except for the last part of an upload).
+pub(crate) const MIN_PART: u64 = 5 * 1024 * 1024;
+/// Largest part S3 accepts.
+pub(crate) const MAX_PART: u64 = 5 * 1024 * 1024 * 1024;
+/// S3 allows at most this many parts per upload.
+pub(crate) const MAX_PARTS: u64 = 10_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    bucket: String,
+    #[serde(default)]
+    endpoint: Option<String>,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    force_path_style: bool,
+    #[serde(default)]
+    access_key_id: Option<String>,
+    #[serde(default)]
+    secret_access_key: Option<String>,
+    #[serde(default)]
+    session_token: Option<String>,
+    #[serde(default)]
+    profile: Option<String>,
+    #[serde(default)]
+    part_size: Option<SizeValue>,
+    #[serde(default)]
+    upload_concurrency: Option<usize>,
+    #[serde(default)]
+    list_page_size: Option<i32>,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    leftover_age: Option<String>,
+    #[serde(default)]
+    object_lock: Option<RawObjectLock>,
+    #[serde(default)]
+    sse: Option<String>,
+    #[serde(default)]
+    sse_kms_key_id: Option<String>,
+    #[serde(default)]
+    storage_class: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawObjectLock {
+    mode: String,
+    days: u32,
+}
+
+/// Object lock retention mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Users with `s3:BypassGovernanceRetention` can still delete.
+    Governance,
+    /// Nobody can delete before the date, not even the account root.
+    Compliance,
+}
+
+/// Retention set on every object of a backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectLock {
+    /// The mode.
+    pub mode: LockMode,
+    /// Days from the object's creation.
+    pub days: u32,
+}
+
+/// Server-side encryption.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sse {
+    /// SSE-S3 (`AES256`).
+    S3,
+    /// SSE-KMS, with a key id or the bucket's default key.
+    Kms(Option<String>),
+}
+
+/// Checked settings of an S3 storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    /// Bucket name.
+    pub bucket: String,
+    /// Endpoint URL for S3-compatible servers; `None` for AWS.
+    pub endpoint: Option<String>,
+    /// Region; `None` to take it from the AWS chain.
+    pub region: Option<String>,
+    /// Key prefix without slashes at either end ("" for none).
+    pub prefix: String,
+    /// Path-style addressing (`http://host/bucket/key`).
+    pub force_path_style: bool,
+    /// Static credentials: (access key id, secret, session token).
+    pub credentials: Option<(String, String, Option<String>)>,
+    /// AWS shared-config profile.
+    pub profile: Option<String>,
+    /// Bytes per part of a multipart upload.
+    pub part_size: u64,
+    /// Parts uploaded at once (and held in memory at most).
+    pub upload_concurrency: usize,
+    /// Keys per listing request.
+    pub list_page_size: i32,
+    /// Attempts per request (1 = no retry).
+    pub max_attempts: u32,
+    /// Limit on one request's wait for an answer, and on a download's stall.
+    pub timeout: Duration,
+    /// Age after which a backup folder without manifest, or an unfinished upload, of a job
+    /// is taken as abandoned.
+    pub leftover_age: Duration,
+    /// Retention on every object.
+    pub object_lock: Option<ObjectLock>,
+    /// Server-side encryption.
+    pub sse: Option<Sse>,
+    /// Storage class (`STANDARD_IA`, `GLACIER_IR`, ...).
+    pub storage_class: Option<String>,
+}
+
+/// Parse a size: a number of bytes, or a number and a unit (`16MiB`, `64MB`, `8M`, `1GiB`).
+/// Units are binary (`M` = `MiB` = 2^20; `MB` = 10^6).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let err = || {
+        Error::config(format!(
+            "cannot read size {s:?}: use a number and a unit, e.g. 16MiB, 64MiB, 1GiB"
+        ))
+    };
+    let unit_at = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(unit_at);
+    let n: u64 = n.parse().map_err(|_| err())?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "kb" => 1_000,
+        "m" | "mib" => 1 << 20,
+        "mb" => 1_000_000,
+        "g" | "gib" => 1 << 30,
+        "gb" => 1_000_000_000,
+        _ => return Err(err()),
+    };
+    n.checked_mul(mult).ok_or_else(err)
+}
+
+impl S3Settings {
+    /// Read and check a `type = "s3"` table. `what` names it in errors (`storage.offsite`).
+    pub fn from_spec(spec: &DriverSpec, what: &str) -> Result<Self> {
+        let raw: RawConfig = spec.parse(what)?;
+        let bad = |key: &str, msg: String| Error::config(format!("{what}.{key}: {msg}"));
+
+        let bucket = raw.bucket.trim().to_string();
+        if bucket.is_empty() || bucket.contains('/') {
+            return Err(bad(
+                "bucket",
+                format!("{:?} is not a bucket name", raw.bucket),
+            ));
+        }
+        let endpoint = match raw
+            .endpoint
+            .map(|e| e.trim().trim_end_matches('/').to_string())
+        {
+            Some(e) if e.is_empty() => None,
+            Some(e) if !(e.starts_with("http://") || e.starts_with("https://")) => {
+                return Err(bad(
+                    "endpoint",
+                    format!(
+                        "{:?} is not a URL: write it as http://host:port or https://host",
+                        drkit_core::redact_url(&e)
+                    ),
+                ));
+            }
+            other => other,
+        };
+        let region = raw
+            .region
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty());
+        let prefix = raw.prefix.unwrap_or_default().trim_matches('/').to_string();
+        if prefix.split('/').any(|p| p == ".." || p == ".") || prefix.contains("//") {
+            return Err(bad(
+                "prefix",
+                format!("{prefix:?} has an empty, '.' or '..' part"),
+            ));
+        }
+        let credentials = match (raw.access_key_id, raw.secret_access_key) {
+            (Some(a), Some(s)) if !a.is_empty() && !s.is_empty() => Some((a, s, raw.session_token)),
+            (None, None) => {
+                if raw.session_token.is_some() {
+                    return Err(bad(
+                        "session_token",
+                        "needs access_key_id and secret_access_key".into(),
+                    ));
+                }
+                None
+            }
+            (Some(a), Some(_)) if a.is_empty() => {
+                return Err(bad(
+                    "access_key_id",
+                    "is empty (is the variable it comes from set?)".into(),
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "secret_access_key",
+                    "is empty (is the variable it comes from set?)".into(),
+                ))
+            }
+            (Some(_), None) => {
+                return Err(bad(
+                    "secret_access_key",
+                    "is missing: access_key_id is set, so it is needed too".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "access_key_id",
+                    "is missing: secret_access_key is set, so it is needed too".into(),
+                ))
+            }
+        };
+        if credentials.is_some() && raw.profile.is_some() {
+            return Err(bad(
+                "profile",
+                "cannot be used together with access_key_id / secret_access_key".into(),
+            ));
+        }
+
+        let part_size = match raw.part_size {
+            None => 16 << 20,
+            Some(SizeValue::Bytes(n)) => n,
+            Some(SizeValue::Text(t)) => {
+                parse_size(&t).map_err(|e| e.context(format!("{what}.part_size")))?
+            }
+        };
+        if !(MIN_PART..=MAX_PART).contains(&part_size) {
+            return Err(bad(
+                "part_size",
+                format!("{part_size} bytes is outside what S3 accepts: use 5MiB to 5GiB"),
+            ));
+        }
+        let upload_concurrency = raw.upload_concurrency.unwrap_or(4);
+        if !(1..=64).contains(&upload_concurrency) {
+            return Err(bad(
+                "upload_concurrency",
+                format!("{upload_concurrency} is out of range: use 1 to 64"),
+            ));
+        }
+        let list_page_size = raw.list_page_size.unwrap_or(1000);
+        if !(1..=1000).contains(&list_page_size) {
+            return Err(bad(
+                "list_page_size",
+                format!("{list_page_size} is out of range: use 1 to 1000"),
+            ));
+        }
+        let max_attempts = raw.max_attempts.unwrap_or(8);
+        if !(1..=30).contains(&max_attempts) {
+            return Err(bad(
+                "max_attempts",
+                format!("{max_attempts} is out of range: use 1 to 30"),
+            ));
+        }
+        let timeout = match raw.timeout {
+            None => Duration::from_secs(300),
+            Some(t) => parse_duration(&t).map_err(|e| e.context(format!("{what}.timeout")))?,
+        };
+        if timeout < Duration::from_secs(1) {
+            return Err(bad("timeout", "must be at least 1s".into()));
+        }
+        let leftover_age = match raw.leftover_age {
+            None => Duration::from_secs(48 * 3600),
+            Some(t) => parse_duration(&t).map_err(|e| e.context(format!("{what}.leftover_age")))?,
+        };
+        let object_lock = match raw.object_lock {
+            None => None,
+            Some(l) => {
+                let mode = match l.mode.to_ascii_lowercase().as_str() {
+                    "governance" => LockMode::Governance,
+                    "compliance" => LockMode::Compliance,
+                    other => {
+                        return Err(bad(
+                            "object_lock.mode",
+                            format!(
+                                "{other:?} is not a mode: use \"governance\" or \"compliance\""
+                            ),
+                        ))
+                    }
+                };
+                if !(1..=36_500).contains(&l.days) {
+                    return Err(bad(
+                        "object_lock.days",
+                        format!("{} is out of range: use 1 to 36500", l.days),
+                    ));
+                }
+                Some(ObjectLock { mode, days: l.days })
+            }
+        };
+        let sse = match raw.sse.as_deref().map(str::trim) {
+            None | Some("") => {
+                if raw.sse_kms_key_id.is_some() {
+                    return Err(bad("sse_kms_key_id", "needs sse = \"aws:kms\"".into()));
+                }
+                None
+            }
+            Some(s) if s.eq_ignore_ascii_case("AES256") => {
+                if raw.sse_kms_key_id.is_some() {
+                    return Err(bad("sse_kms_key_id", "needs sse = \"aws:kms\"".into()));
+                }
+                Some(Sse::S3)
+            }
+            Some(s) if s.eq_ignore_ascii_case("aws:kms") => Some(Sse::Kms(raw.sse_kms_key_id)),
+            Some(other) => {
+                return Err(bad(
+                    "sse",
+                    format!("{other:?} is not known: use \"AES256\" or \"aws:kms\""),
+                ))
+            }
+        };
+        let storage_class = raw
+            .storage_class
+            .map(|c| c.trim().to_ascii_uppercase())
+            .filter(|c| !c.is_empty());
+
+        Ok(S3Settings {
+            bucket,
+            endpoint,
+            region,
+            prefix,
+            force_path_style: raw.force_path_style,
+            credentials,
+            profile: raw.profile,
+            part_size,
+            upload_concurrency,
+            list_page_size,
+            max_attempts,
+            timeout,
+            leftover_age,
+            object_lock,
+            sse,
+            storage_class,
+        })
+    }
+
+    /// The largest object a multipart upload with these settings can hold.
+    pub fn max_object_size(&self) -> u64 {
+        self.part_size.saturating_mul(MAX_PARTS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(toml_text: &str) -> DriverSpec {
+        let settings: toml::Table = toml::from_str(toml_text).unwrap();
+        DriverSpec {
+            kind: "s3".into(),
+            settings,
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        let cases = [
+            ("16MiB", Some(16 << 20)),
+            ("16M", Some(16 << 20)),
+            ("16 MiB", Some(16 << 20)),
+            ("5mb", Some(5_000_000)),
+            ("1GiB", Some(1 << 30)),
+            ("1024", Some(1024)),
+            ("12KB", Some(12_000)),
+            ("MiB", None),
+            ("-1MiB", None),
+            ("3 parsecs", None),
+            ("99999999999999999999GiB", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse_size(input).ok(), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let s = S3Settings::from_spec(&spec("bucket = \"b\""), "storage.x").unwrap();
+        assert_eq!(s.part_size, 16 << 20);
+        assert_eq!(s.upload_concurrency, 4);
+        assert_eq!(s.list_page_size, 1000);
+        assert_eq!(s.prefix, "");
+        assert_eq!(s.credentials, None);
+        assert_eq!(s.object_lock, None);
+        assert_eq!(s.leftover_age, Duration::from_secs(48 * 3600));
+        assert_eq!(s.max_object_size(), (16 << 20) * 10_000);
+    }
+
+    #[test]
+    fn full() {
+        let s = S3Settings::from_spec(
+            &spec(
+                r#"
+bucket = "backups"
+endpoint = "http://127.0.0.1:9000/"
+region = "eu-west-3"
+prefix = "/prod/db/"
+force_path_style = true
+access_key_id = "AK"
+secret_access_key = "SK"
+part_size = "8MiB"
+upload_concurrency = 2
+list_page_size = 10
+max_attempts = 3
+timeout = "30s"
+leftover_age = "0s"
+object_lock = { mode = "compliance", days = 30 }
+sse = "aws:kms"
+sse_kms_key_id = "key-1"
+storage_class = "standard_ia"
+"#,
+            ),
+            "storage.x",
+        )
+        .unwrap();
+        assert_eq!(s.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(s.prefix, "prod/db");
+        assert_eq!(s.part_size, 8 << 20);
+        assert_eq!(s.credentials, Some(("AK".into(), "SK".into(), None)));
+        assert_eq!(
+            s.object_lock,
+            Some(ObjectLock {
+                mode: LockMode::Compliance,
+                days: 30
+            })
+        );
+        assert_eq!(s.sse, Some(Sse::Kms(Some("key-1".into()))));
+        assert_eq!(s.storage_class.as_deref(), Some("STANDARD_IA"));
+        assert_eq!(s.leftover_age, Duration::ZERO);
+        assert_eq!(s.part_size, 8 << 20);
+        let s = S3Settings::from_spec(&spec("bucket = \"b\"\npart_size = 6000000"), "storage.x")
+            .unwrap();
+        assert_eq!(s.part_size, 6_000_000);
+    }
+
+    #[test]
+    fn errors() {
+        let cases = [
+            ("endpoint = \"http://x\"", "missing field `bucket`"),
+            ("bucket = \"b\"\nfoo = 1", "unknown field `foo`"),
+            ("bucket = \"b\"\npart_size = \"1MiB\"", "part_size"),
+            ("bucket = \"b\"\npart_size = \"lots\"", "cannot read size"),
+            ("bucket = \"b\"\nupload_concurrency = 0", "upload_concurrency"),
+            ("bucket = \"b\"\nlist_page_size = 5000", "list_page_size"),
+            ("bucket = \"b\"\nendpoint = \"127.0.0.1:9000\"", "not a URL"),
+            ("bucket = \"b\"\naccess_key_id = \"a\"", "secret_access_key: is missing"),
+            ("bucket = \"b\"\nsecret_access_key = \"s3cr3t\"", "access_key_id: is missing"),
+            ("bucket = \"b\"\naccess_key_id = \"\"\nsecret_access_key = \"s3cr3t\"", "access_key_id: is empty"),
+            ("bucket = \"b\"\nobject_lock = { mode = \"forever\", days = 3 }", "object_lock.mode"),
+            ("bucket = \"b\"\nobject_lock = { mode = \"governance\", days = 0 }", "object_lock.days"),
+            ("bucket = \"b\"\nobject_lock = { mode = \"governance\" }", "missing field `days`"),
+            ("bucket = \"b\"\nobject_lock = { mode = \"governance\", days = 1, x = 1 }", "unknown field `x`"),
+            ("bucket = \"b\"\nsse = \"rot13\"", "sse"),
+            ("bucket = \"b\"\nsse_kms_key_id = \"k\"", "sse_kms_key_id"),
+            ("bucket = \"b\"\ntimeout = \"soon\"", "timeout"),
+            ("bucket = \"b\"\nprefix = \"a/../b\"", "prefix"),
+            ("bucket = \"b\"\nprofile = \"p\"\naccess_key_id = \"a\"\nsecret_access_key = \"s3cr3t\"", "profile"),
+        ];
+        for (text, needle) in cases {
+            let e = S3Settings::from_spec(&spec(text), "storage.x").unwrap_err();
+            assert_eq!(e.kind(), drkit_core::ErrorKind::Config, "{text}");
+            let msg = e.to_string();
+            assert!(msg.contains(needle), "{text}: {msg}");
+            assert!(msg.starts_with("storage.x"), "{text}: {msg}");
+            assert!(!msg.contains("s3cr3t"), "{text}: {msg}");
+        }
+    }
+}
