@@ -7,14 +7,17 @@
 #    at once when a required one cannot start: tests are never skipped for a missing server,
 # 3. runs, in order: cargo fmt --all -- --check
 #                    cargo clippy --workspace --all-targets -- -D warnings
-#                    cargo test --workspace "$@"
+#                    cargo build -p drkit            (the binary the e2e tests run)
+#                    cargo nextest run --workspace "$@" + cargo test --doc
+#                    (or cargo test --workspace "$@" without nextest / DRKIT_TEST_RUNNER=cargo)
 #    Every stage runs even when an earlier one failed; the exit status is non-zero if any did.
 # 4. stops the servers at exit, whatever happens (on Ctrl-C / SIGTERM / SIGHUP also the running
 #    stage). After a SIGKILL, the next run stops the servers that run left (servers.sh).
 #
 # Examples:  bash scripts/test.sh
-#            bash scripts/test.sh -p drkit-core            # extra args go to cargo test
-#            bash scripts/test.sh -- --nocapture
+#            bash scripts/test.sh -p drkit-core            # extra args go to the test runner
+#            bash scripts/test.sh -E 'binary(mongodb)'     # nextest filter: one test file
+#            DRKIT_TEST_RUNNER=cargo bash scripts/test.sh -- --nocapture
 #            DRKIT_TEST_EXTERNAL=1 DRKIT_TEST_PG_URL=... bash scripts/test.sh   # own servers
 set -uo pipefail
 
@@ -103,7 +106,18 @@ stage() { # name command...
 
 stage fmt cargo fmt --all -- --check
 stage clippy cargo clippy --workspace --all-targets -- -D warnings
-stage test cargo test --workspace "$@"
+# The binary the end-to-end tests run, built once (tests/src/lib.rs: drkit_bin).
+stage build cargo build -q -p drkit
+[[ ${summary[-1]} == "build ok" ]] && export DRKIT_TEST_BIN_BUILT=1
+# cargo-nextest when installed: every test in its own process, both cores busy across test
+# binaries, and a hung test stopped after 10 minutes (.config/nextest.toml) instead of eating
+# the CI's time. Doc tests run apart (nextest does not run them). Otherwise plain cargo test.
+if [[ ${DRKIT_TEST_RUNNER:-} != cargo ]] && cargo nextest --version >/dev/null 2>&1; then
+    stage test cargo nextest run --workspace --no-fail-fast "$@"
+    stage doctest cargo test --workspace --doc
+else
+    stage test cargo test --workspace "$@"
+fi
 
 line=""
 for s in "${summary[@]}"; do line+="${line:+, }$s"; done

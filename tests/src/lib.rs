@@ -18,6 +18,11 @@ pub fn drkit_bin() -> PathBuf {
             .and_then(Path::parent)
             .expect("target/<profile>");
         let bin = profile_dir.join("drkit");
+        // scripts/test.sh builds the binary once (`cargo build -p drkit`) before the tests and
+        // says so: under nextest every test is its own process and would run cargo again.
+        if std::env::var_os("DRKIT_TEST_BIN_BUILT").is_some_and(|v| v == "1") && bin.exists() {
+            return bin;
+        }
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(env!("CARGO"));
         cmd.args(["build", "-q", "-p", "drkit"]);
