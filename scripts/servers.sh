@@ -207,12 +207,20 @@ _drkit_install_s3s() {
     rm -f "$log"
 }
 
+# Debian's busybox-static: the Docker tests import it as their tiny image (no registry here).
+_drkit_install_busybox() {
+    [[ -x /bin/busybox ]] && return 0
+    _drkit_say "installing busybox-static (apt; the Docker tests' image)"
+    _drkit_apt_install busybox-static || { _drkit_say "FAILED: apt-get install busybox-static"; return 1; }
+}
+
 # Installs whatever is missing. Safe to call repeatedly (checks are fast).
 install_servers() {
     _drkit_resolve_python || return 1
     _drkit_install_postgres || return 1
     _drkit_install_python_servers || return 1
     _drkit_install_s3s || return 1
+    _drkit_install_busybox || return 1
 }
 
 # ------------------------------------------------------------------------------ checks -----

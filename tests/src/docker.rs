@@ -43,6 +43,10 @@ pub fn ensure_image() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         require_docker();
+        // Test processes run side by side (nextest): one builds the image, the others wait.
+        let lock = std::fs::File::create(std::env::temp_dir().join("drkit-test-image.lock"))
+            .expect("create the image lock file");
+        lock.lock().expect("lock the image lock file");
         if docker_out(&["image", "inspect", IMAGE]).status.success() {
             return;
         }

@@ -864,3 +864,47 @@ fn example_config_parses() {
     drkit_drivers::validate(&config).expect("examples/docker-volumes.toml validates");
     assert_eq!(config.job["shop-db"].source.kind, "docker-volume");
 }
+
+/// `docker-compose.test.yml` (the test servers as containers, docs/testing.md) is a valid
+/// compose file for every compose tool here, and `scripts/compose-env.sh` names every variable
+/// the suite reads, pointing at the ports the file publishes.
+#[test]
+fn compose_test_file_is_valid_and_matches_its_env_script() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let file = root.join("docker-compose.test.yml");
+    for tool in drkit_tests::docker::compose_flavours() {
+        let out = std::process::Command::new(tool[0])
+            .args(&tool[1..])
+            .args(["-f", file.to_str().unwrap(), "config"])
+            .env("DRKIT_PG_IMAGE", "local/pg:15")
+            .output()
+            .expect("run compose");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{tool:?} config: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Image names come from variables, with the official images as defaults.
+        assert!(text.contains("image: local/pg:15"), "{text}");
+        assert!(text.contains("image: mongo:7"), "{text}");
+        for port in ["25432", "27117", "29000"] {
+            assert!(text.contains(port), "port {port} missing:\n{text}");
+        }
+    }
+    let env = std::process::Command::new("bash")
+        .arg(root.join("scripts/compose-env.sh"))
+        .output()
+        .expect("run compose-env.sh");
+    assert!(env.status.success());
+    let env = String::from_utf8_lossy(&env.stdout);
+    for var in [
+        "DRKIT_TEST_PG_URL='postgres://drkit:drkit-test-pw@127.0.0.1:25432/postgres'",
+        "DRKIT_TEST_MONGO_URL='mongodb://127.0.0.1:27117/",
+        "DRKIT_TEST_MOTO_ENDPOINT='http://127.0.0.1:29000'",
+        "DRKIT_TEST_S3S_ENDPOINT='http://127.0.0.1:29000'",
+        "DRKIT_TEST_S3S_SECRET_KEY='drkit-test-secret'",
+    ] {
+        assert!(env.contains(var), "{var} missing:\n{env}");
+    }
+}
