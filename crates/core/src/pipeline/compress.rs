@@ -9,6 +9,9 @@ use tokio::io::AsyncBufRead;
 
 use crate::{BoxRead, Error};
 
+/// Input bytes per job of the multi-threaded zstd encoder.
+const ZSTD_JOB_SIZE: u32 = 1 << 20;
+
 /// How stored archives are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -45,10 +48,16 @@ impl Compression {
                     .unwrap_or(1);
                 let level = Level::Precise(level.unwrap_or(3));
                 if workers > 1 {
+                    // Jobs of 1 MiB instead of zstd's default (4 x window, 8 MiB at level 3):
+                    // each worker holds its job's input and output, so this keeps the
+                    // compressor to a few MiB whatever the archive size (docs/benchmarks-s3.md).
                     Box::new(ZstdEncoder::with_quality_and_params(
                         raw,
                         level,
-                        &[CParameter::nb_workers(workers)],
+                        &[
+                            CParameter::nb_workers(workers),
+                            CParameter::job_size(ZSTD_JOB_SIZE),
+                        ],
                     ))
                 } else {
                     Box::new(ZstdEncoder::with_quality(raw, level))
