@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use drkit_core::{Error, ErrorKind};
 
+mod alloc;
 mod cmd;
 mod ctx;
 mod output;
@@ -118,6 +119,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
 }
 
 fn main() -> ExitCode {
+    alloc::tune();
     let cli = Cli::parse();
     let json = cli.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -33,6 +33,11 @@ use drkit_core::{
 const SYSTEM_DATABASES: [&str; 3] = ["admin", "local", "config"];
 /// Bytes of the pipe between the dump task and the pipeline.
 const PIPE_BYTES: usize = 256 * 1024;
+/// Documents asked per `getMore` of a dump. The server caps a reply at 16 MiB and the driver
+/// holds two copies of a reply while it parses it: small documents come in replies of about
+/// 1 MiB instead of 16 (docs/benchmarks-mongodb.md); large ones still fill a reply.
+const GETMORE_BATCH_DOCS: u32 = 10_000;
+
 /// A restore inserts at most this many documents, or bytes, per batch.
 const INSERT_BATCH_DOCS: usize = 1000;
 const INSERT_BATCH_BYTES: usize = 8 * 1024 * 1024;
@@ -695,6 +700,7 @@ async fn dump_collection<W: AsyncWrite + Unpin>(
     let reading = format!("reading {ns}");
     let mut cursor = match db
         .run_raw_cursor_command(find_command(&meta.collection, *mode))
+        .batch_size(GETMORE_BATCH_DOCS)
         .session(&mut *session)
         .batch()
         .await
@@ -713,6 +719,7 @@ async fn dump_collection<W: AsyncWrite + Unpin>(
             ));
             *mode = ReadMode::Local;
             db.run_raw_cursor_command(find_command(&meta.collection, *mode))
+                .batch_size(GETMORE_BATCH_DOCS)
                 .session(&mut *session)
                 .batch()
                 .await
