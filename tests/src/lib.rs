@@ -1,5 +1,6 @@
 //! Helpers shared by the end-to-end tests: run the real `drkit` binary in a scratch folder.
 
+pub mod fault_proxy;
 pub mod mongodb;
 pub mod postgres;
 

@@ -363,3 +363,73 @@ pub fn pg_tools_image(bindir: &Path) -> String {
     );
     tag
 }
+
+/// The only backup under a local storage folder: (manifest path, stored data path).
+pub fn only_backup(backups: &Path) -> (PathBuf, PathBuf) {
+    let found: Vec<String> = crate::files_under(backups)
+        .into_iter()
+        .filter(|f| f.ends_with("manifest.json"))
+        .collect();
+    assert_eq!(found.len(), 1, "want one backup, got {found:?}");
+    let manifest_path = backups.join(&found[0]);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let data = backups.join(m["data"]["key"].as_str().expect("a data key"));
+    (manifest_path, data)
+}
+
+/// Replace the stored data of the only backup under `backups` (written with
+/// `compression = "none"`) by `data`, and rewrite its manifest's sizes and checksums to
+/// match: what someone who can write the storage does to get a tampered archive through the
+/// checksums.
+pub fn replace_backup_data(backups: &Path, data: &[u8]) {
+    use sha2::Digest;
+    let (manifest_path, data_path) = only_backup(backups);
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    assert_eq!(
+        m["data"]["compression"], "none",
+        "tampering needs a backup written with compression = \"none\""
+    );
+    let sha = hex::encode(sha2::Sha256::digest(data));
+    std::fs::write(&data_path, data).unwrap();
+    for k in ["raw_size", "stored_size"] {
+        m["data"][k] = serde_json::json!(data.len());
+    }
+    for k in ["raw_sha256", "stored_sha256"] {
+        m["data"][k] = serde_json::json!(sha);
+    }
+    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+/// The members (name, bytes) of a drkit PostgreSQL tar archive.
+pub fn tar_members(data: &[u8]) -> Vec<(String, Vec<u8>)> {
+    use drkit_drivers::source::postgres::archive::TarReader;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut r = TarReader::new(data);
+        let mut out = Vec::new();
+        while let Some(m) = r.next().await.expect("a readable archive") {
+            out.push((m.name, m.data));
+        }
+        out
+    })
+}
+
+/// A drkit PostgreSQL tar archive of `members`.
+pub fn tar_of(members: &[(String, Vec<u8>)]) -> Vec<u8> {
+    use drkit_drivers::source::postgres::archive::{write_end, write_member};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut out = Vec::new();
+        for (name, data) in members {
+            write_member(&mut out, name, data).await.unwrap();
+        }
+        write_end(&mut out).await.unwrap();
+        out
+    })
+}

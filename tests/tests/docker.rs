@@ -764,7 +764,7 @@ async fn crafted_archives_are_refused_and_nothing_is_written() {
         let job = format!("crafted-{name}");
         let outcome = pipeline::backup(
             &job,
-            &Crafted(bytes),
+            &Crafted(bytes.clone()),
             &targets,
             &Default::default(),
             pipeline::no_progress(),
@@ -780,6 +780,7 @@ async fn crafted_archives_are_refused_and_nothing_is_written() {
             force: false,
             ..Default::default()
         };
+        // The restore's verification applies the entry policy first: nothing is created.
         let err = pipeline::restore(
             storage.as_ref(),
             &manifest,
@@ -787,6 +788,29 @@ async fn crafted_archives_are_refused_and_nothing_is_written() {
             &opts,
             false,
             pipeline::no_progress(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            drkit_core::ErrorKind::Integrity,
+            "{name}: {err}"
+        );
+        assert!(
+            err.to_string().contains(want) && err.to_string().contains("restore would refuse"),
+            "{name}: {err}"
+        );
+        assert!(
+            !volume_exists(&fresh),
+            "{name}: the refused restore left volume {fresh}"
+        );
+        // The driver's own check, behind it (bytes changed in the storage since the
+        // verification): refused while streaming, and the new volume is removed again.
+        let err = drkit_core::Source::restore(
+            &src,
+            Box::new(std::io::Cursor::new(bytes.clone())),
+            &manifest,
+            &opts,
         )
         .await
         .unwrap_err();
@@ -812,6 +836,24 @@ async fn crafted_archives_are_refused_and_nothing_is_written() {
             &opts,
             false,
             pipeline::no_progress(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            drkit_core::ErrorKind::Integrity,
+            "{name}: {err}"
+        );
+        assert_eq!(
+            listing(&existing),
+            before,
+            "{name}: the refused restore changed the volume"
+        );
+        let err = drkit_core::Source::restore(
+            &src,
+            Box::new(std::io::Cursor::new(bytes.clone())),
+            &manifest,
+            &opts,
         )
         .await
         .unwrap_err();
@@ -907,4 +949,341 @@ fn compose_test_file_is_valid_and_matches_its_env_script() {
     ] {
         assert!(env.contains(var), "{var} missing:\n{env}");
     }
+}
+
+/// Run drkit in `dir` (the compose project's directory), without the caller's
+/// COMPOSE_PROJECT_NAME.
+fn drkit_in(s: &Scratch, dir: &std::path::Path, args: &[&str]) -> drkit_tests::Run {
+    let mut c = s.command(args);
+    c.current_dir(dir).env_remove("COMPOSE_PROJECT_NAME");
+    let out = c.output().expect("run drkit");
+    drkit_tests::Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+/// The anonymous volumes a container mounts.
+fn anonymous_volumes(container: &str) -> Vec<String> {
+    docker(&[
+        "inspect",
+        "-f",
+        "{{range .Mounts}}{{if eq .Type \"volume\"}}{{.Name}} {{end}}{{end}}",
+        container,
+    ])
+    .split_whitespace()
+    .map(str::to_string)
+    .collect()
+}
+
+/// `docker rm -v` by short id, full id and `/name`: the container is found as the engine
+/// finds it, and its un-backed-up anonymous volume makes the guard refuse.
+#[test]
+fn guard_rm_v_by_container_id_is_refused() {
+    setup();
+    let mut clean = Cleanup::default();
+    let ctr = unique("anon");
+    clean.containers.push(ctr.clone());
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &ctr,
+        "--network",
+        "none",
+        "-v",
+        "/data",
+        IMAGE,
+        "sh",
+        "-c",
+        "dd if=/dev/urandom of=/data/precious bs=1k count=64 2>/dev/null; touch /data/.ready; trap 'exit 0' TERM; while true; do sleep 1; done",
+    ]);
+    let vols = anonymous_volumes(&ctr);
+    assert_eq!(vols.len(), 1, "{vols:?}");
+    clean.volumes.extend(vols.iter().cloned());
+    let t0 = Instant::now();
+    while !docker_out(&["exec", &ctr, "test", "-f", "/data/.ready"])
+        .status
+        .success()
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the container never wrote its data"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let full = docker(&["inspect", "-f", "{{.Id}}", &ctr])
+        .trim()
+        .to_string();
+    let short = full[..12].to_string();
+    let slash = format!("/{ctr}");
+    let s = Scratch::new();
+    s.config(&config(&s.path("store"), ""));
+    for spelling in [
+        vec!["docker", "rm", "-fv", short.as_str()],
+        vec!["docker", "rm", "-v", full.as_str()],
+        vec![
+            "docker",
+            "container",
+            "rm",
+            "--volumes",
+            "--force",
+            &full[..7],
+        ],
+        vec!["docker", "rm", "-fv", slash.as_str()],
+    ] {
+        let mut args = vec!["guard", "--"];
+        args.extend(&spelling);
+        let r = s.drkit(&args);
+        r.expect_code(3).expect_one_line_error("nothing was run");
+        assert!(
+            r.stderr.contains(&vols[0]) && r.stderr.contains("no backup"),
+            "{spelling:?}: {}",
+            r.stderr
+        );
+        assert!(running(&ctr), "{spelling:?}: the container was removed");
+    }
+    // A container that does not exist: the command runs (and fails by itself).
+    let r = s.drkit(&[
+        "guard",
+        "--",
+        "docker",
+        "rm",
+        "-v",
+        "drkit-no-such-container",
+    ]);
+    assert_eq!(r.code, 1, "docker's own exit code: {r:?}");
+}
+
+/// Compose v1 spellings that destroyed volumes with no backup: `rm -v svc1 svc2` (the
+/// services were ANDed, so nothing matched) and `env -u HOME docker-compose down -v`.
+#[test]
+fn guard_compose_rm_services_and_env_wrapped_down_are_refused() {
+    setup();
+    if !compose_flavours().iter().any(|f| f[0] == "docker-compose") {
+        panic!("docker-compose (v1) is not installed");
+    }
+    let mut clean = Cleanup::default();
+    let s = Scratch::new();
+    let project = unique("rmsvc");
+    clean.projects.push(project.clone());
+    let dir = s.path("stack");
+    std::fs::create_dir_all(&dir).unwrap();
+    let service = |name: &str| {
+        format!(
+            "  {name}:\n    image: {IMAGE}\n    network_mode: none\n    command: [\"sh\", \"-c\", \"dd if=/dev/urandom of=/data/{name} bs=1k count=32 2>/dev/null; touch /data/.ready; trap 'exit 0' TERM; while true; do sleep 1; done\"]\n    volumes:\n      - /data\n"
+        )
+    };
+    std::fs::write(
+        dir.join("docker-compose.yml"),
+        format!(
+            "version: \"3\"\nservices:\n{}{}",
+            service("svc1"),
+            service("svc2")
+        ),
+    )
+    .unwrap();
+    let compose = |args: &[&str]| {
+        let out = std::process::Command::new("docker-compose")
+            .args(["-p", &project])
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("run docker-compose");
+        assert!(
+            out.status.success(),
+            "docker-compose {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    compose(&["up", "-d"]);
+    let label = format!("label=com.docker.compose.project={project}");
+    let ids = || -> Vec<String> {
+        docker(&["ps", "-aq", "--filter", &label])
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let ctrs = ids();
+    assert_eq!(ctrs.len(), 2);
+    let mut vols = Vec::new();
+    for c in &ctrs {
+        let t0 = Instant::now();
+        while !docker_out(&["exec", c, "test", "-f", "/data/.ready"])
+            .status
+            .success()
+        {
+            assert!(t0.elapsed() < Duration::from_secs(30), "no data written");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        vols.extend(anonymous_volumes(c));
+    }
+    assert_eq!(vols.len(), 2);
+    compose(&["stop", "-t", "2"]);
+    s.config(&config(&s.path("store"), ""));
+    let cfg = s.path("drkit.toml").display().to_string();
+    let spellings: Vec<Vec<&str>> = vec![
+        vec![
+            "docker-compose",
+            "-p",
+            &project,
+            "rm",
+            "-v",
+            "-f",
+            "svc1",
+            "svc2",
+        ],
+        vec!["docker-compose", "-p", &project, "rm", "-fv", "svc2"],
+        vec![
+            "env",
+            "-u",
+            "HOME",
+            "docker-compose",
+            "-p",
+            &project,
+            "down",
+            "-v",
+        ],
+        vec!["env", "-S", "docker-compose -p", &project, "down", "-v"],
+        vec![
+            "nice",
+            "-n",
+            "5",
+            "timeout",
+            "600",
+            "docker-compose",
+            "-p",
+            &project,
+            "down",
+            "-v",
+        ],
+    ];
+    for spelling in &spellings {
+        let mut args = vec!["--config", &cfg, "guard", "--"];
+        args.extend(spelling);
+        let r = drkit_in(&s, &dir, &args);
+        r.expect_code(3).expect_one_line_error("nothing was run");
+        let shown = vols
+            .iter()
+            .filter(|v| r.stderr.contains(v.as_str()))
+            .count();
+        let want = if spelling.contains(&"svc2") && !spelling.contains(&"svc1") {
+            1
+        } else {
+            2
+        };
+        assert_eq!(shown, want, "{spelling:?}: {}", r.stderr);
+        assert_eq!(ids().len(), 2, "{spelling:?}: containers were removed");
+        for v in &vols {
+            assert!(volume_exists(v), "{spelling:?}: volume {v} was destroyed");
+        }
+    }
+}
+
+/// Verify applies the restore's entry policy: a backup whose archive holds an absolute
+/// symlink (a live volume's, flagged at backup time; or one planted in the storage) fails
+/// `drkit verify` (exit 4, naming the entry), and so the guard does not count it.
+#[test]
+fn verify_fails_what_restore_refuses_and_the_guard_follows() {
+    use drkit_drivers::docker::tar::build::{archive, entry};
+    use sha2::Digest;
+    setup();
+    let mut clean = Cleanup::default();
+    let live = unique("abslink");
+    let planted = unique("planted");
+    let fresh = unique("fresh");
+    clean
+        .volumes
+        .extend([live.clone(), planted.clone(), fresh.clone()]);
+    docker(&["volume", "create", &live]);
+    docker(&["volume", "create", &planted]);
+    in_volume(&live, "echo data > /data/f; ln -s /etc/hostname /data/abs");
+    in_volume(
+        &planted,
+        "echo precious > /data/p; dd if=/dev/urandom of=/data/r bs=1k count=16 2>/dev/null",
+    );
+    let s = Scratch::new();
+    s.config(&config(
+        &s.path("store"),
+        &format!(
+            "[job.live]\nsource = {{ type = \"docker-volume\", volume = \"{live}\" }}\nstorage = [\"local\"]\n\n\
+             [job.planted]\nsource = {{ type = \"docker-volume\", volume = \"{planted}\" }}\nstorage = [\"local\"]\ncompression = \"none\"\n"
+        ),
+    ));
+
+    // A live volume with an absolute symlink: backed up, flagged, not verified, not counted.
+    let b = s.drkit(&["backup", "live"]);
+    b.expect_code(0);
+    assert!(
+        b.stderr.contains("not restorable") && b.stderr.contains("\"./abs\""),
+        "{}",
+        b.stderr
+    );
+    let r = s.drkit(&["verify", "live"]);
+    r.expect_code(4);
+    assert!(
+        r.stderr.contains("restore would refuse") && r.stderr.contains("\"./abs\""),
+        "{}",
+        r.stderr
+    );
+    let r = s.drkit(&["guard", "--", "docker", "volume", "rm", &live]);
+    r.expect_code(3);
+    assert!(r.stderr.contains("failed verification"), "{}", r.stderr);
+    assert!(volume_exists(&live));
+
+    // A good backup, then its archive replaced in the storage by one with an absolute
+    // symlink, the manifest's checksums rewritten to match.
+    s.drkit(&["backup", "planted"]).expect_code(0);
+    s.drkit(&["verify", "planted"]).expect_code(0);
+    let store = s.path("store");
+    let files = drkit_tests::files_under(&store);
+    let data = files
+        .iter()
+        .find(|f| f.contains("planted") && f.ends_with("data.tar"))
+        .unwrap_or_else(|| panic!("no uncompressed archive in {files:?}"));
+    let manifest = files
+        .iter()
+        .find(|f| f.contains("planted") && f.ends_with("manifest.json"))
+        .expect("manifest");
+    let evil = archive(&[
+        entry("./", b'5', "", b""),
+        entry("./p", b'0', "", b"precious\n"),
+        entry("./etc", b'2', "/etc", b""),
+    ]);
+    std::fs::write(store.join(data), &evil).unwrap();
+    let sha = hex::encode(sha2::Sha256::digest(&evil));
+    let mpath = store.join(manifest);
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    for (k, v) in [
+        ("raw_size", serde_json::json!(evil.len())),
+        ("stored_size", serde_json::json!(evil.len())),
+        ("raw_sha256", serde_json::json!(sha)),
+        ("stored_sha256", serde_json::json!(sha)),
+    ] {
+        m["data"][k] = v;
+    }
+    std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let r = s.drkit(&["verify", "planted"]);
+    r.expect_code(4);
+    assert!(
+        r.stderr.contains("\"./etc\"") && r.stderr.contains("absolute path \"/etc\""),
+        "{}",
+        r.stderr
+    );
+    let r = s.drkit(&["guard", "--", "docker", "volume", "rm", &planted]);
+    r.expect_code(3).expect_one_line_error("nothing was run");
+    assert!(
+        r.stderr.contains("failed verification") && r.stderr.contains("\"./etc\""),
+        "{}",
+        r.stderr
+    );
+    assert!(volume_exists(&planted));
+    // The restore stops at the same place, before anything is created.
+    s.drkit(&["restore", "planted", "--to", &fresh])
+        .expect_code(4);
+    assert!(
+        !volume_exists(&fresh),
+        "the refused restore created {fresh}"
+    );
 }

@@ -24,6 +24,7 @@ async fn backup_list_verify_restore_from_rust() {
     let opts = BackupOptions {
         compression: drkit_core::Compression::Gzip,
         level: None,
+        ..Default::default()
     };
     let outcome = pipeline::backup("app", &source, &targets, &opts, pipeline::no_progress())
         .await

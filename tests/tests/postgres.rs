@@ -785,6 +785,7 @@ async fn a_damaged_stream_never_commits_a_restore() {
     let opts = BackupOptions {
         compression: Compression::None,
         level: None,
+        ..Default::default()
     };
 
     for extra in ["", "globals = true"] {

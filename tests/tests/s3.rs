@@ -368,6 +368,7 @@ async fn backup_pattern(
     let opts = BackupOptions {
         compression: Compression::None,
         level: None,
+        ..Default::default()
     };
     pipeline::backup("pat", &source, &targets, &opts, pipeline::no_progress()).await
 }

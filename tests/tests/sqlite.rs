@@ -508,3 +508,70 @@ fn json_outputs_are_documents() {
     assert_eq!(r.json()["restore"]["dry_run"], true);
     assert!(!s.path("x.db").exists());
 }
+
+#[test]
+fn restore_force_keeps_mode_owner_and_group_and_a_new_path_is_0600() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let s = Scratch::new();
+    config(&s);
+    let db = s.path("app.db");
+    make_db(&db, 100, 100);
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&db, Some(1234), Some(5678)).unwrap();
+    s.drkit(&["backup"]).expect_code(0);
+    let c = Connection::open(&db).unwrap();
+    c.execute("INSERT INTO small VALUES ('after', 3)", [])
+        .unwrap();
+    drop(c);
+
+    let dry = s.drkit(&["restore", "app", "--force", "--dry-run"]);
+    dry.expect_code(0);
+    assert!(
+        format!("{}{}", dry.stdout, dry.stderr).contains("mode 0600, owner 1234:5678"),
+        "the dry run does not say what the restored file gets:\n{}\n{}",
+        dry.stdout,
+        dry.stderr
+    );
+
+    let r = s.drkit(&["--json", "restore", "app", "--force"]);
+    r.expect_code(0);
+    let m = std::fs::metadata(&db).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o600, "mode of the restored file");
+    assert_eq!(
+        (m.uid(), m.gid()),
+        (1234, 5678),
+        "owner of the restored file"
+    );
+    let kept = r.json()["restore"]["report"]["kept_previous"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let k = std::fs::metadata(&kept).unwrap();
+    assert_eq!(
+        (k.mode() & 0o7777, k.uid(), k.gid()),
+        (0o600, 1234, 5678),
+        "the kept file changed"
+    );
+    let leftovers: Vec<String> = files_under(s.dir.path())
+        .into_iter()
+        .filter(|f| f.contains("drkit-restore"))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    assert_eq!(counts(&db)["small"], 2, "the backup's data is not back");
+    assert_eq!(counts(&kept)["small"], 3, "the old data was not kept");
+    assert!(integrity_ok(&db));
+
+    // A restore to a new path: owner-only, owned by the user running drkit.
+    let me = {
+        std::fs::write(s.path("probe"), b"").unwrap();
+        let p = std::fs::metadata(s.path("probe")).unwrap();
+        (p.uid(), p.gid())
+    };
+    let fresh = s.path("fresh.db");
+    s.drkit(&["restore", "app", "--to", fresh.to_str().unwrap()])
+        .expect_code(0);
+    let f = std::fs::metadata(&fresh).unwrap();
+    assert_eq!(f.mode() & 0o7777, 0o600, "mode of a restore to a new path");
+    assert_eq!((f.uid(), f.gid()), me, "owner of a restore to a new path");
+    assert_eq!(counts(&fresh)["small"], 2);
+}

@@ -84,6 +84,16 @@ impl Ctx {
             .collect()
     }
 
+    /// What the job's readers trust (its signing public key, or nothing).
+    pub fn trust(&self, job: &str) -> Result<drkit_core::signing::Trust> {
+        self.config.job(job)?.trust(job)
+    }
+
+    /// The job's signer, when this host has its key file.
+    pub fn signer(&self, job: &str) -> Result<Option<Arc<drkit_core::signing::Signer>>> {
+        Ok(self.config.job(job)?.signer(job)?.map(Arc::new))
+    }
+
     /// One storage by name.
     pub fn storage(&self, name: &str) -> Result<Arc<dyn Storage>> {
         let spec = self

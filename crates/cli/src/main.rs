@@ -51,6 +51,8 @@ enum Command {
     Restore(cmd::restore::Args),
     /// Apply each job's retention policy (`keep`).
     Prune(cmd::prune::Args),
+    /// Mark a suspect backup as good after a deliberate purge (writes accepted.json beside it).
+    Accept(cmd::accept::Args),
     /// Freshness and health per job; exit 5 when a backup is missing, stale or suspect.
     Status(cmd::status::Args),
     /// Restore the newest backup into a scratch place, check it, clean up, keep a report.
@@ -98,6 +100,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             Command::Restore(a) => cmd::restore::run(&ctx, a).await,
             Command::Prune(a) => cmd::prune::run(&ctx, a).await,
             Command::Status(a) => cmd::status::run(&ctx, a).await,
+            Command::Accept(a) => cmd::accept::run(&ctx, a).await,
             Command::Drill(a) => cmd::drill::run(&ctx, a).await,
             Command::Doctor(a) => cmd::doctor::run(&ctx, a).await,
             Command::Daemon(a) => cmd::daemon::run(&ctx, a).await,

@@ -27,19 +27,25 @@ impl Output {
     /// A progress message on stderr (not with -q).
     pub fn info(&self, msg: impl AsRef<str>) {
         if !self.quiet {
-            eprintln!("{}", msg.as_ref());
+            stderr_line(msg.as_ref());
         }
     }
 
     /// A warning on stderr (always).
     pub fn warn(&self, msg: impl AsRef<str>) {
-        eprintln!("WARNING: {}", msg.as_ref());
+        stderr_line(&format!("WARNING: {}", msg.as_ref()));
+    }
+
+    /// One error line on stderr (always) for a failure the command reports and goes on from
+    /// (one storage of several, one job of several); the exit code says it at the end.
+    pub fn error(&self, msg: impl AsRef<str>) {
+        stderr_line(&format!("error: {}", msg.as_ref().replace('\n', " ")));
     }
 
     /// Detail shown with -v.
     pub fn detail(&self, msg: impl AsRef<str>) {
         if self.verbose > 0 {
-            eprintln!("{}", msg.as_ref());
+            stderr_line(msg.as_ref());
         }
     }
 
@@ -53,10 +59,7 @@ impl Output {
     /// The one JSON document of --json.
     pub fn json_doc(&self, value: &serde_json::Value) {
         if self.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(value).expect("JSON value serializes")
-            );
+            stdout_line(&serde_json::to_string_pretty(value).expect("JSON value serializes"));
         }
     }
 
@@ -77,40 +80,30 @@ impl Output {
     }
 }
 
-/// One line on stdout; a closed pipe (`drkit list | head`) is not an error worth a panic.
+/// One line on stdout. A closed pipe (`drkit --json list | head -c1`) ends the output
+/// quietly, as with any Unix tool: no panic, no message.
+fn stderr_line(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 fn stdout_line(line: &str) {
     use std::io::Write;
-    let _ = writeln!(std::io::stdout().lock(), "{line}");
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 /// Print an error as one line on stderr (and as JSON on stdout with --json).
 pub fn print_error(e: &Error, json: bool) {
     let line = e.to_string().replace('\n', " ");
-    eprintln!("error: {line}");
+    stderr_line(&format!("error: {line}"));
     if json {
         let doc = serde_json::json!({"error": {"kind": e.kind().as_str(), "message": line}});
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&doc).expect("JSON value serializes")
-        );
+        stdout_line(&serde_json::to_string_pretty(&doc).expect("JSON value serializes"));
     }
 }
 
-/// Bytes as a short human string (1.5 MiB).
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
+pub use drkit_core::units::human_bytes;
 
 /// A duration as a short human string (3h 5m, 2d 4h, 45s).
 pub fn human_age(secs: i64) -> String {

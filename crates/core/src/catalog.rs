@@ -1,12 +1,27 @@
 //! The catalog: the storage itself. A backup exists if and only if its manifest exists, so
 //! listing backups is listing `*/manifest.json` keys and reading them.
+//!
+//! The storage is untrusted input: a manifest counts only where its `job` and `id` equal the
+//! folder it was found in, its data key lies in that folder, and (with a public key
+//! configured) its signature matches. Anything else is a [`Broken`] entry: listed with its
+//! reason, never chosen for a restore, never counted or removed by retention. One broken
+//! entry never hides the others.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, SubsecRound, TimeZone, Utc};
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
-use crate::manifest::{format_time, manifest_key, MANIFEST_FILE};
+use crate::manifest::{backup_folder, format_time, manifest_key, MANIFEST_FILE};
+use crate::signing::{Record, Trust, SIG_SUFFIX};
 use crate::{Error, ErrorKind, Manifest, ObjectMeta, Result, Storage};
+
+/// File name of the record `drkit accept` writes into a backup's folder.
+pub const ACCEPTED_FILE: &str = "accepted.json";
+
+/// Objects larger than this are not read as manifests or records (a hostile storage could
+/// hand out gigabytes under `manifest.json`).
+pub const MAX_RECORD_SIZE: u64 = 16 << 20;
 
 /// A new backup id for a backup started at `now`: `YYYYMMDDTHHMMSSZ-<6 hex>`, sorting by time.
 pub fn new_backup_id(now: DateTime<Utc>, rng: &mut impl Rng) -> String {
@@ -31,28 +46,311 @@ pub fn is_backup_id(id: &str) -> bool {
 
 /// Read one object fully (only for small objects: manifests, reports).
 pub async fn read_small(storage: &dyn Storage, key: &str) -> Result<Vec<u8>> {
-    let mut r = storage.get(key).await?;
+    read_record(storage, key).await
+}
+
+/// The state of a valid backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Not suspect when written.
+    Good,
+    /// Suspect when written, not accepted: kept, but not counted as good.
+    Suspect,
+    /// Suspect when written, then accepted with `drkit accept`: counts as good.
+    Accepted,
+}
+
+impl State {
+    /// The word `list` shows: `OK`, `SUSPECT`, `ACCEPTED`.
+    pub fn label(self) -> &'static str {
+        match self {
+            State::Good => "OK",
+            State::Suspect => "SUSPECT",
+            State::Accepted => "ACCEPTED",
+        }
+    }
+}
+
+/// The record `drkit accept` writes next to a suspect backup (`<job>/<id>/accepted.json`):
+/// the manifest itself is never rewritten (object-locked buckets forbid it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acceptance {
+    /// The job.
+    pub job: String,
+    /// The accepted backup.
+    pub backup_id: String,
+    /// When it was accepted.
+    pub accepted_at: DateTime<Utc>,
+    /// Who accepted it (user name on the host).
+    pub by: String,
+    /// The host `drkit accept` ran on.
+    pub host: String,
+    /// Why (the `--reason`).
+    pub reason: String,
+}
+
+impl Acceptance {
+    /// The storage key of the accept record of backup `id` of `job`.
+    pub fn key_for(job: &str, id: &str) -> String {
+        format!("{}{ACCEPTED_FILE}", backup_folder(job, id))
+    }
+
+    /// Serialize as pretty JSON.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("an acceptance serializes");
+        v.push(b'\n');
+        v
+    }
+}
+
+/// One valid backup: its manifest and, when there is one, its accept record.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The manifest, checked against its folder.
+    pub manifest: Manifest,
+    /// The accept record, when a valid one exists.
+    pub accepted: Option<Acceptance>,
+    /// Why an accept record next to it was ignored (unreadable, for another backup, bad
+    /// signature).
+    pub accept_problem: Option<String>,
+}
+
+impl Entry {
+    /// Good, suspect or accepted.
+    pub fn state(&self) -> State {
+        match (&self.manifest.suspect, &self.accepted) {
+            (None, _) => State::Good,
+            (Some(_), None) => State::Suspect,
+            (Some(_), Some(_)) => State::Accepted,
+        }
+    }
+
+    /// Good = not suspect, or accepted.
+    pub fn is_good(&self) -> bool {
+        self.state() != State::Suspect
+    }
+}
+
+/// A folder of the job that looks like a backup but cannot be trusted as one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Broken {
+    /// The folder's name (a backup id by its shape).
+    pub id: String,
+    /// The manifest's key.
+    pub key: String,
+    /// What is wrong, in words.
+    pub reason: String,
+    /// Whether the storage failed to read it (it may be fine): prune does not act on a
+    /// listing with such an entry.
+    pub unreadable: bool,
+}
+
+/// The backups of one job on one storage.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// Valid backups, newest first (by start time, then id).
+    pub backups: Vec<Entry>,
+    /// Broken entries, by folder name.
+    pub broken: Vec<Broken>,
+}
+
+impl Listing {
+    /// The newest good backup.
+    pub fn newest_good(&self) -> Option<&Entry> {
+        self.backups.iter().find(|e| e.is_good())
+    }
+
+    /// The valid backup `id`.
+    pub fn get(&self, id: &str) -> Option<&Entry> {
+        self.backups.iter().find(|e| e.manifest.id == id)
+    }
+
+    /// The broken entry of folder `id`.
+    pub fn broken(&self, id: &str) -> Option<&Broken> {
+        self.broken.iter().find(|b| b.id == id)
+    }
+}
+
+/// Read every backup of `job` on `storage`: valid ones (checked against their folder, and
+/// signed when `trust` has a public key) and broken ones. Fails only when the storage cannot
+/// be listed.
+pub async fn scan(storage: &dyn Storage, job: &str, trust: &Trust) -> Result<Listing> {
+    let objects = storage.list(&format!("{job}/")).await?;
+    let mut listing = Listing::default();
+    for id in complete_ids(&objects, job) {
+        match read_entry(storage, &objects, job, &id, trust).await {
+            Ok(e) => listing.backups.push(e),
+            Err(b) => listing.broken.push(b),
+        }
+    }
+    listing.backups.sort_by(|a, b| newest_first(&a.manifest, &b.manifest));
+    Ok(listing)
+}
+
+/// The backup `id` of `job`: a missing one is [`ErrorKind::NotFound`], a broken one an
+/// integrity error naming it and what is wrong.
+pub async fn load(storage: &dyn Storage, job: &str, id: &str, trust: &Trust) -> Result<Entry> {
+    let objects = storage.list(&backup_folder(job, id)).await?;
+    if !is_backup_id(id) || !objects.iter().any(|o| o.key == manifest_key(job, id)) {
+        return Err(Error::not_found(format!(
+            "job {job} has no backup {id} on {}; `drkit list {job}` shows the backups",
+            storage.describe()
+        )));
+    }
+    read_entry(storage, &objects, job, id, trust)
+        .await
+        .map_err(|b| broken_error(job, &b))
+}
+
+/// The error for using a broken entry.
+pub fn broken_error(job: &str, b: &Broken) -> Error {
+    let msg = format!("backup {job}/{} is broken: {}", b.id, b.reason);
+    if b.unreadable {
+        Error::storage(msg)
+    } else {
+        Error::integrity(msg)
+    }
+}
+
+async fn read_entry(
+    storage: &dyn Storage,
+    objects: &[ObjectMeta],
+    job: &str,
+    id: &str,
+    trust: &Trust,
+) -> std::result::Result<Entry, Broken> {
+    let key = manifest_key(job, id);
+    let broken = |reason: String, unreadable: bool| Broken {
+        id: id.to_string(),
+        key: key.clone(),
+        reason,
+        unreadable,
+    };
+    let present = |k: &str| objects.iter().any(|o| o.key == k);
+    let bytes = read_record(storage, &key)
+        .await
+        .map_err(|e| broken(e.to_string(), e.kind() != ErrorKind::Integrity))?;
+    let manifest = check_manifest(&bytes, &key, job, id).map_err(|e| broken(e, false))?;
+    if !trust.is_blind() {
+        let sig_key = format!("{key}{SIG_SUFFIX}");
+        let sig = if present(&sig_key) {
+            Some(read_record(storage, &sig_key).await.map_err(|e| {
+                broken(
+                    format!("its signature cannot be read: {e}"),
+                    e.kind() != ErrorKind::Integrity,
+                )
+            })?)
+        } else {
+            None
+        };
+        trust
+            .check(Record::Manifest, &bytes, sig.as_deref())
+            .map_err(|e| broken(format!("manifest: {e}"), false))?;
+    }
+    let mut entry = Entry {
+        manifest,
+        accepted: None,
+        accept_problem: None,
+    };
+    let accept_key = Acceptance::key_for(job, id);
+    if present(&accept_key) {
+        match read_acceptance(storage, &accept_key, job, id, trust).await {
+            Ok(a) => entry.accepted = Some(a),
+            Err(why) => entry.accept_problem = Some(why),
+        }
+    }
+    Ok(entry)
+}
+
+async fn read_acceptance(
+    storage: &dyn Storage,
+    key: &str,
+    job: &str,
+    id: &str,
+    trust: &Trust,
+) -> std::result::Result<Acceptance, String> {
+    let bytes = read_record(storage, key)
+        .await
+        .map_err(|e| format!("{key} ignored: {e}"))?;
+    if !trust.is_blind() {
+        let sig_key = format!("{key}{SIG_SUFFIX}");
+        let sig = match read_record(storage, &sig_key).await {
+            Ok(s) => Some(s),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("{key} ignored: its signature cannot be read: {e}")),
+        };
+        trust
+            .check(Record::Accept, &bytes, sig.as_deref())
+            .map_err(|e| format!("{key} ignored: {e}"))?;
+    }
+    let a: Acceptance = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{key} ignored: not a valid accept record ({e})"))?;
+    if a.job != job || a.backup_id != id {
+        return Err(format!(
+            "{key} ignored: it accepts {}/{}, not this backup",
+            a.job, a.backup_id
+        ));
+    }
+    Ok(a)
+}
+
+/// Read a small record (manifest, signature, accept record), refusing one over
+/// [`MAX_RECORD_SIZE`] as an integrity error.
+async fn read_record(storage: &dyn Storage, key: &str) -> Result<Vec<u8>> {
+    let r = storage.get(key).await?;
     let mut out = Vec::new();
-    r.read_to_end(&mut out)
+    r.take(MAX_RECORD_SIZE + 1)
+        .read_to_end(&mut out)
         .await
         .map_err(|e| crate::from_io(e, ErrorKind::Storage, format!("reading {key}")))?;
+    if out.len() as u64 > MAX_RECORD_SIZE {
+        return Err(Error::integrity(format!(
+            "{key} is larger than {} MiB: not a drkit record",
+            MAX_RECORD_SIZE >> 20
+        )));
+    }
     Ok(out)
 }
 
-/// The manifest of backup `id` of `job`. A missing one is [`ErrorKind::NotFound`].
-pub async fn load(storage: &dyn Storage, job: &str, id: &str) -> Result<Manifest> {
-    let key = manifest_key(job, id);
-    let bytes = read_small(storage, &key).await.map_err(|e| {
-        if e.kind() == ErrorKind::NotFound {
-            Error::not_found(format!(
-                "job {job} has no backup {id} on {}; `drkit list {job}` shows the backups",
-                storage.describe()
-            ))
-        } else {
-            e
-        }
-    })?;
-    Manifest::from_json(&bytes, &key)
+/// Parse the manifest found at `<job>/<id>/manifest.json` and check it belongs there. The
+/// error is the reason, in words.
+pub fn check_manifest(
+    bytes: &[u8],
+    key: &str,
+    job: &str,
+    id: &str,
+) -> std::result::Result<Manifest, String> {
+    let m = Manifest::from_json(bytes, key).map_err(|e| e.to_string())?;
+    if m.job != job || m.id != id {
+        return Err(format!(
+            "the manifest in folder {job}/{id} describes backup {}/{}: it was copied or forged",
+            m.job, m.id
+        ));
+    }
+    let folder = backup_folder(job, id);
+    let name_ok = m.data.key.strip_prefix(&folder).is_some_and(|name| {
+        !name.is_empty()
+            && !name.starts_with('.')
+            && name != MANIFEST_FILE
+            && name != ACCEPTED_FILE
+            && !name.ends_with(SIG_SUFFIX)
+            && !name.contains(['/', '\\', '\0'])
+    });
+    if !name_ok {
+        return Err(format!(
+            "its data key {:?} is not a file of folder {folder}",
+            m.data.key
+        ));
+    }
+    Ok(m)
+}
+
+/// Order manifests newest first: by start time (milliseconds), then by id.
+pub fn newest_first(a: &Manifest, b: &Manifest) -> std::cmp::Ordering {
+    b.started_at
+        .cmp(&a.started_at)
+        .then_with(|| b.id.cmp(&a.id))
 }
 
 /// The ids of the complete backups of `job` found in a storage listing, oldest first.
@@ -119,24 +417,20 @@ pub fn jobs_in(objects: &[ObjectMeta]) -> Vec<String> {
     jobs
 }
 
-/// The complete backups of `job`, newest first (by start time, then id).
+/// The valid backups of `job` (good and suspect), newest first, read without checking
+/// signatures; broken entries are left out. See [`scan`] for the whole picture.
 pub async fn list(storage: &dyn Storage, job: &str) -> Result<Vec<Manifest>> {
-    let objects = storage.list(&format!("{job}/")).await?;
-    let mut out = Vec::new();
-    for id in complete_ids(&objects, job) {
-        out.push(load(storage, job, &id).await?);
-    }
-    sort_newest_first(&mut out);
-    Ok(out)
+    Ok(scan(storage, job, &Trust::blind())
+        .await?
+        .backups
+        .into_iter()
+        .map(|e| e.manifest)
+        .collect())
 }
 
 /// Sort manifests newest first: by start time (milliseconds), then by id.
 pub fn sort_newest_first(backups: &mut [Manifest]) {
-    backups.sort_by(|a, b| {
-        b.started_at
-            .cmp(&a.started_at)
-            .then_with(|| b.id.cmp(&a.id))
-    });
+    backups.sort_by(newest_first);
 }
 
 /// Parse a `--at` time: RFC 3339, or `YYYY-MM-DD[ HH:MM[:SS]]` (also with `T`) read as UTC.
@@ -159,36 +453,116 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>> {
     )))
 }
 
-/// Choose the newest backup that started at or before `at`, from `backups` in any order.
-/// Returns the choice and a sentence saying why.
-pub fn choose_at(backups: &[Manifest], at: DateTime<Utc>) -> Result<(&Manifest, String)> {
-    let chosen = backups
-        .iter()
-        .filter(|m| m.started_at <= at)
-        .max_by(|a, b| {
-            a.started_at
-                .cmp(&b.started_at)
-                .then_with(|| a.id.cmp(&b.id))
-        });
-    match chosen {
-        Some(m) => Ok((
-            m,
-            format!(
-                "chose backup {} (started {}), the newest complete backup started at or before {}",
-                m.id,
-                format_time(&m.started_at),
-                format_time(&at)
-            ),
-        )),
-        None => match backups.iter().min_by_key(|m| m.started_at) {
-            Some(oldest) => Err(Error::not_found(format!(
-                "no backup started at or before {}: the oldest is {} (started {})",
-                format_time(&at),
-                oldest.id,
-                format_time(&oldest.started_at)
+/// Which backup a restore or drill wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// The newest good backup.
+    Newest,
+    /// This backup, good or suspect.
+    Id(String),
+    /// The newest good backup that started at or before this time (to the second, as `list`
+    /// prints it).
+    At(DateTime<Utc>),
+}
+
+/// The backup chosen from a listing, and why.
+#[derive(Debug, Clone)]
+pub struct Choice<'a> {
+    /// The chosen backup.
+    pub entry: &'a Entry,
+    /// Why it was chosen, in words.
+    pub why: String,
+    /// Suspect backups passed over on the way (newest first).
+    pub skipped_suspect: Vec<String>,
+    /// A warning for the operator (a suspect backup chosen by id).
+    pub warning: Option<String>,
+}
+
+/// Choose a backup from `listing` (of `job`). A selector that finds nothing is
+/// [`ErrorKind::NotFound`]; an id whose folder is broken is an integrity error.
+pub fn choose<'a>(listing: &'a Listing, job: &str, selector: &Selector) -> Result<Choice<'a>> {
+    let skipped = |before: &dyn Fn(&Entry) -> bool| -> Vec<String> {
+        listing
+            .backups
+            .iter()
+            .filter(|e| !e.is_good() && before(e))
+            .map(|e| e.manifest.id.clone())
+            .collect()
+    };
+    match selector {
+        Selector::Id(id) => {
+            if let Some(entry) = listing.get(id) {
+                let warning = (!entry.is_good()).then(|| {
+                    format!(
+                        "backup {id} is suspect ({}); restoring it because it was asked for by id",
+                        entry.manifest.suspect_reasons().join("; ")
+                    )
+                });
+                return Ok(Choice {
+                    entry,
+                    why: format!("backup {id} as asked"),
+                    skipped_suspect: Vec::new(),
+                    warning,
+                });
+            }
+            if let Some(b) = listing.broken(id) {
+                return Err(broken_error(job, b));
+            }
+            Err(Error::not_found(format!(
+                "job {job} has no backup {id}; `drkit list {job}` shows the backups"
+            )))
+        }
+        Selector::Newest => match listing.newest_good() {
+            Some(entry) => {
+                let t = entry.manifest.started_at;
+                Ok(Choice {
+                    entry,
+                    why: format!("chose the newest good backup {}", entry.manifest.id),
+                    skipped_suspect: skipped(&|e| e.manifest.started_at >= t),
+                    warning: None,
+                })
+            }
+            None if listing.backups.is_empty() => {
+                Err(Error::not_found(format!("job {job} has no backup yet")))
+            }
+            None => Err(Error::not_found(format!(
+                "job {job} has no good backup: every backup is suspect ({}); inspect them with `drkit list {job}`, then `drkit accept {job} ID` or restore one with --id",
+                skipped(&|_| true).join(", ")
             ))),
-            None => Err(Error::not_found("there are no backups yet")),
         },
+        Selector::At(at) => {
+            // `list` prints times to the second: a backup started at 02:00:05.300 is chosen
+            // by `--at 02:00:05`.
+            let fits = |e: &Entry| e.manifest.started_at.trunc_subsecs(0) <= *at;
+            match listing.backups.iter().find(|e| e.is_good() && fits(e)) {
+                Some(entry) => {
+                    let t = entry.manifest.started_at;
+                    Ok(Choice {
+                        entry,
+                        why: format!(
+                            "chose backup {} (started {}), the newest good backup started at or before {}",
+                            entry.manifest.id,
+                            format_time(&t),
+                            format_time(at)
+                        ),
+                        skipped_suspect: skipped(&|e| fits(e) && e.manifest.started_at >= t),
+                        warning: None,
+                    })
+                }
+                None => match listing.backups.iter().filter(|e| e.is_good()).next_back() {
+                    Some(oldest) => Err(Error::not_found(format!(
+                        "no good backup of job {job} started at or before {}: the oldest good one is {} (started {})",
+                        format_time(at),
+                        oldest.manifest.id,
+                        format_time(&oldest.manifest.started_at)
+                    ))),
+                    None => Err(Error::not_found(format!(
+                        "job {job} has no good backup{}",
+                        if listing.backups.is_empty() { " yet" } else { ": every backup is suspect" }
+                    ))),
+                },
+            }
+        }
     }
 }
 
@@ -273,7 +647,7 @@ mod tests {
         let mut m: Manifest = serde_json::from_value(serde_json::json!({
             "format_version": 1, "id": id, "job": "db", "driver": "sqlite",
             "started_at": t, "finished_at": t,
-            "data": {"key": "k", "compression": "zstd", "encryption": "none", "raw_size": 1,
+            "data": {"key": format!("db/{id}/data.sqlite.zst"), "compression": "zstd", "encryption": "none", "raw_size": 1,
                      "raw_sha256": "a", "stored_size": 1, "stored_sha256": "b"},
             "drkit_version": "0", "host": "h"
         }))
@@ -282,30 +656,115 @@ mod tests {
         m
     }
 
+    fn entry(id: &str, t: &str, state: State) -> Entry {
+        let mut m = manifest_at(id, t);
+        if state != State::Good {
+            m.suspect = Some(crate::manifest::Suspect {
+                reasons: vec!["tiny".into()],
+            });
+        }
+        let accepted = (state == State::Accepted).then(|| Acceptance {
+            job: "db".into(),
+            backup_id: id.into(),
+            accepted_at: m.started_at,
+            by: "me".into(),
+            host: "h".into(),
+            reason: "purge".into(),
+        });
+        Entry {
+            manifest: m,
+            accepted,
+            accept_problem: None,
+        }
+    }
+
     #[test]
-    fn choose_at_table() {
-        let backups = vec![
-            manifest_at("b1", "2026-01-01T00:00:00Z"),
-            manifest_at("b2", "2026-01-02T00:00:00Z"),
-            manifest_at("b3", "2026-01-03T00:00:00Z"),
+    fn choose_table() {
+        use State::*;
+        let listing = Listing {
+            backups: vec![
+                entry("b5", "2026-01-05T00:00:00.400Z", Suspect),
+                entry("b4", "2026-01-04T00:00:00Z", Suspect),
+                entry("b3", "2026-01-03T00:00:07.250Z", Good),
+                entry("b2", "2026-01-02T00:00:00Z", Accepted),
+                entry("b1", "2026-01-01T00:00:00Z", Good),
+            ],
+            broken: vec![Broken {
+                id: "b9".into(),
+                key: "db/b9/manifest.json".into(),
+                reason: "not valid JSON".into(),
+                unreadable: false,
+            }],
+        };
+        let at = |s: &str| Selector::At(parse_time(s).unwrap());
+        // (selector, chosen, skipped suspect, warns)
+        let cases: Vec<(Selector, &str, Vec<&str>, bool)> = vec![
+            (Selector::Newest, "b3", vec!["b5", "b4"], false),
+            (at("2026-02-01"), "b3", vec!["b5", "b4"], false),
+            (at("2026-01-04T12:00:00Z"), "b3", vec!["b4"], false),
+            // the time `list` prints (seconds) chooses the backup it printed
+            (at("2026-01-03T00:00:07Z"), "b3", vec![], false),
+            (at("2026-01-03T00:00:06Z"), "b2", vec![], false),
+            (at("2026-01-02"), "b2", vec![], false),
+            (at("2026-01-01"), "b1", vec![], false),
+            (Selector::Id("b4".into()), "b4", vec![], true),
+            (Selector::Id("b1".into()), "b1", vec![], false),
         ];
-        let cases = [
-            ("2026-01-02T00:00:00Z", Some("b2")),
-            ("2026-01-02T12:00:00Z", Some("b2")),
-            ("2026-02-01", Some("b3")),
-            ("2026-01-01", Some("b1")),
-            ("2025-12-31", None),
+        for (sel, want, skipped, warns) in cases {
+            let c = choose(&listing, "db", &sel).unwrap();
+            assert_eq!(c.entry.manifest.id, want, "{sel:?}");
+            assert_eq!(c.skipped_suspect, skipped, "{sel:?}");
+            assert_eq!(c.warning.is_some(), warns, "{sel:?}");
+        }
+        let errs: Vec<(Selector, ErrorKind, &str)> = vec![
+            (at("2025-12-31"), ErrorKind::NotFound, "the oldest good one is b1"),
+            (Selector::Id("b7".into()), ErrorKind::NotFound, "no backup b7"),
+            (Selector::Id("b9".into()), ErrorKind::Integrity, "not valid JSON"),
         ];
-        for (at, want) in cases {
-            let got = choose_at(&backups, parse_time(at).unwrap());
-            match want {
-                Some(id) => assert_eq!(got.unwrap().0.id, id, "{at}"),
-                None => {
-                    let e = got.unwrap_err();
-                    assert_eq!(e.kind(), ErrorKind::NotFound);
-                    assert!(e.to_string().contains("b1"), "{e}");
-                }
-            }
+        for (sel, kind, want) in errs {
+            let e = choose(&listing, "db", &sel).unwrap_err();
+            assert_eq!(e.kind(), kind, "{sel:?}");
+            assert!(e.to_string().contains(want), "{e}");
+        }
+        let only_suspect = Listing {
+            backups: vec![entry("b4", "2026-01-04T00:00:00Z", Suspect)],
+            broken: vec![],
+        };
+        let e = choose(&only_suspect, "db", &Selector::Newest).unwrap_err();
+        assert!(e.to_string().contains("every backup is suspect (b4)"), "{e}");
+        let e = choose(&Listing::default(), "db", &Selector::Newest).unwrap_err();
+        assert!(e.to_string().contains("no backup yet"), "{e}");
+    }
+
+    #[test]
+    fn manifests_must_match_their_folder() {
+        let id = "20260101T000000Z-aaaaaa";
+        let good = manifest_at(id, "2026-01-01T00:00:00Z");
+        assert!(check_manifest(&good.to_json(), "k", "db", id).is_ok());
+        let mut cases: Vec<(Vec<u8>, &str)> = Vec::new();
+        let mut m = good.clone();
+        m.id = "20260102T000000Z-bbbbbb".into();
+        cases.push((m.to_json(), "describes backup db/20260102T000000Z-bbbbbb"));
+        let mut m = good.clone();
+        m.job = "other".into();
+        cases.push((m.to_json(), "describes backup other/"));
+        for key in [
+            "db/20260101T000000Z-aaaaaa/../x".to_string(),
+            "db/20260102T000000Z-bbbbbb/data.sqlite.zst".to_string(),
+            "/etc/passwd".to_string(),
+            format!("db/{id}/manifest.json"),
+            format!("db/{id}/"),
+            format!("db/{id}/sub/data"),
+        ] {
+            let mut m = good.clone();
+            m.data.key = key;
+            cases.push((m.to_json(), "is not a file of folder"));
+        }
+        cases.push((b"{not json".to_vec(), "not valid JSON"));
+        cases.push((Vec::new(), "not valid JSON"));
+        for (bytes, want) in cases {
+            let e = check_manifest(&bytes, "k", "db", id).unwrap_err();
+            assert!(e.contains(want), "{e} lacks {want}");
         }
     }
 }

@@ -87,6 +87,31 @@ pub struct JobConfig {
     /// Age after which `status` calls the newest backup stale (e.g. `26h`).
     #[serde(default)]
     pub max_age: Option<String>,
+    /// When a new backup is suspect, compared with the newest good one (see
+    /// [`crate::suspect`]).
+    #[serde(default)]
+    pub suspect: crate::suspect::Thresholds,
+    /// Sign manifests with a private key, and/or accept only those a public key signed.
+    #[serde(default)]
+    pub signing: Option<crate::signing::SigningConfig>,
+}
+
+impl JobConfig {
+    /// What readers of this job's storages trust: its signing key, or nothing (blind).
+    pub fn trust(&self, job: &str) -> Result<crate::signing::Trust> {
+        match &self.signing {
+            Some(s) => s.trust(&format!("job.{job}.signing")),
+            None => Ok(crate::signing::Trust::blind()),
+        }
+    }
+
+    /// The signer for new records of this job, when it has a key file.
+    pub fn signer(&self, job: &str) -> Result<Option<crate::signing::Signer>> {
+        match &self.signing {
+            Some(s) => s.signer(&format!("job.{job}.signing")),
+            None => Ok(None),
+        }
+    }
 }
 
 /// How many backups to keep, by slot (as restic's and rustic's `forget`).
@@ -196,6 +221,35 @@ impl Config {
                         "{origin}: job.{name} uses storage {s:?}, which is not defined (defined: {})",
                         if known.is_empty() { "none".to_string() } else { known.join(", ") }
                     )));
+                }
+            }
+            if let Some(level) = job.compression_level {
+                match job.compression.level_range() {
+                    Some(r) if r.contains(&level) => {}
+                    Some(r) => {
+                        return Err(Error::config(format!(
+                            "{origin}: job.{name}.compression_level = {level} is out of range for {}: use {} to {}",
+                            job.compression, r.start(), r.end()
+                        )))
+                    }
+                    None => {
+                        return Err(Error::config(format!(
+                            "{origin}: job.{name}.compression_level is set but compression is \"none\": remove one of them"
+                        )))
+                    }
+                }
+            }
+            job.suspect
+                .validate(&format!("{origin}: job.{name}.suspect"))?;
+            if let Some(signing) = &job.signing {
+                if signing.key_file.is_none() && signing.public.is_none() {
+                    return Err(Error::config(format!(
+                        "{origin}: job.{name}.signing needs key_file (hosts that back up) or public (hosts that only read)"
+                    )));
+                }
+                if let Some(p) = &signing.public {
+                    crate::signing::parse_public(p)
+                        .map_err(|e| e.context(format!("{origin}: job.{name}.signing.public")))?;
                 }
             }
             if let Some(age) = &job.max_age {
@@ -451,6 +505,15 @@ compression = "gzip"
             ("[storage.l]\ntype = \"local\"\n[job.\"a/b\"]\nsource = { type = \"sqlite\" }\nstorage = [\"l\"]\n", "not allowed"),
             ("[storage.l\n", "drkit.toml line 1"),
             ("[storage.l]\ntype = \"local\"\n[job.a]\nsource = { type = \"sqlite\" }\nstorage = [\"l\"]\ncompression = \"lz4\"\n", "unknown variant `lz4`"),
+            ("[storage.l]\ntype = \"local\"\n[job.a]\nsource = { type = \"sqlite\" }\nstorage = [\"l\"]\ncompression_level = 22\n", "compression_level = 22 is out of range for zstd: use 1 to 19"),
+            ("[storage.l]\ntype = \"local\"\n[job.a]\nsource = { type = \"sqlite\" }\nstorage = [\"l\"]\ncompression_level = 0\n", "out of range for zstd"),
+            ("[storage.l]\ntype = \"local\"\n[job.a]\nsource = { type = \"sqlite\" }\nstorage = [\"l\"]\ncompression = \"gzip\"\ncompression_level = 10\n", "out of range for gzip: use 1 to 9"),
+            ("[storage.l]\ntype = \"local\"\n[job.a]\nsource = { type = \"sqlite\" }\nstorage = [\"l\"]\ncompression = \"none\"\ncompression_level = 3\n", "compression is \"none\""),
+            ("[storage.l]\ntype = \"local\"\n[job.a]\nsource = { type = \"sqlite\" }\nstorage = [\"l\"]\nsuspect = { shrink = 2 }\n", "job.a.suspect.shrink = 2"),
+            ("[storage.l]\ntype = \"local\"\n[job.a]\nsource = { type = \"sqlite\" }\nstorage = [\"l\"]\nsuspect = { min_size = \"big\" }\n", "job.a.suspect.min_size"),
+            ("[storage.l]\ntype = \"local\"\n[job.a]\nsource = { type = \"sqlite\" }\nstorage = [\"l\"]\nsuspect = { shrnk = 0.5 }\n", "unknown field `shrnk`"),
+            ("[storage.l]\ntype = \"local\"\n[job.a]\nsource = { type = \"sqlite\" }\nstorage = [\"l\"]\nsigning = {}\n", "needs key_file"),
+            ("[storage.l]\ntype = \"local\"\n[job.a]\nsource = { type = \"sqlite\" }\nstorage = [\"l\"]\nsigning = { public = \"AAAA\" }\n", "signing.public"),
         ];
         for (text, want) in cases {
             let err = Config::parse(text, "drkit.toml", &env).unwrap_err();

@@ -9,7 +9,10 @@
 //!
 //! Recognised (`docker compose` and `docker-compose` alike):
 //! `compose down -v|--volumes`, `compose rm -v|--volumes`, `volume rm|remove`,
-//! `volume prune [-a]`, `system prune --volumes`, `rm -v|--volumes` / `container rm -v`.
+//! `volume prune [-a]`, `system prune --volumes`, `rm -v|--volumes` / `container rm -v`;
+//! behind `sudo`, `env`, `nice`, `timeout`, `nohup`, `command`, `exec`, `time`, `stdbuf` and
+//! `sh -c`. What cannot be followed fails safe: refused when a docker command may be behind
+//! it. Every spelling decided is a row of the `spellings` test table.
 
 use std::path::{Path, PathBuf};
 
@@ -70,76 +73,737 @@ pub struct Context<'a> {
 }
 
 /// Whether `argv` destroys volumes, and which. `Ok(None)`: it destroys none (or is not a
-/// docker command). An error: it might, but how cannot be told (e.g. `--context`).
+/// docker command). An error: it might, but how cannot be told (e.g. `--context`, an option
+/// of `sudo` or `env` the guard does not know): the guard refuses rather than guesses.
+///
+/// Wrappers are followed to the docker command they run, with their options and the
+/// environment and directory they set: `sudo` (its options, `VAR=value`, the environment it
+/// resets unless `-E`, `-D/--chdir`, `-i`), `env` (`-i`, `-u`, `-C`, `-S`, `VAR=value`),
+/// `nice`, `timeout`, `nohup`, `command`, `exec`, `time`, `stdbuf`, and `sh|bash -c
+/// 'one simple command'`.
 pub fn analyse(argv: &[String], ctx: &Context<'_>) -> Result<Option<Analysis>> {
-    let mut args: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let mut extra_env: Vec<(String, String)> = Vec::new();
-    // `sudo [-E ...] docker ...`, `env [VAR=value ...] docker ...`
+    let mut launch = Launch {
+        args: argv.to_vec(),
+        cwd: ctx.cwd.to_path_buf(),
+        base: ctx.env,
+        layers: Vec::new(),
+        chroot: None,
+        uncertain: Default::default(),
+    };
+    let mut steps = 0;
     loop {
-        let Some(first) = args.first() else {
+        let Some(first) = launch.args.first() else {
             return Ok(None);
         };
-        match base(first) {
-            "sudo" => {
-                args.remove(0);
-                while let Some(a) = args.first() {
-                    if *a == "--" {
-                        args.remove(0);
-                        break;
+        let program = base(first).to_string();
+        if matches!(program.as_str(), "docker" | "docker-compose") {
+            break;
+        }
+        steps += 1;
+        let step = if steps > 64 {
+            Err("too many nested wrappers".to_string())
+        } else {
+            match program.as_str() {
+                "sudo" => sudo(&mut launch, ctx.read),
+                "env" => env_wrapper(&mut launch),
+                "nice" => simple_wrapper(&mut launch, &NICE, 0),
+                "timeout" => simple_wrapper(&mut launch, &TIMEOUT, 1),
+                "nohup" | "noglob" | "nocorrect" | "builtin" => {
+                    simple_wrapper(&mut launch, &NOHUP, 0)
+                }
+                "command" => simple_wrapper(&mut launch, &COMMAND, 0),
+                "exec" => simple_wrapper(&mut launch, &EXEC, 0),
+                "time" => simple_wrapper(&mut launch, &TIME, 0),
+                "stdbuf" => simple_wrapper(&mut launch, &STDBUF, 0),
+                "sh" | "bash" | "dash" | "zsh" | "ksh" | "ash" => shell(&mut launch),
+                _ => return Ok(None),
+            }
+        };
+        match step {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::NoCommand) => return Ok(None),
+            Err(why) => {
+                // Fail safe: what cannot be followed is refused when a docker command may be
+                // behind it, and run otherwise.
+                if argv.iter().any(|a| a.contains("docker")) {
+                    return Err(Error::refused(format!(
+                        "drkit guard cannot tell what `{}` runs ({why}); it may be a docker command that destroys volumes, so nothing was run: guard the docker command itself (drkit guard -- docker ...)",
+                        shell_words(argv)
+                    )));
+                }
+                return Ok(None);
+            }
+        }
+    }
+    let env = |k: &str| launch.get(k);
+    let inner = Context {
+        cwd: &launch.cwd,
+        env: &env,
+        read: ctx.read,
+    };
+    let args: Vec<&str> = launch.args.iter().map(String::as_str).collect();
+    let program = base(args[0]);
+    let rest = &args[1..];
+    let found = match program {
+        "docker" => docker(rest, &inner)?,
+        _ => compose(rest, &inner, None, Compose::V1)?,
+    };
+    let Some(mut found) = found else {
+        return Ok(None);
+    };
+    if let Some(root) = &launch.chroot {
+        return Err(Error::refused(format!(
+            "this command destroys {}, run by sudo in the chroot {root:?}, which drkit guard cannot follow: nothing was run",
+            found.summary
+        )));
+    }
+    if found.docker_host.is_none() {
+        // The engine the command talks to: its DOCKER_HOST, which a wrapper may have set or
+        // removed (the guard itself connects with its own DOCKER_HOST otherwise).
+        let theirs = launch.get("DOCKER_HOST").filter(|h| !h.is_empty());
+        let ours = (ctx.env)("DOCKER_HOST").filter(|h| !h.is_empty());
+        if theirs != ours {
+            found.docker_host = Some(theirs.unwrap_or_else(|| DEFAULT_SOCKET.to_string()));
+        }
+    }
+    let uncertain = launch.uncertain.borrow();
+    if !uncertain.is_empty() {
+        let vars: Vec<&str> = uncertain.iter().map(String::as_str).collect();
+        return Err(Error::refused(format!(
+            "this command destroys {}, run by sudo, which passes {} to it or not depending on sudoers (env_reset, env_keep), so the guard cannot tell what it destroys: nothing was run; use sudo -E, sudo --preserve-env={}, or set the variable on the sudo command line (sudo {}=... docker ...)",
+            found.summary,
+            vars.join(", "),
+            vars.join(","),
+            vars[0]
+        )));
+    }
+    Ok(Some(found))
+}
+
+const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
+
+fn base(p: &str) -> &str {
+    p.rsplit('/').next().unwrap_or(p)
+}
+
+/// The command line, directory and environment a wrapped command runs with.
+struct Launch<'a> {
+    /// The wrapped command, wrappers consumed so far removed.
+    args: Vec<String>,
+    /// Its working directory.
+    cwd: PathBuf,
+    /// The guard's own environment.
+    base: &'a dyn Fn(&str) -> Option<String>,
+    /// What the wrappers did to the environment, innermost last.
+    layers: Vec<Layer>,
+    /// `sudo -R/--chroot`.
+    chroot: Option<String>,
+    /// Variables read that sudo may or may not have passed on (set for the guard, reset by
+    /// sudo, not preserved explicitly).
+    uncertain: std::cell::RefCell<std::collections::BTreeSet<String>>,
+}
+
+#[derive(Default)]
+struct Layer {
+    /// The environment was cleared (`env -i`, `exec -c`; sudo's env_reset).
+    cleared: Option<Clear>,
+    /// Variables kept through the clear (`sudo --preserve-env=A,B`).
+    kept: Vec<String>,
+    /// Set (`Some`) or unset (`None`), in order.
+    changes: Vec<(String, Option<String>)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Clear {
+    /// Everything is gone.
+    All,
+    /// sudo's env_reset: gone unless the sudoers policy keeps it.
+    Sudo,
+}
+
+impl Launch<'_> {
+    fn get(&self, k: &str) -> Option<String> {
+        self.get_below(self.layers.len(), k)
+    }
+
+    fn get_below(&self, top: usize, k: &str) -> Option<String> {
+        for (i, layer) in self.layers[..top].iter().enumerate().rev() {
+            if let Some((_, v)) = layer.changes.iter().rev().find(|(n, _)| n == k) {
+                return v.clone();
+            }
+            match layer.cleared {
+                Some(_) if layer.kept.iter().any(|n| n == k) => {}
+                Some(Clear::All) => return None,
+                Some(Clear::Sudo) => {
+                    if self.get_below(i, k).is_some() {
+                        self.uncertain.borrow_mut().insert(k.to_string());
                     }
-                    if !a.starts_with('-') {
-                        break;
-                    }
-                    let takes_value = matches!(
-                        *a,
-                        "-u" | "-g" | "-C" | "-D" | "-h" | "-p" | "-r" | "-t" | "-U" | "-T"
-                    );
-                    args.remove(0);
-                    if takes_value && !args.is_empty() {
-                        args.remove(0);
-                    }
+                    return None;
+                }
+                None => {}
+            }
+        }
+        (self.base)(k)
+    }
+
+    fn layer(&mut self) -> &mut Layer {
+        if self.layers.is_empty() {
+            self.layers.push(Layer::default());
+        }
+        self.layers.last_mut().expect("a layer")
+    }
+
+    fn chdir(&mut self, dir: &str) {
+        self.cwd = self.cwd.join(dir);
+    }
+}
+
+/// What a wrapper does once its options are read.
+enum Flow {
+    /// `args` is now the command it runs.
+    Continue,
+    /// It runs no command (`--help`, `sudo -l`, `command -v`).
+    NoCommand,
+}
+
+/// The options of a wrapper program.
+struct WrapperSpec {
+    /// Short options taking a value.
+    short_value: &'static str,
+    /// Short options without one.
+    short_flag: &'static str,
+    /// Long options taking a value (`--user root`, `--user=root`).
+    long_value: &'static [&'static str],
+    /// Long options without one (or with an optional `=value`).
+    long_flag: &'static [&'static str],
+    /// Options after which no command runs.
+    no_command: &'static [&'static str],
+}
+
+/// One option: its canonical name (`-u`, `--user`) and value.
+type Opt = (String, Option<String>);
+
+/// Read the next option of `args` (after the program name has been removed); `Ok(None)` at
+/// the first operand (which stays) or after `--` (which is removed).
+fn next_opts(
+    args: &mut Vec<String>,
+    spec: &WrapperSpec,
+) -> std::result::Result<Option<Vec<Opt>>, String> {
+    let Some(a) = args.first().cloned() else {
+        return Ok(None);
+    };
+    if a == "--" {
+        args.remove(0);
+        return Ok(None);
+    }
+    if let Some(long) = a.strip_prefix("--") {
+        args.remove(0);
+        let (name, inline) = match long.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (long, None),
+        };
+        // getopt_long: an unambiguous abbreviation counts.
+        let all = spec.long_value.iter().chain(spec.long_flag).copied();
+        let exact = all.clone().find(|o| o[2..] == *name);
+        let full: &'static str = match exact {
+            Some(o) => o,
+            None => {
+                let matches: Vec<&'static str> = all.filter(|o| o[2..].starts_with(name)).collect();
+                match matches.as_slice() {
+                    [one] => one,
+                    [] => return Err(format!("unknown option --{name}")),
+                    _ => return Err(format!("ambiguous option --{name}")),
                 }
             }
-            "env" => {
-                args.remove(0);
-                while let Some(a) = args.first() {
-                    if a.starts_with('-') {
-                        args.remove(0);
-                    } else if let Some((k, v)) = a.split_once('=') {
-                        extra_env.push((k.to_string(), v.to_string()));
-                        args.remove(0);
-                    } else {
-                        break;
+        };
+        if spec.long_value.contains(&full) {
+            let value = match inline {
+                Some(v) => v,
+                None if !args.is_empty() => args.remove(0),
+                None => return Err(format!("option {full} lacks its value")),
+            };
+            return Ok(Some(vec![(full.to_string(), Some(value))]));
+        }
+        return Ok(Some(vec![(full.to_string(), inline)]));
+    }
+    if a.len() < 2 || !a.starts_with('-') {
+        return Ok(None);
+    }
+    args.remove(0);
+    let mut out = Vec::new();
+    let chars: Vec<char> = a[1..].chars().collect();
+    for (j, c) in chars.iter().enumerate() {
+        let name = format!("-{c}");
+        if spec.short_value.contains(*c) {
+            let tail: String = chars[j + 1..].iter().collect();
+            let value = if !tail.is_empty() {
+                tail
+            } else if !args.is_empty() {
+                args.remove(0)
+            } else {
+                return Err(format!("option {name} lacks its value"));
+            };
+            out.push((name, Some(value)));
+            return Ok(Some(out));
+        }
+        if !spec.short_flag.contains(*c) {
+            return Err(format!("unknown option {name}"));
+        }
+        out.push((name, None));
+    }
+    Ok(Some(out))
+}
+
+const NICE: WrapperSpec = WrapperSpec {
+    short_value: "n",
+    short_flag: "",
+    long_value: &["--adjustment"],
+    long_flag: &["--help", "--version"],
+    no_command: &["--help", "--version"],
+};
+const TIMEOUT: WrapperSpec = WrapperSpec {
+    short_value: "ks",
+    short_flag: "v",
+    long_value: &["--kill-after", "--signal"],
+    long_flag: &[
+        "--preserve-status",
+        "--foreground",
+        "--verbose",
+        "--help",
+        "--version",
+    ],
+    no_command: &["--help", "--version"],
+};
+const NOHUP: WrapperSpec = WrapperSpec {
+    short_value: "",
+    short_flag: "",
+    long_value: &[],
+    long_flag: &["--help", "--version"],
+    no_command: &["--help", "--version"],
+};
+const COMMAND: WrapperSpec = WrapperSpec {
+    short_value: "",
+    short_flag: "pvV",
+    long_value: &[],
+    long_flag: &[],
+    no_command: &["-v", "-V"],
+};
+const EXEC: WrapperSpec = WrapperSpec {
+    short_value: "a",
+    short_flag: "cl",
+    long_value: &[],
+    long_flag: &[],
+    no_command: &[],
+};
+const TIME: WrapperSpec = WrapperSpec {
+    short_value: "fo",
+    short_flag: "apqv",
+    long_value: &["--format", "--output"],
+    long_flag: &[
+        "--append",
+        "--portability",
+        "--quiet",
+        "--verbose",
+        "--help",
+        "--version",
+    ],
+    no_command: &["--help", "--version"],
+};
+const STDBUF: WrapperSpec = WrapperSpec {
+    short_value: "ioe",
+    short_flag: "",
+    long_value: &["--input", "--output", "--error"],
+    long_flag: &["--help", "--version"],
+    no_command: &["--help", "--version"],
+};
+
+/// A wrapper whose options change nothing the guard looks at (`exec -c` aside), followed by
+/// `operands` operands of its own (timeout's duration), then the command.
+fn simple_wrapper(
+    l: &mut Launch<'_>,
+    spec: &WrapperSpec,
+    operands: usize,
+) -> std::result::Result<Flow, String> {
+    let program = base(&l.args.remove(0)).to_string();
+    loop {
+        // nice's legacy `-5` / `--5` adjustment.
+        if program == "nice" {
+            if let Some(a) = l.args.first() {
+                let digits = a.trim_start_matches('-').trim_start_matches(['+', '-']);
+                if a.starts_with('-')
+                    && !digits.is_empty()
+                    && digits.bytes().all(|b| b.is_ascii_digit())
+                {
+                    l.args.remove(0);
+                    continue;
+                }
+            }
+        }
+        let Some(opts) = next_opts(&mut l.args, spec)? else {
+            break;
+        };
+        for (name, _) in opts {
+            if spec.no_command.contains(&name.as_str()) {
+                return Ok(Flow::NoCommand);
+            }
+            if program == "exec" && name == "-c" {
+                l.layers.push(Layer {
+                    cleared: Some(Clear::All),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    for _ in 0..operands {
+        if l.args.is_empty() {
+            return Ok(Flow::NoCommand);
+        }
+        l.args.remove(0);
+    }
+    Ok(Flow::Continue)
+}
+
+const ENV: WrapperSpec = WrapperSpec {
+    short_value: "uCSP",
+    short_flag: "i0v",
+    long_value: &["--unset", "--chdir", "--split-string"],
+    long_flag: &[
+        "--ignore-environment",
+        "--null",
+        "--debug",
+        "--default-signal",
+        "--ignore-signal",
+        "--block-signal",
+        "--list-signal-handling",
+        "--help",
+        "--version",
+    ],
+    no_command: &["--help", "--version"],
+};
+
+/// `env [-i] [-u NAME] [-C DIR] [-S STRING] [NAME=VALUE]... COMMAND`.
+fn env_wrapper(l: &mut Launch<'_>) -> std::result::Result<Flow, String> {
+    l.args.remove(0);
+    l.layers.push(Layer::default());
+    loop {
+        if l.args.first().is_some_and(|a| a == "-") {
+            l.args.remove(0);
+            *l.layer() = Layer {
+                cleared: Some(Clear::All),
+                ..Default::default()
+            };
+            continue;
+        }
+        let Some(opts) = next_opts(&mut l.args, &ENV)? else {
+            break;
+        };
+        for (name, value) in opts {
+            let value = value.unwrap_or_default();
+            match name.as_str() {
+                n if ENV.no_command.contains(&n) => return Ok(Flow::NoCommand),
+                "-i" | "--ignore-environment" => {
+                    *l.layer() = Layer {
+                        cleared: Some(Clear::All),
+                        ..Default::default()
                     }
                 }
+                "-u" | "--unset" => l.layer().changes.push((value, None)),
+                "-C" | "--chdir" => l.chdir(&value),
+                "-S" | "--split-string" => {
+                    let words = split_env_string(&value, &|k| l.get(k))?;
+                    l.args.splice(0..0, words);
+                }
+                "-P" => {} // the PATH to look the command up in
+                _ => {}
+            }
+        }
+    }
+    assignments(l);
+    Ok(Flow::Continue)
+}
+
+/// `NAME=VALUE` operands before the command, into the innermost layer.
+fn assignments(l: &mut Launch<'_>) {
+    while let Some(a) = l.args.first() {
+        match a.split_once('=') {
+            Some((k, v)) if !k.is_empty() && !k.contains('/') => {
+                let change = (k.to_string(), Some(v.to_string()));
+                l.args.remove(0);
+                l.layer().changes.push(change);
             }
             _ => break,
         }
     }
-    let env = |k: &str| -> Option<String> {
-        extra_env
-            .iter()
-            .rev()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-            .or_else(|| (ctx.env)(k))
-    };
-    let ctx = Context {
-        cwd: ctx.cwd,
-        env: &env,
-        read: ctx.read,
-    };
-    let program = base(args[0]);
-    let rest = &args[1..];
-    match program {
-        "docker" => docker(rest, &ctx),
-        "docker-compose" => compose(rest, &ctx, None, Compose::V1),
-        _ => Ok(None),
-    }
 }
 
-fn base(p: &str) -> &str {
-    p.rsplit('/').next().unwrap_or(p)
+const SUDO: WrapperSpec = WrapperSpec {
+    short_value: "ugCDhpRTUrtac",
+    short_flag: "AbBEeHiKklnNPSsVv",
+    long_value: &[
+        "--user",
+        "--group",
+        "--close-from",
+        "--chdir",
+        "--host",
+        "--prompt",
+        "--chroot",
+        "--command-timeout",
+        "--other-user",
+        "--role",
+        "--type",
+        "--auth-type",
+        "--login-class",
+    ],
+    long_flag: &[
+        "--askpass",
+        "--background",
+        "--bell",
+        "--preserve-env",
+        "--edit",
+        "--set-home",
+        "--login",
+        "--remove-timestamp",
+        "--reset-timestamp",
+        "--list",
+        "--non-interactive",
+        "--preserve-groups",
+        "--stdin",
+        "--shell",
+        "--version",
+        "--validate",
+        "--no-update",
+        "--help",
+    ],
+    no_command: &[
+        "-e",
+        "--edit",
+        "-l",
+        "--list",
+        "-V",
+        "--version",
+        "--help",
+        "-K",
+    ],
+};
+
+/// `sudo [options] [NAME=VALUE]... COMMAND`: the environment is reset (unless `-E`), `HOME`
+/// is the target user's; `-D` changes directory, `-i` starts in the target's home.
+fn sudo(
+    l: &mut Launch<'_>,
+    read: &dyn Fn(&Path) -> Option<String>,
+) -> std::result::Result<Flow, String> {
+    l.args.remove(0);
+    let mut user = "root".to_string();
+    let mut preserve_all = false;
+    let mut kept: Vec<String> = Vec::new();
+    let mut chdir: Option<String> = None;
+    let mut login = false;
+    while let Some(opts) = next_opts(&mut l.args, &SUDO)? {
+        for (name, value) in opts {
+            match name.as_str() {
+                n if SUDO.no_command.contains(&n) => return Ok(Flow::NoCommand),
+                "-u" | "--user" => user = value.unwrap_or_default(),
+                "-E" => preserve_all = true,
+                "--preserve-env" => match value {
+                    None => preserve_all = true,
+                    Some(list) => kept.extend(list.split(',').map(str::to_string)),
+                },
+                "-D" | "--chdir" => chdir = value,
+                "-R" | "--chroot" => l.chroot = value,
+                "-i" | "--login" => login = true,
+                _ => {}
+            }
+        }
+    }
+    let home = user_home(read, &user);
+    let mut layer = Layer::default();
+    if !preserve_all || login {
+        layer.cleared = Some(Clear::Sudo);
+        layer.kept = kept;
+        layer.changes.push(("HOME".into(), home.clone()));
+    }
+    l.layers.push(layer);
+    if login {
+        match &home {
+            Some(h) => l.cwd = PathBuf::from(h),
+            None => return Err(format!("the home directory of user {user:?} is unknown")),
+        }
+    }
+    if let Some(d) = chdir {
+        l.chdir(&d);
+    }
+    assignments(l);
+    Ok(Flow::Continue)
+}
+
+/// The home directory of `user` (a name or `#UID`), from /etc/passwd.
+fn user_home(read: &dyn Fn(&Path) -> Option<String>, user: &str) -> Option<String> {
+    let passwd = read(Path::new("/etc/passwd"));
+    let uid = user.strip_prefix('#');
+    for line in passwd.as_deref().unwrap_or("").lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() >= 6 && (Some(f[2]) == uid || (uid.is_none() && f[0] == user)) {
+            return Some(f[5].to_string());
+        }
+    }
+    (user == "root" || user == "#0").then(|| "/root".to_string())
+}
+
+/// `sh -c 'docker volume rm x'`: a script that is one simple command (no expansions,
+/// redirections, pipes, lists) is that command; anything else cannot be followed.
+fn shell(l: &mut Launch<'_>) -> std::result::Result<Flow, String> {
+    l.args.remove(0);
+    let mut script = None;
+    while let Some(a) = l.args.first().cloned() {
+        if a == "--" || !a.starts_with(['-', '+']) {
+            break;
+        }
+        l.args.remove(0);
+        if a.starts_with('-') && a[1..].contains('c') {
+            script = Some(());
+        }
+    }
+    if script.is_none() {
+        // A script file or standard input: not followed.
+        return Ok(Flow::NoCommand);
+    }
+    let Some(text) = l.args.first().cloned() else {
+        return Ok(Flow::NoCommand);
+    };
+    if text.contains([
+        '$', '`', ';', '&', '|', '<', '>', '(', ')', '\n', '*', '?', '[', '{', '~',
+    ]) {
+        return Err("a shell script is not analysed".into());
+    }
+    let words = split_env_string(&text, &|_| None)?;
+    l.args = words;
+    assignments(l);
+    Ok(Flow::Continue)
+}
+
+/// Split a string into words as `env -S` does: blanks separate words, `'...'` is literal,
+/// `"..."` allows `\"`, `\\`, `\$`; outside quotes `\` escapes the next character, `\_` is
+/// a blank inside a word; `${NAME}` expands; `#` starts a comment, `\c` ends the string.
+fn split_env_string(
+    s: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> std::result::Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c' => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            '#' if !in_word => break,
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some('\\') if matches!(chars.peek(), Some('\'' | '\\')) => {
+                            cur.push(chars.next().expect("peeked"))
+                        }
+                        Some(c) => cur.push(c),
+                        None => return Err("an unterminated quote in a split string".into()),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some('_') => cur.push(' '),
+                            Some(c @ ('"' | '\\' | '$' | '#' | ' ')) => cur.push(c),
+                            Some('c') => return Err("\\c inside quotes".into()),
+                            Some(c) => cur.push(escape(c)?),
+                            None => return Err("an unterminated quote in a split string".into()),
+                        },
+                        Some('$') => cur.push_str(&expand(&mut chars, env)?),
+                        Some(c) => cur.push(c),
+                        None => return Err("an unterminated quote in a split string".into()),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some('_') => {
+                    if in_word {
+                        words.push(std::mem::take(&mut cur));
+                        in_word = false;
+                    }
+                }
+                Some('c') => break,
+                Some(c @ ('"' | '\'' | '\\' | '$' | '#' | ' ')) => {
+                    in_word = true;
+                    cur.push(c)
+                }
+                Some(c) => {
+                    in_word = true;
+                    cur.push(escape(c)?)
+                }
+                None => return Err("a split string ends with a backslash".into()),
+            },
+            '$' => {
+                in_word = true;
+                cur.push_str(&expand(&mut chars, env)?);
+            }
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Ok(words)
+}
+
+fn escape(c: char) -> std::result::Result<char, String> {
+    Ok(match c {
+        'f' => '\x0c',
+        'n' => '\n',
+        'r' => '\r',
+        't' => '\t',
+        'v' => '\x0b',
+        other => return Err(format!("the escape \\{other} in a split string")),
+    })
+}
+
+fn expand(
+    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> std::result::Result<String, String> {
+    if chars.next() != Some('{') {
+        return Err("a `$` not followed by {NAME} in a split string".into());
+    }
+    let mut name = String::new();
+    for c in chars.by_ref() {
+        if c == '}' {
+            return Ok(env(&name).unwrap_or_default());
+        }
+        if !(c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("${{{name}{c}...}} in a split string"));
+        }
+        name.push(c);
+    }
+    Err("an unterminated ${ in a split string".into())
+}
+
+/// Words for a message, quoted where a shell would need it.
+fn shell_words(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| shell_quote(w))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A command-line flag spec: names, and whether it takes a value.
@@ -255,13 +919,81 @@ const DOCKER_GLOBAL: Flags = Flags {
     ],
 };
 
+/// docker's global options without a value.
+const DOCKER_GLOBAL_FLAGS: &[&str] = &[
+    "-D",
+    "--debug",
+    "--tls",
+    "--tlsverify",
+    "-v",
+    "--version",
+    "-h",
+    "--help",
+];
+
+/// Words after which an option the guard does not know may hide a destructive command.
+const DESTRUCTIVE_WORDS: &[&str] = &["rm", "remove", "prune", "down", "delete"];
+
+/// Refuse when `p` holds an option the guard does not know (it may take a value and so
+/// shift the subcommand) and a destructive word follows.
+fn unknown_global(
+    p: &Parsed<'_>,
+    value_flags: &Flags,
+    bool_flags: &[&str],
+    what: &str,
+) -> Result<()> {
+    let unknown = p
+        .flags
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .find(|n| !value_flags.with_value.contains(n) && !bool_flags.contains(n));
+    if let Some(flag) = unknown {
+        if p.rest.iter().any(|w| DESTRUCTIVE_WORDS.contains(w)) {
+            return Err(Error::refused(format!(
+                "drkit guard does not know the {what} option {flag}, so it cannot tell whether this command destroys volumes: nothing was run"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The docker CLI's current context from its config file (`docker context use`), when
+/// neither `-H` nor `DOCKER_HOST` overrides it. `config_dir` is docker's `--config`.
+fn current_context(ctx: &Context<'_>, config_dir: Option<&str>) -> Option<String> {
+    if (ctx.env)("DOCKER_HOST").is_some_and(|h| !h.is_empty()) {
+        return None;
+    }
+    let dir = match config_dir {
+        Some(d) => ctx.cwd.join(d),
+        None => match (ctx.env)("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
+            Some(d) => ctx.cwd.join(d),
+            None => PathBuf::from((ctx.env)("HOME")?).join(".docker"),
+        },
+    };
+    let text = (ctx.read)(&dir.join("config.json"))?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("currentContext")?
+        .as_str()
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+}
+
 fn docker(args: &[&str], ctx: &Context<'_>) -> Result<Option<Analysis>> {
     let g = parse(args, &DOCKER_GLOBAL, true);
+    if g.has(&["-v", "--version", "-h", "--help"]) {
+        return Ok(None);
+    }
+    unknown_global(&g, &DOCKER_GLOBAL, DOCKER_GLOBAL_FLAGS, "docker")?;
     let host = g.last(&["-H", "--host"]).map(str::to_string);
     let context = g
         .last(&["-c", "--context"])
         .map(str::to_string)
-        .or_else(|| (ctx.env)("DOCKER_CONTEXT"));
+        .or_else(|| (ctx.env)("DOCKER_CONTEXT").filter(|c| !c.is_empty()))
+        .or_else(|| {
+            host.is_none()
+                .then(|| current_context(ctx, g.last(&["--config"])))
+                .flatten()
+        });
     let Some((&sub, rest)) = g.rest.split_first() else {
         return Ok(None);
     };
@@ -426,6 +1158,7 @@ fn compose(
     {
         return Ok(None);
     }
+    unknown_global(&g, &COMPOSE_GLOBAL, COMPOSE_GLOBAL_FLAGS, "compose")?;
     let Some((&sub, rest)) = g.rest.split_first() else {
         return Ok(None);
     };
@@ -460,7 +1193,21 @@ fn compose(
     };
     let (project, how) = project_name(&g, ctx);
     let host = docker_host.or_else(|| g.last(&["-H", "--host"]).map(str::to_string));
-    if let Some(c) = g.last(&["-c", "--context"]).filter(|c| *c != "default") {
+    let context = g
+        .last(&["-c", "--context"])
+        .map(str::to_string)
+        .or_else(|| {
+            // docker-compose 1.x follows docker's contexts itself; `docker compose` got them
+            // from docker above.
+            (flavour == Compose::V1 && host.is_none())
+                .then(|| {
+                    (ctx.env)("DOCKER_CONTEXT")
+                        .filter(|c| !c.is_empty())
+                        .or_else(|| current_context(ctx, None))
+                })
+                .flatten()
+        });
+    if let Some(c) = context.filter(|c| c != "default") {
         return Err(Error::refused(format!(
             "this command destroys volumes of compose project {project}, on docker context {c:?}, which drkit guard cannot follow: set DOCKER_HOST instead"
         )));
@@ -482,6 +1229,22 @@ fn compose(
         },
     }))
 }
+
+/// Compose's global options without a value (v1 and v2).
+const COMPOSE_GLOBAL_FLAGS: &[&str] = &[
+    "--verbose",
+    "--no-ansi",
+    "-v",
+    "--version",
+    "--tls",
+    "--tlsverify",
+    "--skip-hostname-check",
+    "--compatibility",
+    "--dry-run",
+    "--all-resources",
+    "-h",
+    "--help",
+];
 
 const COMPOSE_FILES: [&str; 4] = [
     "compose.yaml",
@@ -661,11 +1424,13 @@ mod tests {
             }
         }
         fn run(&self, cmd: &str) -> Result<Option<Analysis>> {
-            let argv: Vec<String> = cmd.split_whitespace().map(str::to_string).collect();
+            self.run_argv(&words(cmd))
+        }
+        fn run_argv(&self, argv: &[String]) -> Result<Option<Analysis>> {
             let env = |k: &str| self.env.get(k).map(|v| v.to_string());
             let read = |p: &Path| self.files.get(p.to_str().unwrap()).map(|v| v.to_string());
             analyse(
-                &argv,
+                argv,
                 &Context {
                     cwd: Path::new(self.cwd),
                     env: &env,
@@ -684,139 +1449,296 @@ mod tests {
         Some(Doomed::ProjectVolumes { project: p.into() })
     }
 
+    /// What the guard decides for a command line.
+    #[derive(Debug)]
+    enum Want {
+        /// It destroys this.
+        Destroys(Doomed),
+        /// It destroys nothing: run at once.
+        Runs,
+        /// Refused without asking the engine; the message contains this.
+        Refused(&'static str),
+    }
+
+    /// Split a test command line on blanks; `'...'` groups words.
+    fn words(cmd: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cur = String::new();
+        let (mut quoted, mut in_word) = (false, false);
+        for c in cmd.chars() {
+            match c {
+                '\'' => {
+                    quoted = !quoted;
+                    in_word = true;
+                }
+                ' ' if !quoted => {
+                    if in_word {
+                        out.push(std::mem::take(&mut cur));
+                    }
+                    in_word = false;
+                }
+                c => {
+                    cur.push(c);
+                    in_word = true;
+                }
+            }
+        }
+        if in_word {
+            out.push(cur);
+        }
+        out
+    }
+
+    /// THE table of spellings: every command line the guard must refuse or let through,
+    /// with what it decides. Each miss found in the field becomes a row here.
     #[test]
-    fn destructive_forms() {
+    fn spellings() {
+        use Want::{Destroys, Refused, Runs};
         let mut w = World::new();
         w.files
             .insert("/srv/My App/docker-compose.yml", "services: {}\n");
-        let named = |v: &[&str]| Some(Doomed::Named(v.iter().map(|s| s.to_string()).collect()));
+        w.files.insert("/opt/stack/compose.yaml", "services: {}\n");
+        w.files.insert(
+            "/home/u/.docker/config.json",
+            r#"{"currentContext": "remote"}"#,
+        );
+        w.files.insert(
+            "/home/d/.docker/config.json",
+            r#"{"currentContext": "default"}"#,
+        );
+        w.files.insert(
+            "/etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nops:x:1000:1000::/opt/stack:/bin/sh\n",
+        );
+        let project = |p: &str| Destroys(Doomed::ProjectVolumes { project: p.into() });
+        let named = |v: &[&str]| Destroys(Doomed::Named(v.iter().map(|s| s.to_string()).collect()));
         let unused = |all: bool, f: &[&str]| {
-            Some(Doomed::Unused {
+            Destroys(Doomed::Unused {
                 all,
                 filters: f.iter().map(|s| s.to_string()).collect(),
             })
         };
-        let cases: Vec<(&str, Option<Doomed>)> = vec![
-            ("docker compose down -v", project("myapp")),
-            ("docker compose down --volumes", project("myapp")),
-            ("docker compose down --volumes=true", project("myapp")),
-            ("docker compose down --remove-orphans -v", project("myapp")),
-            ("docker compose down -v --rmi all -t 3", project("myapp")),
-            ("docker compose down -vt 5", project("myapp")),
-            ("docker compose down -t5 -v", project("myapp")),
-            ("docker-compose down -v", project("myapp")),
-            (
-                "/usr/local/bin/docker-compose down --volumes",
-                project("myapp"),
-            ),
-            ("docker compose -p prod down -v", project("prod")),
-            (
-                "docker compose --project-name=Prod.X down -v",
-                project("prodx"),
-            ),
-            ("docker compose -pprod down -v", project("prod")),
-            (
-                "docker-compose --project-name prod -f other.yml down -v",
-                project("prod"),
-            ),
-            ("docker -H unix:///x.sock compose down -v", project("myapp")),
-            (
-                "docker --log-level debug compose --ansi never down -v",
-                project("myapp"),
-            ),
-            ("sudo -E docker compose down -v", project("myapp")),
-            (
-                "env COMPOSE_PROJECT_NAME=fromenv docker compose down -v",
-                project("fromenv"),
-            ),
-            (
-                "docker compose rm -v",
-                Some(Doomed::ProjectAnonymous {
-                    project: "myapp".into(),
-                    services: vec![],
-                    running_too: false,
-                }),
-            ),
-            (
-                "docker compose rm -fsv db",
-                Some(Doomed::ProjectAnonymous {
-                    project: "myapp".into(),
-                    services: vec!["db".into()],
-                    running_too: true,
-                }),
-            ),
-            (
-                "docker-compose rm -f -v web",
-                Some(Doomed::ProjectAnonymous {
-                    project: "myapp".into(),
-                    services: vec!["web".into()],
-                    running_too: false,
-                }),
-            ),
-            ("docker volume rm a b", named(&["a", "b"])),
-            ("docker volume rm -f a", named(&["a"])),
-            ("docker volume remove a", named(&["a"])),
-            ("docker volume prune", unused(false, &[])),
-            ("docker volume prune -a -f", unused(true, &[])),
-            ("docker volume prune -af", unused(true, &[])),
-            (
-                "docker volume prune --all --filter label=x=y",
-                unused(true, &["label=x=y"]),
-            ),
-            (
-                "docker volume prune --filter=label=a",
-                unused(false, &["label=a"]),
-            ),
-            ("docker system prune --volumes", unused(false, &[])),
-            ("docker system prune -af --volumes", unused(true, &[])),
-            (
-                "docker rm -fv c1",
-                Some(Doomed::ContainerAnonymous(vec!["c1".into()])),
-            ),
-            (
-                "docker container rm --volumes c1 c2",
-                Some(Doomed::ContainerAnonymous(vec!["c1".into(), "c2".into()])),
-            ),
+        let anon = |p: &str, services: &[&str], running_too: bool| {
+            Destroys(Doomed::ProjectAnonymous {
+                project: p.into(),
+                services: services.iter().map(|s| s.to_string()).collect(),
+                running_too,
+            })
+        };
+        let ctrs = |c: &[&str]| {
+            Destroys(Doomed::ContainerAnonymous(
+                c.iter().map(|s| s.to_string()).collect(),
+            ))
+        };
+        let full_id = "3f2a9c0d41b7e8f5a6c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1";
+        let rm_full_id = format!("docker rm -v {full_id}");
+        // (environment "K=V K2=V2", command line, decision)
+        let cases: Vec<(&str, &str, Want)> = vec![
+            // compose down -v, both flavours, flags anywhere.
+            ("", "docker compose down -v", project("myapp")),
+            ("", "docker compose down --volumes", project("myapp")),
+            ("", "docker compose down --volumes=true", project("myapp")),
+            ("", "docker compose down --remove-orphans -v", project("myapp")),
+            ("", "docker compose down -v --rmi all -t 3", project("myapp")),
+            ("", "docker compose down -vt 5", project("myapp")),
+            ("", "docker compose down -t5 -v", project("myapp")),
+            ("", "docker-compose down -v", project("myapp")),
+            ("", "/usr/local/bin/docker-compose down --volumes", project("myapp")),
+            ("", "docker compose -p prod down -v", project("prod")),
+            ("", "docker compose --project-name=Prod.X down -v", project("prodx")),
+            ("", "docker compose -pprod down -v", project("prod")),
+            ("", "docker-compose --project-name prod -f other.yml down -v", project("prod")),
+            ("", "docker -H unix:///x.sock compose down -v", project("myapp")),
+            ("", "docker --log-level debug compose --ansi never down -v", project("myapp")),
+            ("", "docker-compose --verbose --no-ansi down -v", project("myapp")),
+            // compose rm -v: the services named are a union.
+            ("", "docker compose rm -v", anon("myapp", &[], false)),
+            ("", "docker compose rm -fsv db", anon("myapp", &["db"], true)),
+            ("", "docker-compose rm -f -v web", anon("myapp", &["web"], false)),
+            ("", "docker-compose -p P rm -v -f svc1 svc2", anon("p", &["svc1", "svc2"], false)),
+            // volume rm, prune, system prune --volumes.
+            ("", "docker volume rm a b", named(&["a", "b"])),
+            ("", "docker volume rm -f a", named(&["a"])),
+            ("", "docker volume remove a", named(&["a"])),
+            ("", "docker volume prune", unused(false, &[])),
+            ("", "docker volume prune -f", unused(false, &[])),
+            ("", "docker volume prune -a -f", unused(true, &[])),
+            ("", "docker volume prune -af", unused(true, &[])),
+            ("", "docker volume prune --all --filter label=x=y", unused(true, &["label=x=y"])),
+            ("", "docker volume prune --filter=label=a", unused(false, &["label=a"])),
+            ("", "docker system prune --volumes", unused(false, &[])),
+            ("", "docker system prune -f --volumes", unused(false, &[])),
+            ("", "docker system prune -af --volumes", unused(true, &[])),
+            // rm -v: containers by name, short id or full id (resolved by the engine).
+            ("", "docker rm -fv c1", ctrs(&["c1"])),
+            ("", "docker rm -fv 3f2a9c0d41b7", ctrs(&["3f2a9c0d41b7"])),
+            ("", &rm_full_id, ctrs(&[full_id])),
+            ("", "docker rm -v /c1", ctrs(&["/c1"])),
+            ("", "docker container rm --volumes c1 c2", ctrs(&["c1", "c2"])),
+            ("", "docker container remove -v c1", ctrs(&["c1"])),
+            // env: its options are skipped with their values; -i, -u, -C, -S are followed.
+            ("", "env COMPOSE_PROJECT_NAME=fromenv docker compose down -v", project("fromenv")),
+            ("", "env -u HOME docker-compose down -v", project("myapp")),
+            ("", "env -uHOME docker-compose down -v", project("myapp")),
+            ("", "env --unset HOME docker compose down -v", project("myapp")),
+            ("", "env --unset=HOME docker compose down -v", project("myapp")),
+            ("", "env -u HOME -u PATH -i -0 -v docker volume rm a", named(&["a"])),
+            ("", "/usr/bin/env -P /usr/bin -- /usr/bin/docker volume rm a", named(&["a"])),
+            ("", "env - docker volume rm a", named(&["a"])),
+            ("COMPOSE_PROJECT_NAME=exported", "env -i docker compose down -v", project("myapp")),
+            ("COMPOSE_PROJECT_NAME=exported", "env -u COMPOSE_PROJECT_NAME docker compose down -v", project("myapp")),
+            ("COMPOSE_PROJECT_NAME=exported", "env docker compose down -v", project("exported")),
+            ("", "env -C /opt/stack docker compose down -v", project("stack")),
+            ("", "env --chdir=/opt/stack docker-compose down -v", project("stack")),
+            ("", "env -S 'docker-compose -p prod down -v'", project("prod")),
+            ("", "env -S 'COMPOSE_PROJECT_NAME=split docker compose down -v'", project("split")),
+            ("", "env '-S-u HOME docker volume rm a'", named(&["a"])),
+            ("", "env --split-string='docker volume rm \"my vol\"'", named(&["my vol"])),
+            ("V=v1", "env -S 'docker volume rm ${V}'", named(&["v1"])),
+            ("", "env -S 'docker volume rm $V'", Refused("cannot tell")),
+            ("", "env -X docker volume rm a", Refused("unknown option -X")),
+            ("", "env --frobnicate docker volume rm a", Refused("cannot tell")),
+            ("", "env -u", Runs),
+            ("", "env -X ls", Runs),
+            ("", "env --help docker volume rm a", Runs),
+            // sudo: its options are skipped with their values; the environment is reset.
+            ("", "sudo -E docker compose down -v", project("myapp")),
+            ("", "sudo --user root docker volume rm VOL", named(&["VOL"])),
+            ("", "sudo --user=root docker volume rm VOL", named(&["VOL"])),
+            ("", "sudo --us root docker volume rm VOL", named(&["VOL"])),
+            ("", "sudo -u root docker volume rm VOL", named(&["VOL"])),
+            ("", "sudo -uroot docker volume rm VOL", named(&["VOL"])),
+            ("", "sudo -Eu root docker volume rm VOL", named(&["VOL"])),
+            ("", "sudo -u '#0' -g docker docker volume rm VOL", named(&["VOL"])),
+            ("", "sudo -C 3 -h host -p prompt: -T 10 -U bob -r role -t type docker volume rm VOL", named(&["VOL"])),
+            ("", "sudo --group=docker --close-from=3 --host=h --prompt=x --command-timeout=5 --other-user=bob --role=r --type=t -- docker volume rm VOL", named(&["VOL"])),
+            ("", "sudo -n -b -H -P -S -k docker volume rm VOL", named(&["VOL"])),
+            ("", "sudo -D /opt/stack docker compose down -v", project("stack")),
+            ("", "sudo --chdir /opt/stack docker-compose down -v", project("stack")),
+            ("", "sudo -i -u ops docker compose down -v", project("stack")),
+            ("", "sudo COMPOSE_PROJECT_NAME=x docker compose down -v", project("x")),
+            ("COMPOSE_PROJECT_NAME=exported", "sudo docker compose down -v", Refused("sudoers")),
+            ("COMPOSE_PROJECT_NAME=exported", "sudo -E docker compose down -v", project("exported")),
+            ("COMPOSE_PROJECT_NAME=exported", "sudo --preserve-env docker compose down -v", project("exported")),
+            ("COMPOSE_PROJECT_NAME=exported", "sudo --preserve-env=COMPOSE_PROJECT_NAME docker compose down -v", project("exported")),
+            ("COMPOSE_PROJECT_NAME=exported", "sudo COMPOSE_PROJECT_NAME=other docker compose down -v", project("other")),
+            ("COMPOSE_PROJECT_NAME=exported", "sudo docker volume rm a", named(&["a"])),
+            ("DOCKER_HOST=tcp://10.0.0.1:2375", "sudo docker volume rm a", Refused("DOCKER_HOST")),
+            ("DOCKER_HOST=tcp://10.0.0.1:2375", "sudo -E docker volume rm a", named(&["a"])),
+            ("", "sudo -R /jail docker volume rm a", Refused("chroot")),
+            ("", "sudo --frobnicate docker volume rm a", Refused("cannot tell")),
+            ("", "sudo -u", Runs),
+            ("", "sudo -l docker volume rm a", Runs),
+            ("", "sudo -e /etc/docker/daemon.json", Runs),
+            ("", "sudo ls -v", Runs),
+            // Other wrappers.
+            ("", "nice -n 5 docker volume rm a", named(&["a"])),
+            ("", "nice -n5 docker volume rm a", named(&["a"])),
+            ("", "nice --adjustment=5 docker volume rm a", named(&["a"])),
+            ("", "nice -5 docker volume rm a", named(&["a"])),
+            ("", "nice docker volume rm a", named(&["a"])),
+            ("", "timeout 10 docker volume rm a", named(&["a"])),
+            ("", "timeout -s KILL -k 5 --foreground 10s docker-compose down -v", project("myapp")),
+            ("", "timeout --signal=TERM 10 docker volume rm a", named(&["a"])),
+            ("", "nohup docker volume rm a", named(&["a"])),
+            ("", "command docker volume rm a", named(&["a"])),
+            ("", "command -p docker volume rm a", named(&["a"])),
+            ("", "command -v docker", Runs),
+            ("", "exec docker volume rm a", named(&["a"])),
+            ("", "exec -a name docker volume rm a", named(&["a"])),
+            ("COMPOSE_PROJECT_NAME=exported", "exec -c docker compose down -v", project("myapp")),
+            ("", "time docker volume rm a", named(&["a"])),
+            ("", "time -p docker volume rm a", named(&["a"])),
+            ("", "time -f %e -o /tmp/t docker volume rm a", named(&["a"])),
+            ("", "stdbuf -oL -e 0 docker volume rm a", named(&["a"])),
+            ("", "sudo env -u HOME nice -n 5 timeout 60 docker-compose down -v", project("myapp")),
+            ("", "sh -c 'docker volume rm a'", named(&["a"])),
+            ("", "bash -ec 'docker compose -p prod down -v'", project("prod")),
+            ("", "bash -c 'docker volume rm $(docker volume ls -q)'", Refused("shell script")),
+            ("", "sh -c 'echo out; echo err >&2; exit 7'", Runs),
+            ("", "sh script.sh", Runs),
+            // Options docker or compose do not have: refused when a destructive word follows.
+            ("", "docker --frob x volume rm a", Refused("does not know")),
+            ("", "docker-compose --frob x down -v", Refused("does not know")),
+            ("", "docker --frob volume ls", Runs),
+            ("", "docker -D --tls volume rm a", named(&["a"])),
+            // Contexts: not followed, refused for destructive commands.
+            ("", "docker --context remote volume rm x", Refused("DOCKER_HOST")),
+            ("", "docker -c remote compose down -v", Refused("context")),
+            ("", "docker-compose --context remote down -v", Refused("context")),
+            ("DOCKER_CONTEXT=remote", "docker compose down -v", Refused("context")),
+            ("DOCKER_CONTEXT=remote", "docker-compose down -v", Refused("context")),
+            ("DOCKER_CONTEXT=remote", "env -u DOCKER_CONTEXT docker volume rm x", named(&["x"])),
+            ("DOCKER_CONTEXT=remote", "docker volume ls", Runs),
+            ("DOCKER_CONTEXT=default", "docker compose down -v", project("myapp")),
+            ("HOME=/home/u", "docker volume rm x", Refused("context \"remote\"")),
+            ("HOME=/home/u", "docker-compose down -v", Refused("context \"remote\"")),
+            ("HOME=/home/u", "env DOCKER_CONFIG=/nowhere docker volume rm x", named(&["x"])),
+            ("HOME=/home/u", "docker -H unix:///x.sock volume rm x", named(&["x"])),
+            ("HOME=/home/u DOCKER_HOST=unix:///y.sock", "docker volume rm x", named(&["x"])),
+            ("HOME=/home/d", "docker volume rm x", named(&["x"])),
+            ("", "env HOME=/home/u docker volume rm x", Refused("context")),
+            // Harmless: run at once.
+            ("", "docker compose down", Runs),
+            ("", "docker compose down --volumes=false", Runs),
+            ("", "docker compose down --rmi local", Runs),
+            ("", "docker-compose down -t 10", Runs),
+            ("", "docker-compose -p drkitnosuchproject down", Runs),
+            ("", "docker-compose -v", Runs),
+            ("", "docker-compose -v down", Runs),
+            ("", "docker compose --dry-run down -v", Runs),
+            ("", "docker compose down --help -v", Runs),
+            ("", "docker compose up -d", Runs),
+            ("", "docker compose rm -f", Runs),
+            ("", "docker compose logs -v", Runs),
+            ("", "docker compose ps", Runs),
+            ("", "docker volume ls", Runs),
+            ("", "docker volume ls --format {{.Driver}}", Runs),
+            ("", "docker volume inspect x", Runs),
+            ("", "docker volume create x", Runs),
+            ("", "docker volume rm", Runs),
+            ("", "docker volume rm --help", Runs),
+            ("", "docker system prune", Runs),
+            ("", "docker system prune -af", Runs),
+            ("", "docker system df -v", Runs),
+            ("", "docker rm c1", Runs),
+            ("", "docker rm -f c1", Runs),
+            ("", "docker run -v data:/data busybox", Runs),
+            ("", "docker --version volume rm x", Runs),
+            ("", "docker ps", Runs),
+            ("", "docker", Runs),
+            ("", "ls -v", Runs),
+            ("", "rm -rf /", Runs),
+            ("", "", Runs),
         ];
-        for (cmd, want) in cases {
-            assert_eq!(w.doomed(cmd), want, "{cmd}");
+        let mut failures = Vec::new();
+        for (env, cmd, want) in &cases {
+            let mut world = World {
+                env: w.env.clone(),
+                files: w.files.clone(),
+                cwd: w.cwd,
+            };
+            for pair in env.split_whitespace() {
+                let (k, v) = pair.split_once('=').expect("K=V");
+                world.env.insert(k, v);
+            }
+            let got = world.run_argv(&words(cmd));
+            let ok = match (want, &got) {
+                (Destroys(d), Ok(Some(a))) => a.doomed == *d,
+                (Runs, Ok(None)) => true,
+                (Refused(part), Err(e)) => {
+                    e.kind() == crate::ErrorKind::Refused && e.to_string().contains(part)
+                }
+                _ => false,
+            };
+            if !ok {
+                failures.push(format!(
+                    "[{env}] {cmd}: want {want:?}, got {:?}",
+                    got.map(|a| a.map(|a| a.doomed))
+                ));
+            }
         }
-    }
-
-    #[test]
-    fn harmless_lookalikes() {
-        let w = World::new();
-        for cmd in [
-            "docker compose down",
-            "docker compose down --volumes=false",
-            "docker compose down --rmi local",
-            "docker-compose down -t 10",
-            "docker-compose -v",
-            "docker-compose -v down",
-            "docker compose --dry-run down -v",
-            "docker compose down --help -v",
-            "docker compose up -d",
-            "docker compose rm -f",
-            "docker compose logs -v",
-            "docker compose ps",
-            "docker volume ls",
-            "docker volume inspect x",
-            "docker volume create x",
-            "docker volume rm",
-            "docker system prune",
-            "docker system prune -af",
-            "docker system df -v",
-            "docker rm c1",
-            "docker rm -f c1",
-            "docker run -v data:/data busybox",
-            "docker ps",
-            "docker",
-            "ls -v",
-            "rm -rf /",
-            "",
-        ] {
-            assert_eq!(w.doomed(cmd), None, "{cmd}");
-        }
+        assert!(failures.is_empty(), "\n{}", failures.join("\n"));
     }
 
     #[test]
@@ -899,20 +1821,21 @@ mod tests {
         );
         let a = w.run("docker volume rm a b").unwrap().unwrap();
         assert_eq!(a.summary, "volumes a, b");
-    }
-
-    #[test]
-    fn contexts_are_refused_not_guessed() {
-        let mut w = World::new();
-        let e = w.run("docker --context remote volume rm x").unwrap_err();
-        assert_eq!(e.kind(), crate::ErrorKind::Refused);
-        assert!(e.to_string().contains("DOCKER_HOST"), "{e}");
-        w.env.insert("DOCKER_CONTEXT", "remote");
-        assert!(w.run("docker compose down -v").is_err());
-        // A harmless command is not affected.
-        assert_eq!(w.doomed("docker volume ls"), None);
-        w.env.insert("DOCKER_CONTEXT", "default");
-        assert!(w.run("docker compose down -v").unwrap().is_some());
+        assert_eq!(a.docker_host, None, "the guard's own DOCKER_HOST");
+        // A wrapper that changes DOCKER_HOST changes the engine the guard asks.
+        let a = w
+            .run("env DOCKER_HOST=tcp://10.1.1.1:2375 docker volume rm a")
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.docker_host.as_deref(), Some("tcp://10.1.1.1:2375"));
+        w.env.insert("DOCKER_HOST", "tcp://10.2.2.2:2375");
+        let a = w
+            .run("env -u DOCKER_HOST docker volume rm a")
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.docker_host.as_deref(), Some(DEFAULT_SOCKET));
+        let a = w.run("docker volume rm a").unwrap().unwrap();
+        assert_eq!(a.docker_host, None);
     }
 
     #[test]

@@ -20,11 +20,15 @@ pub mod config;
 mod error;
 pub mod guard;
 pub mod manifest;
+pub mod ops;
 pub mod pipeline;
 pub mod retention;
 pub mod schedule;
+pub mod signing;
 mod source;
 mod storage;
+pub mod suspect;
+pub mod units;
 
 pub use config::{Config, DriverSpec, JobConfig};
 pub use error::{from_io, redact_url, Error, ErrorKind, Result};

@@ -40,6 +40,11 @@ pub struct Manifest {
     /// Things a later check should flag (an empty database, a lower consistency level...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Set when the backup looked wrong when it was written (an empty source, a sudden
+    /// shrink): see [`crate::suspect`]. A suspect backup is complete, but retention and the
+    /// default choice of restore and drill do not count it as good until it is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspect: Option<Suspect>,
     /// The drkit version that wrote the backup.
     pub drkit_version: String,
     /// The host name of the machine that took the backup.
@@ -53,6 +58,10 @@ pub struct DataInfo {
     pub key: String,
     /// Compression of the stored bytes.
     pub compression: Compression,
+    /// The compression level used (`None`: the codec's default, or a manifest written before
+    /// drkit recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_level: Option<i32>,
     /// Encryption of the stored bytes (`none`).
     pub encryption: String,
     /// Size of the dump before compression.
@@ -63,6 +72,13 @@ pub struct DataInfo {
     pub stored_size: u64,
     /// sha256 (hex) of the stored object.
     pub stored_sha256: String,
+}
+
+/// Why a backup was found suspect when it was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suspect {
+    /// Each reason as a sentence with its numbers.
+    pub reasons: Vec<String>,
 }
 
 impl Manifest {
@@ -105,6 +121,21 @@ impl Manifest {
     pub fn is_empty_source(&self) -> bool {
         self.stats.get("empty").and_then(|v| v.as_bool()) == Some(true)
     }
+
+    /// The reasons this backup was found suspect when written (empty when it was not).
+    pub fn suspect_reasons(&self) -> &[String] {
+        self.suspect.as_ref().map(|s| s.reasons.as_slice()).unwrap_or(&[])
+    }
+
+    /// The folder of this backup in a storage, `<job>/<id>/`.
+    pub fn folder(&self) -> String {
+        backup_folder(&self.job, &self.id)
+    }
+}
+
+/// The folder of backup `id` of `job` in a storage, `<job>/<id>/`.
+pub fn backup_folder(job: &str, id: &str) -> String {
+    format!("{job}/{id}/")
 }
 
 /// The storage key of the manifest of backup `id` of `job`.
@@ -151,6 +182,7 @@ mod tests {
             data: DataInfo {
                 key: "db/20260102T030405Z-abcdef/data.sqlite.zst".into(),
                 compression: Compression::Zstd,
+                compression_level: None,
                 encryption: "none".into(),
                 raw_size: 10,
                 raw_sha256: "00".into(),
@@ -160,6 +192,7 @@ mod tests {
             source: serde_json::json!({"path": "/x.db"}),
             stats: serde_json::json!({"empty": false}),
             warnings: vec![],
+            suspect: None,
             drkit_version: "0.1.0".into(),
             host: "h".into(),
         }

@@ -14,6 +14,8 @@ pub struct Candidate {
     pub id: String,
     /// When it started.
     pub started_at: DateTime<Utc>,
+    /// Good = not suspect, or accepted. Suspect backups never fill a slot.
+    pub good: bool,
 }
 
 /// The decision for one backup.
@@ -23,16 +25,20 @@ pub struct Decision {
     pub id: String,
     /// Whether the policy keeps it.
     pub keep: bool,
-    /// Why it is kept (`last 3`, `daily 2026-11-24`, ...); empty when removed.
+    /// Why it is kept (`last 3`, `daily 2026-11-24`, ...), or why it is removed (`not among
+    /// the 3 newest good`, `suspect, older than the newest good backup`).
     pub reasons: Vec<String>,
 }
 
 /// Apply `policy` to `backups` (any order). Returns one decision per backup, newest first.
 ///
-/// Rules: a policy with no rule keeps everything; the newest backup is always kept; each
-/// `hourly/daily/weekly/monthly/yearly = N` keeps the newest backup of each of the N newest
-/// periods that have backups; `last = N` keeps the N newest; `within = "7d"` keeps all backups
-/// started in the 7 days before `now`. A backup is kept if any rule keeps it.
+/// Rules: a policy with no rule keeps everything. Only good backups fill the slots: `last = N`
+/// keeps the N newest good ones; each `hourly/daily/weekly/monthly/yearly = N` keeps the
+/// newest good backup of each of the N newest periods that have good backups. The newest good
+/// backup is always kept, whatever the policy. Suspect backups newer than the newest good one
+/// are kept for inspection; older suspect ones are removed (unless `within` keeps them).
+/// `within = "7d"` keeps every backup started in the 7 days before `now`. A backup is kept if
+/// any rule keeps it; a removed one says, for each rule, why that rule did not keep it.
 pub fn plan(
     backups: &[Candidate],
     policy: &KeepPolicy,
@@ -66,19 +72,43 @@ pub fn plan(
         }
         return Ok(decisions);
     }
-    if let Some(first) = decisions.first_mut() {
-        first.keep = true;
-        first.reasons.push("newest".into());
+    let mut why_not: Vec<Vec<String>> = vec![Vec::new(); decisions.len()];
+    let newest_good = sorted.iter().position(|c| c.good);
+    for (i, (c, d)) in sorted.iter().zip(decisions.iter_mut()).enumerate() {
+        if c.good {
+            if Some(i) == newest_good {
+                d.keep = true;
+                d.reasons.push("newest good".into());
+            }
+        } else if newest_good.is_none_or(|g| i < g) {
+            d.keep = true;
+            d.reasons.push(if newest_good.is_some() {
+                "suspect, newer than the newest good backup: kept for inspection".into()
+            } else {
+                "suspect, and there is no good backup: kept for inspection".into()
+            });
+        } else {
+            why_not[i].push("suspect, older than the newest good backup".into());
+        }
     }
     if let Some(n) = policy.last {
-        for d in decisions.iter_mut().take(n as usize) {
-            d.keep = true;
-            d.reasons.push(format!("last {n}"));
+        let mut kept = 0;
+        for ((c, d), why) in sorted.iter().zip(decisions.iter_mut()).zip(&mut why_not) {
+            if !c.good {
+                continue;
+            }
+            if kept < n {
+                d.keep = true;
+                d.reasons.push(format!("last {n}"));
+                kept += 1;
+            } else {
+                why.push(format!("not among the {n} newest good"));
+            }
         }
     }
     type Bucket = fn(&DateTime<Utc>) -> String;
-    let rules: [(&str, Option<u32>, Bucket); 5] = [
-        ("hourly", policy.hourly, |t| {
+    let rules: [(&str, &str, Option<u32>, Bucket); 5] = [
+        ("hourly", "hours", policy.hourly, |t| {
             format!(
                 "{}-{:02}-{:02} {:02}h",
                 t.year(),
@@ -87,39 +117,54 @@ pub fn plan(
                 t.hour()
             )
         }),
-        ("daily", policy.daily, |t| t.format("%Y-%m-%d").to_string()),
-        ("weekly", policy.weekly, |t| {
+        ("daily", "days", policy.daily, |t| {
+            t.format("%Y-%m-%d").to_string()
+        }),
+        ("weekly", "weeks", policy.weekly, |t| {
             let w = t.iso_week();
             format!("{}-W{:02}", w.year(), w.week())
         }),
-        ("monthly", policy.monthly, |t| t.format("%Y-%m").to_string()),
-        ("yearly", policy.yearly, |t| t.format("%Y").to_string()),
+        ("monthly", "months", policy.monthly, |t| {
+            t.format("%Y-%m").to_string()
+        }),
+        ("yearly", "years", policy.yearly, |t| t.format("%Y").to_string()),
     ];
-    for (name, count, bucket) in rules {
+    for (name, periods, count, bucket) in rules {
         let Some(n) = count else { continue };
         let mut last_bucket: Option<String> = None;
         let mut kept = 0;
-        for (c, d) in sorted.iter().zip(decisions.iter_mut()) {
-            if kept >= n {
-                break;
+        for ((c, d), why) in sorted.iter().zip(decisions.iter_mut()).zip(&mut why_not) {
+            if !c.good {
+                continue;
             }
             let b = bucket(&c.started_at);
-            if last_bucket.as_ref() != Some(&b) {
+            if kept < n && last_bucket.as_ref() != Some(&b) {
                 d.keep = true;
                 d.reasons.push(format!("{name} {b}"));
                 kept += 1;
                 last_bucket = Some(b);
+            } else if last_bucket.as_ref() == Some(&b) {
+                why.push(format!("{name}: not the newest good backup of {b}"));
+            } else {
+                why.push(format!("{name}: older than the {n} newest {periods}"));
             }
         }
     }
     if let Some(within) = &policy.within {
         let limit = now
             - chrono::Duration::from_std(parse_duration(within)?).unwrap_or(chrono::Duration::MAX);
-        for (c, d) in sorted.iter().zip(decisions.iter_mut()) {
+        for ((c, d), why) in sorted.iter().zip(decisions.iter_mut()).zip(&mut why_not) {
             if c.started_at >= limit {
                 d.keep = true;
                 d.reasons.push(format!("within {within}"));
+            } else {
+                why.push(format!("older than {within}"));
             }
+        }
+    }
+    for (d, why) in decisions.iter_mut().zip(why_not) {
+        if !d.keep {
+            d.reasons = why;
         }
     }
     Ok(decisions)
@@ -139,6 +184,18 @@ mod tests {
             .map(|t| Candidate {
                 id: t.to_string(),
                 started_at: at(t),
+                good: true,
+            })
+            .collect()
+    }
+
+    /// Backups with a state: `(time, good)`.
+    fn states(list: &[(&str, bool)]) -> Vec<Candidate> {
+        list.iter()
+            .map(|(t, good)| Candidate {
+                id: t.to_string(),
+                started_at: at(t),
+                good: *good,
             })
             .collect()
     }
@@ -216,10 +273,7 @@ mod tests {
         for (policy, want) in cases {
             let got = plan(&backups, &policy, now).unwrap();
             assert_eq!(kept(&got), want, "{policy:?}");
-            assert!(
-                got.iter().all(|d| d.keep != d.reasons.is_empty()),
-                "{policy:?}"
-            );
+            assert!(got.iter().all(|d| !d.reasons.is_empty()), "{policy:?}");
         }
     }
 
@@ -247,8 +301,164 @@ mod tests {
         .unwrap();
         assert_eq!(
             got[0].reasons,
-            vec!["newest".to_string(), "daily 2026-11-24".to_string()]
+            vec!["newest good".to_string(), "daily 2026-11-24".to_string()]
         );
         assert!(!got[1].keep);
+        assert_eq!(
+            got[1].reasons,
+            vec!["daily: not the newest good backup of 2026-11-24".to_string()]
+        );
+    }
+
+    fn policy(f: fn(&mut KeepPolicy)) -> KeepPolicy {
+        let mut k = KeepPolicy::default();
+        f(&mut k);
+        k
+    }
+
+    #[test]
+    fn suspect_backups_never_displace_good_ones() {
+        let now = at("2026-11-24 12:00");
+        let last1 = policy(|k| k.last = Some(1));
+        let last3 = policy(|k| k.last = Some(3));
+        let daily2 = policy(|k| k.daily = Some(2));
+        // (backups newest first as (time, good), policy, kept, reasons of one backup)
+        let cases: Vec<(Vec<(&str, bool)>, KeepPolicy, Vec<&str>, (&str, Vec<&str>))> = vec![
+            // the sequence: a good backup, then a tiny one, keep last 1
+            (
+                vec![("2026-11-24 06:00", false), ("2026-11-24 00:00", true)],
+                last1.clone(),
+                vec!["2026-11-24 06:00", "2026-11-24 00:00"],
+                (
+                    "2026-11-24 06:00",
+                    vec!["suspect, newer than the newest good backup: kept for inspection"],
+                ),
+            ),
+            // the good one is kept by both rules
+            (
+                vec![("2026-11-24 06:00", false), ("2026-11-24 00:00", true)],
+                last1.clone(),
+                vec!["2026-11-24 06:00", "2026-11-24 00:00"],
+                ("2026-11-24 00:00", vec!["newest good", "last 1"]),
+            ),
+            // suspect ones fill no slot of last 3; an old suspect one goes
+            (
+                vec![
+                    ("2026-11-24 06:00", false),
+                    ("2026-11-24 05:00", true),
+                    ("2026-11-24 04:00", false),
+                    ("2026-11-24 03:00", true),
+                    ("2026-11-24 02:00", true),
+                    ("2026-11-24 01:00", true),
+                ],
+                last3.clone(),
+                vec![
+                    "2026-11-24 06:00",
+                    "2026-11-24 05:00",
+                    "2026-11-24 03:00",
+                    "2026-11-24 02:00",
+                ],
+                (
+                    "2026-11-24 04:00",
+                    vec!["suspect, older than the newest good backup"],
+                ),
+            ),
+            (
+                vec![
+                    ("2026-11-24 05:00", true),
+                    ("2026-11-24 03:00", true),
+                    ("2026-11-24 02:00", true),
+                    ("2026-11-24 01:00", true),
+                ],
+                last3.clone(),
+                vec!["2026-11-24 05:00", "2026-11-24 03:00", "2026-11-24 02:00"],
+                ("2026-11-24 01:00", vec!["not among the 3 newest good"]),
+            ),
+            // a day whose newest backup is suspect keeps its newest good one
+            (
+                vec![
+                    ("2026-11-24 06:00", false),
+                    ("2026-11-24 01:00", true),
+                    ("2026-11-23 23:00", false),
+                    ("2026-11-23 10:00", true),
+                    ("2026-11-22 10:00", true),
+                ],
+                daily2.clone(),
+                vec!["2026-11-24 06:00", "2026-11-24 01:00", "2026-11-23 10:00"],
+                (
+                    "2026-11-22 10:00",
+                    vec!["daily: older than the 2 newest days"],
+                ),
+            ),
+            // only suspect backups: all kept for inspection
+            (
+                vec![("2026-11-24 06:00", false), ("2026-11-23 06:00", false)],
+                last1.clone(),
+                vec!["2026-11-24 06:00", "2026-11-23 06:00"],
+                (
+                    "2026-11-23 06:00",
+                    vec!["suspect, and there is no good backup: kept for inspection"],
+                ),
+            ),
+            // within keeps every backup of the window, suspect or not
+            (
+                vec![
+                    ("2026-11-24 06:00", true),
+                    ("2026-11-24 05:00", false),
+                    ("2026-11-20 05:00", false),
+                ],
+                policy(|k| k.within = Some("1d".into())),
+                vec!["2026-11-24 06:00", "2026-11-24 05:00"],
+                (
+                    "2026-11-20 05:00",
+                    vec!["suspect, older than the newest good backup", "older than 1d"],
+                ),
+            ),
+        ];
+        for (i, (list, policy, want, (id, reasons))) in cases.into_iter().enumerate() {
+            let got = plan(&states(&list), &policy, now).unwrap();
+            assert_eq!(kept(&got), want, "case {i}");
+            let d = got.iter().find(|d| d.id == id).unwrap();
+            assert_eq!(d.reasons, reasons, "case {i}");
+        }
+    }
+
+    /// restic's documented example (`forget --keep-daily 7 --keep-weekly 5 --keep-monthly 12
+    /// --keep-yearly 75` over daily backups): the 7 newest days, then the newest backup of
+    /// the weeks, months and years not already covered.
+    #[test]
+    fn restic_documented_policy_over_daily_backups() {
+        let mut backups = Vec::new();
+        let mut t = at("2024-01-01 12:00");
+        let end = at("2026-11-24 12:00");
+        while t <= end {
+            backups.push(Candidate {
+                id: t.format("%Y-%m-%d").to_string(),
+                started_at: t,
+                good: true,
+            });
+            t += chrono::Duration::days(1);
+        }
+        let p = policy(|k| {
+            k.daily = Some(7);
+            k.weekly = Some(5);
+            k.monthly = Some(12);
+            k.yearly = Some(75);
+        });
+        let got = plan(&backups, &p, end).unwrap();
+        let want = vec![
+            // daily 7 (Tue 24 back to Wed 18; the weeks 48 and 47 are covered)
+            "2026-11-24", "2026-11-23", "2026-11-22", "2026-11-21", "2026-11-20", "2026-11-19",
+            "2026-11-18",
+            // weekly: the Sundays of weeks 46, 45, 44
+            "2026-11-15", "2026-11-08", "2026-11-01",
+            // monthly: the last days of the 11 months before
+            "2026-10-31", "2026-09-30", "2026-08-31", "2026-07-31", "2026-06-30", "2026-05-31",
+            "2026-04-30", "2026-03-31", "2026-02-28", "2026-01-31", "2025-12-31",
+            // yearly: 2024 (2026 and 2025 already kept)
+            "2024-12-31",
+        ];
+        assert_eq!(kept(&got), want);
+        assert_eq!(got.len(), backups.len());
     }
 }

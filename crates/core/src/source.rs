@@ -121,6 +121,15 @@ pub trait Source: Send + Sync {
         Ok(())
     }
 
+    /// What a manifest's `stats` (written by this driver) count: rows, documents or files,
+    /// in total and per table or collection. The suspect checks compare a new backup's
+    /// measure with the previous good one's. The default knows nothing (only the raw sizes
+    /// are compared).
+    fn measure(&self, stats: &serde_json::Value) -> crate::suspect::Measure {
+        let _ = stats;
+        crate::suspect::Measure::default()
+    }
+
     /// A check of the whole raw dump of `manifest` (every record, not just the head), fed by
     /// [`crate::pipeline::verify`] as it streams the archive, and so run before every restore.
     /// The default is none.

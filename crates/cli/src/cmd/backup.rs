@@ -1,4 +1,5 @@
-//! `drkit backup [JOB...]`
+//! `drkit backup [JOB...]`: exit 5 when a backup it wrote is suspect (after every job and
+//! storage is done), 1 when a storage or job failed.
 
 use std::time::Instant;
 
@@ -20,6 +21,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
     let mut results = Vec::new();
     let mut first_error: Option<Error> = None;
     let mut partial = false;
+    let mut suspect = false;
     for (name, job) in jobs {
         let started = Instant::now();
         let outcome = async {
@@ -30,6 +32,9 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
             let opts = BackupOptions {
                 compression: job.compression,
                 level: job.compression_level,
+                suspect: job.suspect.clone(),
+                signer: ctx.signer(&name)?,
+                trust: ctx.trust(&name)?,
             };
             let (progress, bar) = ctx.out.progress(&name);
             let r = pipeline::backup(&name, source.as_ref(), &targets, &opts, progress).await;
@@ -72,16 +77,30 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
                 for w in &m.warnings {
                     ctx.out.warn(format!("{name}: {w}"));
                 }
+                for s in &o.storages {
+                    for n in &s.notes {
+                        ctx.out.warn(format!("{name}: storage {}: {n}", s.storage));
+                    }
+                }
+                if o.is_suspect() {
+                    suspect = true;
+                    ctx.out.warn(format!(
+                        "{name}: backup {} is SUSPECT: {}. It is kept, but retention, restore and drill do not count it as good; if the shrink is real, run `drkit accept {name} {} --reason \"...\"`",
+                        m.id,
+                        m.suspect_reasons().join("; "),
+                        m.id
+                    ));
+                }
                 for s in o.storages.iter().filter(|s| !s.ok) {
                     partial = true;
-                    eprintln!(
-                        "error: {name}: storage {} failed: {}",
+                    ctx.out.error(format!(
+                        "{name}: storage {} failed: {}",
                         s.storage,
                         s.error.as_deref().unwrap_or("unknown error")
-                    );
+                    ));
                 }
                 results.push(
-                    json!({"job": name, "ok": o.all_ok(), "manifest": m, "storages": o.storages}),
+                    json!({"job": name, "ok": o.all_ok(), "suspect": o.is_suspect(), "manifest": m, "storages": o.storages}),
                 );
             }
             Err(e) => {
@@ -92,16 +111,18 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
                         return Err(e);
                     }
                 } else {
-                    eprintln!("error: {e}");
+                    ctx.out.error(e.to_string());
                 }
                 first_error.get_or_insert(e);
             }
         }
     }
     ctx.out.json_doc(&json!(results));
+    // A failure is worse than a suspect backup: 1 (or the error's code) before 5.
     match first_error {
         Some(e) => Ok(crate::exit_code(e.kind())),
         None if partial => Ok(1),
+        None if suspect => Ok(5),
         None => Ok(0),
     }
 }

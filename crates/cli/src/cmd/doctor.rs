@@ -52,25 +52,28 @@ pub async fn run(ctx: &Ctx, _args: Args) -> Result<u8> {
             let source = drkit_drivers::open_source(name, &job.source)?;
             let mut notes = vec![source.describe()];
             notes.extend(source.preflight().await?);
+            notes.push(if job.trust(name)?.is_blind() {
+                "no signing public key: whatever is in the storage is trusted blindly (anyone who can write it can forge a backup; see docs/security.md)".to_string()
+            } else {
+                "signing: only manifests signed by the job's key are trusted".to_string()
+            });
             Ok::<_, Error>(notes)
         }
         .await;
         report(format!("job {name} source"), r);
     }
-    let (rows, docs, unhealthy) = super::status::health(ctx, None).await?;
+    let report = super::status::health(ctx, None).await?;
     ctx.out.text("");
     ctx.out.text(crate::output::table(
         &["JOB", "STORAGE", "STATE", "DETAIL"],
-        &rows,
+        &super::status::rows(&report),
     ));
     ctx.out
-        .json_doc(&json!({"checks": checks, "backups": docs}));
+        .json_doc(&json!({"checks": checks, "backups": report}));
     Ok(if failed {
         1
-    } else if unhealthy {
-        5
     } else {
-        0
+        super::status::exit_code(&report)
     })
 }
 

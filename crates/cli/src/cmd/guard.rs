@@ -3,7 +3,8 @@
 //!
 //! Runs COMMAND unchanged (same exit code and output: the process is replaced by it) unless
 //! it destroys Docker volumes (`compose down -v`, `volume rm`, `volume prune`, `system prune
-//! --volumes`, `compose rm -v`, `rm -v`). Then it asks the engine which volumes, and runs the
+//! --volumes`, `compose rm -v`, `rm -v`, also behind `sudo`, `env`, `nice`, `timeout` ...; what
+//! the analysis cannot follow is refused). Then it asks the engine which volumes, and runs the
 //! command only when each has a complete backup newer than --max-age that verifies now.
 //! Otherwise it refuses (exit 3) and lists each volume with its size and the age of its
 //! newest backup, and the command that would back them up. The guard's own messages go to

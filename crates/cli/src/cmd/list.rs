@@ -1,9 +1,12 @@
-//! `drkit list [JOB]`
+//! `drkit list [JOB]`: every backup of each job on each of its storages, with its state
+//! (OK, SUSPECT, ACCEPTED, BROKEN). A storage that cannot be read is one error line; the
+//! others are shown, and the exit code is 1 at the end.
 
 use chrono::Utc;
 use drkit_core::manifest::format_time;
-use drkit_core::{catalog, Result};
-use serde_json::Value;
+use drkit_core::ops;
+use drkit_core::Result;
+use serde_json::{json, Value};
 
 use crate::ctx::Ctx;
 use crate::output::{human_age, human_bytes, table};
@@ -19,26 +22,63 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
     let now = Utc::now();
     let mut docs: Vec<Value> = Vec::new();
     let mut rows = Vec::new();
+    let mut failed = false;
     for (name, job) in ctx.jobs(&names)? {
-        for target in ctx.targets(job)? {
-            for m in catalog::list(target.storage.as_ref(), &name).await? {
+        let targets = ctx.targets(job)?;
+        let trust = ctx.trust(&name)?;
+        for l in ops::list_job(&name, &targets, &trust).await {
+            let listing = match l.listing {
+                Ok(listing) => listing,
+                Err(e) => {
+                    ctx.out
+                        .error(format!("{name}: storage {} could not be read: {e}", l.storage));
+                    docs.push(json!({"job": name, "storage": l.storage, "state": "error",
+                        "error": {"kind": e.kind().as_str(), "message": e.to_string()}}));
+                    failed = true;
+                    continue;
+                }
+            };
+            for e in &listing.backups {
+                let m = &e.manifest;
+                let mut notes: Vec<String> = m.suspect_reasons().to_vec();
+                if let Some(a) = &e.accepted {
+                    notes.push(format!("accepted by {} on {}: {}", a.by, format_time(&a.accepted_at), a.reason));
+                }
+                notes.extend(e.accept_problem.clone());
+                notes.extend(m.warnings.iter().cloned());
                 rows.push(vec![
                     name.clone(),
                     m.id.clone(),
+                    e.state().label().to_string(),
                     format_time(&m.started_at),
                     human_age((now - m.started_at).num_seconds()),
                     human_bytes(m.data.raw_size),
                     human_bytes(m.data.stored_size),
-                    target.name.clone(),
-                    if m.warnings.is_empty() {
-                        String::new()
-                    } else {
-                        m.warnings.join("; ")
-                    },
+                    l.storage.clone(),
+                    notes.join("; "),
                 ]);
-                let mut doc = serde_json::to_value(&m).expect("manifest serializes");
-                doc["storage"] = Value::String(target.name.clone());
+                let mut doc = serde_json::to_value(m).expect("manifest serializes");
+                doc["storage"] = Value::String(l.storage.clone());
+                doc["state"] = json!(e.state());
+                if let Some(a) = &e.accepted {
+                    doc["accepted"] = json!(a);
+                }
                 docs.push(doc);
+            }
+            for b in &listing.broken {
+                rows.push(vec![
+                    name.clone(),
+                    b.id.clone(),
+                    "BROKEN".into(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    l.storage.clone(),
+                    b.reason.clone(),
+                ]);
+                docs.push(json!({"job": name, "id": b.id, "storage": l.storage, "state": "broken",
+                    "key": b.key, "reason": b.reason}));
             }
         }
     }
@@ -49,10 +89,10 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
     } else {
         ctx.out.text(table(
             &[
-                "JOB", "ID", "STARTED", "AGE", "RAW", "STORED", "STORAGE", "WARNINGS",
+                "JOB", "ID", "STATE", "STARTED", "AGE", "RAW", "STORED", "STORAGE", "NOTES",
             ],
             &rows,
         ));
     }
-    Ok(0)
+    Ok(if failed { 1 } else { 0 })
 }

@@ -1,5 +1,6 @@
 //! One module per command.
 
+pub mod accept;
 pub mod backup;
 pub mod daemon;
 pub mod doctor;

@@ -1,8 +1,9 @@
-//! `drkit prune [JOB] [--dry-run]`: apply each job's `keep` policy on each of its storages.
+//! `drkit prune [JOB] [--dry-run]`: apply each job's `keep` policy on each of its storages
+//! (the rules: `drkit_core::ops::prune`).
 
 use chrono::Utc;
-use drkit_core::retention::{self, Candidate};
-use drkit_core::{catalog, Result};
+use drkit_core::ops::prune::{self, Action};
+use drkit_core::Result;
 use serde_json::json;
 
 use crate::ctx::Ctx;
@@ -22,71 +23,71 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
     let now = Utc::now();
     let mut docs = Vec::new();
     let mut rows = Vec::new();
+    let mut failed = false;
     for (name, job) in ctx.jobs(&names)? {
         let Some(policy) = &job.keep else {
             ctx.out
                 .info(format!("{name}: no keep policy, keeping every backup"));
             continue;
         };
+        let trust = ctx.trust(&name)?;
         for target in ctx.targets(job)? {
-            let storage = target.storage.as_ref();
-            let _lock = if args.dry_run {
-                None
-            } else {
-                Some(storage.lock_job(&name).await?)
-            };
-            let backups = catalog::list(storage, &name).await?;
-            let candidates: Vec<Candidate> = backups
-                .iter()
-                .map(|m| Candidate {
-                    id: m.id.clone(),
-                    started_at: m.started_at,
-                })
-                .collect();
-            let decisions = retention::plan(&candidates, policy, now)?;
-            for d in &decisions {
-                let manifest_key = drkit_core::manifest::manifest_key(&name, &d.id);
-                // A backup under object lock cannot be removed yet: skip it and say so. (The
-                // manifest is written last, so its retention ends last.)
-                let locked = if d.keep {
-                    None
-                } else {
-                    storage.locked_until(&manifest_key).await?
-                };
-                let action = if d.keep {
-                    "keep".to_string()
-                } else if let Some(until) = locked {
-                    let until = if until == chrono::DateTime::<Utc>::MAX_UTC {
-                        "its legal hold is lifted".to_string()
-                    } else {
-                        until.format("%Y-%m-%d %H:%M:%SZ").to_string()
-                    };
-                    ctx.out.info(format!(
-                        "{name}: backup {} on {} is under object lock until {until}: kept for now",
-                        d.id, target.name
-                    ));
-                    format!("locked until {until}")
-                } else if args.dry_run {
-                    "would remove".to_string()
-                } else {
-                    // The manifest first: from then on the backup does not exist.
-                    storage.delete(&manifest_key).await?;
-                    for o in storage.list(&format!("{name}/{}/", d.id)).await? {
-                        storage.delete(&o.key).await?;
+            let report =
+                match prune::prune(&name, &target, policy, &trust, now, args.dry_run).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        ctx.out
+                            .error(format!("{name}: storage {}: {e}", target.name));
+                        docs.push(json!({"job": name, "storage": target.name,
+                            "error": {"kind": e.kind().as_str(), "message": e.to_string()}}));
+                        failed = true;
+                        continue;
                     }
-                    "removed".to_string()
                 };
+            for item in &report.items {
+                match &item.action {
+                    Action::Locked { .. } => ctx.out.info(format!(
+                        "{name}: backup {} on {} is under object lock ({}): kept for now",
+                        item.id,
+                        target.name,
+                        item.action.label()
+                    )),
+                    Action::Failed { error } => {
+                        failed = true;
+                        ctx.out.error(format!(
+                            "{name}: removing backup {} from {} failed: {error}",
+                            item.id, target.name
+                        ));
+                    }
+                    _ => {}
+                }
                 rows.push(vec![
                     name.clone(),
                     target.name.clone(),
-                    d.id.clone(),
-                    action.clone(),
-                    d.reasons.join(", "),
+                    item.id.clone(),
+                    item.state.label().to_string(),
+                    item.action.label(),
+                    item.reasons.join(", "),
                 ]);
-                docs.push(
-                    json!({"job": name, "storage": target.name, "id": d.id, "keep": d.keep,
-                    "action": action, "reasons": d.reasons}),
-                );
+                docs.push(json!({"job": name, "storage": target.name, "id": item.id,
+                    "state": item.state, "keep": item.keep, "action": item.action.label(),
+                    "reasons": item.reasons}));
+            }
+            for b in &report.broken {
+                ctx.out.warn(format!(
+                    "{name}: {} on {} is broken ({}): left alone, never counted",
+                    b.key, target.name, b.reason
+                ));
+                rows.push(vec![
+                    name.clone(),
+                    target.name.clone(),
+                    b.id.clone(),
+                    "BROKEN".into(),
+                    "left alone".into(),
+                    b.reason.clone(),
+                ]);
+                docs.push(json!({"job": name, "storage": target.name, "id": b.id,
+                    "state": "broken", "keep": true, "action": "left alone", "reasons": [b.reason]}));
             }
         }
     }
@@ -94,9 +95,9 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
         ctx.out.json_doc(&json!(docs));
     } else if !rows.is_empty() {
         ctx.out.text(table(
-            &["JOB", "STORAGE", "ID", "ACTION", "KEPT BECAUSE"],
+            &["JOB", "STORAGE", "ID", "STATE", "ACTION", "WHY"],
             &rows,
         ));
     }
-    Ok(0)
+    Ok(if failed { 1 } else { 0 })
 }

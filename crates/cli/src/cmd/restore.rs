@@ -1,7 +1,8 @@
 //! `drkit restore JOB [--id ID | --at TIME] [--to DEST] [--force] [--dry-run]`
 
-use drkit_core::pipeline;
-use drkit_core::{catalog, Error, ErrorKind, Manifest, RestoreOptions, Result};
+use drkit_core::catalog::{self, Selector};
+use drkit_core::ops;
+use drkit_core::{Error, RestoreOptions, Result};
 use serde_json::json;
 
 use crate::ctx::Ctx;
@@ -10,10 +11,11 @@ use crate::ctx::Ctx;
 pub struct Args {
     /// The job whose backup to restore.
     job: String,
-    /// Restore this backup.
+    /// Restore this backup (also a suspect one, with a warning). Default: the newest good
+    /// backup.
     #[arg(long, conflicts_with = "at")]
     id: Option<String>,
-    /// Restore the newest backup that started at or before TIME (RFC 3339, or
+    /// Restore the newest good backup that started at or before TIME (RFC 3339, or
     /// YYYY-MM-DD[ HH:MM[:SS]] in UTC).
     #[arg(long, value_name = "TIME")]
     at: Option<String>,
@@ -30,7 +32,8 @@ pub struct Args {
     /// is staged in a temp folder, then `pg_restore --jobs N`).
     #[arg(long, value_name = "N")]
     jobs: Option<u32>,
-    /// Read from this storage (default: the job's first storage that has the backup).
+    /// Read from this storage only (default: the job's first storage that has the backup,
+    /// then the next one holding the same backup when a copy fails its checksums).
     #[arg(long, value_name = "NAME")]
     storage: Option<String>,
 }
@@ -48,66 +51,22 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
             )));
         }
     }
-    let at = args.at.as_deref().map(catalog::parse_time).transpose()?;
-
-    // The first storage that has the wanted backup.
-    let mut chosen: Option<(Manifest, String, usize)> = None;
-    let mut last_err: Option<Error> = None;
-    for (i, t) in targets.iter().enumerate() {
-        let pick = async {
-            match (&args.id, at) {
-                (Some(id), _) => {
-                    let m = catalog::load(t.storage.as_ref(), &args.job, id).await?;
-                    Ok((m, format!("backup {id} as asked")))
-                }
-                (None, Some(at)) => {
-                    let all = catalog::list(t.storage.as_ref(), &args.job).await?;
-                    let (m, why) = catalog::choose_at(&all, at)?;
-                    Ok((m.clone(), why))
-                }
-                (None, None) => {
-                    let all = catalog::list(t.storage.as_ref(), &args.job).await?;
-                    let m = all.into_iter().next().ok_or_else(|| {
-                        Error::not_found(format!(
-                            "job {} has no backup on storage {}",
-                            args.job, t.name
-                        ))
-                    })?;
-                    let why = format!("chose the newest backup {}", m.id);
-                    Ok::<_, Error>((m, why))
-                }
-            }
-        }
-        .await;
-        match pick {
-            Ok((m, why)) => {
-                chosen = Some((m, why, i));
-                break;
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Storage) => {
-                last_err = Some(e)
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    let Some((manifest, why, idx)) = chosen else {
-        return Err(last_err.unwrap_or_else(|| Error::not_found("no backup found")));
+    let selector = match (&args.id, &args.at) {
+        (Some(id), _) => Selector::Id(id.clone()),
+        (None, Some(at)) => Selector::At(catalog::parse_time(at)?),
+        (None, None) => Selector::Newest,
     };
-    let target = &targets[idx];
-    ctx.out.info(format!(
-        "{}: {why} (from storage {})",
-        args.job, target.name
-    ));
-
     let opts = RestoreOptions {
         to: args.to.clone(),
         force: args.force,
         jobs: args.jobs,
     };
-    let (progress, bar) = ctx.out.progress(&format!("restoring {}", manifest.id));
-    let result = pipeline::restore(
-        target.storage.as_ref(),
-        &manifest,
+    let (progress, bar) = ctx.out.progress(&format!("restoring {}", args.job));
+    let result = ops::restore::restore(
+        &args.job,
+        &targets,
+        &ctx.trust(&args.job)?,
+        &selector,
         source.as_ref(),
         &opts,
         args.dry_run,
@@ -117,7 +76,22 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let outcome = result?;
+    let run = result?;
+    ctx.out.info(format!(
+        "{}: {} (from storage {})",
+        args.job, run.chosen_because, run.storage
+    ));
+    if !run.skipped_suspect.is_empty() {
+        ctx.out.warn(format!(
+            "{}: skipped suspect backup(s) {} (restore one with --id, or `drkit accept`)",
+            args.job,
+            run.skipped_suspect.join(", ")
+        ));
+    }
+    for w in &run.warnings {
+        ctx.out.warn(format!("{}: {w}", args.job));
+    }
+    let outcome = &run.restore;
     let r = &outcome.report;
     if outcome.dry_run {
         ctx.out.text(format!(
@@ -151,7 +125,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
     for n in &r.notes {
         ctx.out.info(n);
     }
-    ctx.out
-        .json_doc(&json!({"chosen_because": why, "storage": target.name, "restore": outcome}));
+    ctx.out.json_doc(&json!({"chosen_because": run.chosen_because, "storage": run.storage,
+        "skipped_suspect": run.skipped_suspect, "warnings": run.warnings, "restore": outcome}));
     Ok(0)
 }

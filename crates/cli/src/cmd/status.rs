@@ -1,108 +1,81 @@
 //! `drkit status [--max-age DURATION]`: freshness and health of each job's backups.
-//! Exit 5 when a job has no backup, a stale one, or a suspect one.
+//! Exit 5 when a job has no backup, a stale one, or a suspect newest one; 1 when a storage
+//! could not be read (the others are still shown).
 
 use chrono::Utc;
 use drkit_core::config::parse_duration;
-use drkit_core::{catalog, Manifest, Result};
+use drkit_core::ops::health::{self, Health, JobHealth};
+use drkit_core::Result;
 use serde_json::json;
 
 use crate::ctx::Ctx;
-use crate::output::{human_age, human_bytes, table};
 
-/// Age after which the newest backup is stale when neither the job nor the flag says.
+/// Age after which the newest good backup is stale when neither the job nor the flag says.
 const DEFAULT_MAX_AGE: &str = "25h";
 
 #[derive(clap::Args, Debug, Default)]
 pub struct Args {
-    /// Newest backup older than this is stale (overrides each job's `max_age`; default 25h).
+    /// Newest good backup older than this is stale (overrides each job's `max_age`; default 25h).
     #[arg(long, value_name = "DURATION")]
     max_age: Option<String>,
 }
 
-/// Why the newest backup looks wrong even though it exists, compared with the one before.
-pub fn suspicion(newest: &Manifest, previous: Option<&Manifest>) -> Option<String> {
-    if newest.is_empty_source() {
-        return Some("the newest backup holds no data (empty source)".into());
-    }
-    if let Some(prev) = previous {
-        // A dump that shrank to a tenth is the "108-byte backup" of the incident reports.
-        if prev.data.raw_size >= 4096 && newest.data.raw_size * 10 < prev.data.raw_size {
-            return Some(format!(
-                "the newest backup is {} raw, the one before was {}",
-                human_bytes(newest.data.raw_size),
-                human_bytes(prev.data.raw_size)
-            ));
-        }
-    }
-    None
-}
-
-/// The health table: human rows, JSON documents, and whether anything is wrong.
-pub async fn health(
-    ctx: &Ctx,
-    max_age: Option<&str>,
-) -> Result<(Vec<Vec<String>>, Vec<serde_json::Value>, bool)> {
+/// The health of every job on every storage.
+pub async fn health(ctx: &Ctx, max_age: Option<&str>) -> Result<Vec<JobHealth>> {
     let now = Utc::now();
-    let mut rows = Vec::new();
-    let mut docs = Vec::new();
-    let mut bad = false;
+    let mut out = Vec::new();
     for (name, job) in ctx.jobs(&[])? {
-        let max_age_text = max_age
+        let text = max_age
             .map(str::to_string)
             .or(job.max_age.clone())
             .unwrap_or(DEFAULT_MAX_AGE.into());
-        let limit = parse_duration(&max_age_text)?;
-        for target in ctx.targets(job)? {
-            let (state, detail, newest) = match catalog::list(target.storage.as_ref(), &name).await
-            {
-                Err(e) => ("error", e.to_string(), None),
-                Ok(all) => match all.first() {
-                    None => ("missing", "no backup yet".to_string(), None),
-                    Some(m) => {
-                        let age = (now - m.started_at).num_seconds();
-                        if (now - m.started_at).num_milliseconds() > limit.as_millis() as i64 {
-                            (
-                                "stale",
-                                format!("newest is {} old (max {max_age_text})", human_age(age)),
-                                Some(m.clone()),
-                            )
-                        } else if let Some(why) = suspicion(m, all.get(1)) {
-                            ("suspect", why, Some(m.clone()))
-                        } else {
-                            (
-                                "ok",
-                                format!(
-                                    "{} old, {} stored",
-                                    human_age(age),
-                                    human_bytes(m.data.stored_size)
-                                ),
-                                Some(m.clone()),
-                            )
-                        }
-                    }
-                },
-            };
-            bad |= state != "ok";
-            rows.push(vec![
-                name.clone(),
-                target.name.clone(),
-                state.to_uppercase(),
-                detail.clone(),
-            ]);
-            docs.push(json!({"job": name, "storage": target.name, "state": state, "detail": detail,
-                "newest": newest.map(|m| json!({"id": m.id, "started_at": m.started_at, "stored_size": m.data.stored_size}))}));
-        }
+        let limit = parse_duration(&text)?;
+        let targets = ctx.targets(job)?;
+        out.extend(health::health(&name, &targets, &ctx.trust(&name)?, now, limit).await);
     }
-    Ok((rows, docs, bad))
+    Ok(out)
+}
+
+/// The table rows of a health report.
+pub fn rows(report: &[JobHealth]) -> Vec<Vec<String>> {
+    report
+        .iter()
+        .map(|h| {
+            vec![
+                h.job.clone(),
+                h.storage.clone(),
+                format!("{:?}", h.state).to_uppercase(),
+                h.detail.clone(),
+            ]
+        })
+        .collect()
+}
+
+/// The exit code of a health report: 1 when a storage failed, 5 when a backup is missing,
+/// stale or suspect, else 0.
+pub fn exit_code(report: &[JobHealth]) -> u8 {
+    if report.iter().any(|h| h.state == Health::Error) {
+        1
+    } else if report.iter().any(|h| h.state.is_bad()) {
+        5
+    } else {
+        0
+    }
 }
 
 pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
-    let (rows, docs, bad) = health(ctx, args.max_age.as_deref()).await?;
+    let report = health(ctx, args.max_age.as_deref()).await?;
+    for h in report.iter().filter(|h| h.state == Health::Error) {
+        ctx.out.error(format!(
+            "{}: storage {} could not be read: {}",
+            h.job, h.storage, h.detail
+        ));
+    }
     if ctx.out.json {
-        ctx.out.json_doc(&json!(docs));
+        ctx.out.json_doc(&json!(report));
     } else {
         ctx.out
-            .text(table(&["JOB", "STORAGE", "STATE", "DETAIL"], &rows));
+            .text(crate::output::table(&["JOB", "STORAGE", "STATE", "DETAIL"], &rows(&report)));
     }
-    Ok(if bad { 5 } else { 0 })
+    Ok(exit_code(&report))
 }

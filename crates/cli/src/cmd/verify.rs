@@ -1,7 +1,10 @@
-//! `drkit verify [JOB] [--id ID] [--all]`
+//! `drkit verify [JOB] [--id ID] [--all]`: re-read backups from storage and check both
+//! checksums and the structure (what a restore would refuse, verify refuses). Broken catalog
+//! entries are failures too (exit 4); a storage that cannot be read is one error line and
+//! exit 1 at the end, the others are still verified.
 
-use drkit_core::pipeline;
-use drkit_core::{catalog, Error, ErrorKind, Result};
+use drkit_core::catalog::{self, Entry};
+use drkit_core::{pipeline, Error, ErrorKind, Result};
 use serde_json::json;
 
 use crate::ctx::Ctx;
@@ -19,45 +22,92 @@ pub struct Args {
     all: bool,
 }
 
+/// Keep the worst error: integrity first.
+fn note(worst: &mut Option<Error>, e: Error) {
+    if worst
+        .as_ref()
+        .is_none_or(|w| w.kind() != ErrorKind::Integrity)
+    {
+        *worst = Some(e);
+    }
+}
+
 pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
     let names: Vec<String> = args.job.iter().cloned().collect();
     let mut results = Vec::new();
     let mut worst: Option<Error> = None;
     for (name, job) in ctx.jobs(&names)? {
         let source = ctx.source(&name)?;
+        let trust = ctx.trust(&name)?;
         for target in ctx.targets(job)? {
             let storage = target.storage.as_ref();
-            let manifests = match &args.id {
-                Some(id) => vec![catalog::load(storage, &name, id).await?],
+            let entries: Vec<Entry> = match &args.id {
+                Some(id) => match catalog::load(storage, &name, id, &trust).await {
+                    Ok(e) => vec![e],
+                    Err(e) if e.kind() == ErrorKind::NotFound && args.job.is_some() => {
+                        ctx.out.error(format!("{name}: {e}"));
+                        results.push(json!({"job": name, "storage": target.name, "id": id, "ok": false,
+                            "error": {"kind": e.kind().as_str(), "message": e.to_string()}}));
+                        note(&mut worst, e);
+                        continue;
+                    }
+                    Err(e) => {
+                        ctx.out.error(format!("{name}: backup {id} on {} FAILED: {e}", target.name));
+                        results.push(json!({"job": name, "storage": target.name, "id": id, "ok": false,
+                            "error": {"kind": e.kind().as_str(), "message": e.to_string()}}));
+                        note(&mut worst, e);
+                        continue;
+                    }
+                },
                 None => {
-                    let all = catalog::list(storage, &name).await?;
-                    if all.is_empty() {
+                    let listing = match catalog::scan(storage, &name, &trust).await {
+                        Ok(l) => l,
+                        Err(e) => {
+                            ctx.out.error(format!(
+                                "{name}: storage {} could not be read: {e}",
+                                target.name
+                            ));
+                            results.push(json!({"job": name, "storage": target.name, "ok": false,
+                                "error": {"kind": e.kind().as_str(), "message": e.to_string()}}));
+                            note(&mut worst, e);
+                            continue;
+                        }
+                    };
+                    for b in &listing.broken {
+                        let e = catalog::broken_error(&name, b);
+                        ctx.out.error(format!("{name}: on {}: {e}", target.name));
+                        results.push(json!({"job": name, "storage": target.name, "id": b.id, "ok": false,
+                            "error": {"kind": e.kind().as_str(), "message": e.to_string()}}));
+                        note(&mut worst, e);
+                    }
+                    if listing.backups.is_empty() {
                         let e = Error::not_found(format!(
                             "job {name} has no backup on storage {}",
                             target.name
                         ));
-                        eprintln!("error: {e}");
+                        ctx.out.error(e.to_string());
                         results.push(json!({"job": name, "storage": target.name, "ok": false, "error": e.to_string()}));
-                        worst.get_or_insert(e);
+                        note(&mut worst, e);
                         continue;
                     }
                     if args.all {
-                        all
+                        listing.backups
                     } else {
-                        all.into_iter().take(1).collect()
+                        listing.backups.into_iter().take(1).collect()
                     }
                 }
             };
-            for m in manifests {
+            for entry in entries {
+                let m = &entry.manifest;
                 let (progress, bar) = ctx.out.progress(&format!("{name} {}", m.id));
-                let r = pipeline::verify(storage, &m, Some(source.as_ref()), progress).await;
+                let r = pipeline::verify(storage, m, Some(source.as_ref()), progress).await;
                 if let Some(bar) = bar {
                     bar.finish_and_clear();
                 }
                 match r {
                     Ok(rep) => {
                         ctx.out.text(format!(
-                            "{name}: backup {} on {} OK ({} stored, {} raw, checksums{} match)",
+                            "{name}: backup {} on {} OK ({} stored, {} raw, checksums{} match){}",
                             m.id,
                             target.name,
                             human_bytes(rep.stored_size),
@@ -66,28 +116,25 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
                                 " and structure"
                             } else {
                                 ""
-                            }
+                            },
+                            if entry.is_good() { "" } else { "; it is SUSPECT" }
                         ));
-                        for w in &m.warnings {
+                        for w in m.warnings.iter().chain(m.suspect_reasons()) {
                             ctx.out.warn(format!("{name}/{}: {w}", m.id));
                         }
-                        results.push(json!({"job": name, "storage": target.name, "id": m.id, "ok": true, "report": rep}));
+                        results.push(json!({"job": name, "storage": target.name, "id": m.id, "ok": true,
+                            "state": entry.state(), "report": rep}));
                     }
                     Err(e) => {
-                        eprintln!(
-                            "error: {name}: backup {} on {} FAILED: {e}",
+                        ctx.out.error(format!(
+                            "{name}: backup {} on {} FAILED: {e}",
                             m.id, target.name
-                        );
+                        ));
                         results.push(
                             json!({"job": name, "storage": target.name, "id": m.id, "ok": false,
                             "error": {"kind": e.kind().as_str(), "message": e.to_string()}}),
                         );
-                        if worst
-                            .as_ref()
-                            .is_none_or(|w| w.kind() != ErrorKind::Integrity)
-                        {
-                            worst = Some(e);
-                        }
+                        note(&mut worst, e);
                     }
                 }
             }

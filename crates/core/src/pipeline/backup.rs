@@ -5,9 +5,11 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::{Compression, HashReader, Progress, CHUNK};
-use crate::catalog::new_backup_id;
-use crate::manifest::{DataInfo, Manifest, FORMAT_VERSION};
-use crate::{from_io, Error, ErrorKind, Result, Source, Storage, Upload};
+use crate::catalog::{self, new_backup_id};
+use crate::manifest::{DataInfo, Manifest, Suspect, FORMAT_VERSION};
+use crate::signing::{Record, Signer, Trust, SIG_SUFFIX};
+use crate::suspect::{assess, Facts, Thresholds};
+use crate::{from_io, DumpSummary, Error, ErrorKind, Result, Source, Storage, Upload};
 
 /// A named storage a backup is written to.
 #[derive(Clone)]
@@ -25,6 +27,12 @@ pub struct BackupOptions {
     pub compression: Compression,
     /// Compression level; `None` for the codec's default (zstd 3).
     pub level: Option<i32>,
+    /// When the new backup is suspect, compared with the newest good one.
+    pub suspect: Thresholds,
+    /// Signs the manifest (a `manifest.json.sig` written before it), when set.
+    pub signer: Option<Arc<Signer>>,
+    /// What counts as a valid previous backup when looking for the newest good one.
+    pub trust: Trust,
 }
 
 /// What happened on one storage.
@@ -40,6 +48,10 @@ pub struct StorageOutcome {
     /// Leftovers of crashed runs removed before the backup.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cleaned: Vec<String>,
+    /// Things the operator should know (a lost answer to the manifest write, a catalog that
+    /// could not be read for the suspect checks).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// The result of a backup: the manifest and what happened per storage.
@@ -55,6 +67,11 @@ impl BackupOutcome {
     /// Whether every storage has the backup.
     pub fn all_ok(&self) -> bool {
         self.storages.iter().all(|s| s.ok)
+    }
+
+    /// Whether the backup was found suspect (see [`crate::suspect`]).
+    pub fn is_suspect(&self) -> bool {
+        self.manifest.suspect.is_some()
     }
 }
 
@@ -88,9 +105,10 @@ async fn abort_all(lanes: &mut [Lane]) {
 /// Take one backup of `source` for `job` into every target, reading the source once.
 ///
 /// The archive is streamed (no temp copy, bounded memory). On each storage the manifest is
-/// written only after the dump succeeded and the archive was committed there. Returns an
-/// error when no storage got the backup; otherwise the outcome says per storage what
-/// happened.
+/// written only after the dump succeeded and the archive was committed there. Before the
+/// manifest is written, the backup is compared with the newest good backup of the job on its
+/// storages and marked suspect when it looks wrong ([`crate::suspect`]). Returns an error
+/// when no storage got the backup; otherwise the outcome says per storage what happened.
 pub async fn backup(
     job: &str,
     source: &dyn Source,
@@ -109,7 +127,64 @@ pub async fn backup(
         opts.compression.suffix()
     );
 
+    let (mut lanes, baseline) = prepare_lanes(job, &key, targets, &opts.trust).await;
+    if lanes.iter().all(|l| !l.live()) {
+        return Err(first_failure(lanes));
+    }
+    let streamed = stream_dump(source, &key, opts, &mut lanes, progress).await?;
+    commit_archives(&key, streamed.stored_size, &mut lanes).await;
+
+    let mut manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        id: id.clone(),
+        job: job.to_string(),
+        driver: source.driver().to_string(),
+        started_at,
+        finished_at: started_at,
+        data: DataInfo {
+            key: key.clone(),
+            compression: opts.compression,
+            compression_level: opts.compression.effective_level(opts.level),
+            encryption: "none".into(),
+            raw_size: streamed.raw_size,
+            raw_sha256: streamed.raw_sha256,
+            stored_size: streamed.stored_size,
+            stored_sha256: streamed.stored_sha256,
+        },
+        source: streamed.summary.source,
+        stats: streamed.summary.stats,
+        warnings: streamed.summary.warnings,
+        suspect: None,
+        drkit_version: crate::VERSION.to_string(),
+        host: crate::hostname(),
+    };
+    let reasons = suspect_reasons(source, &manifest, baseline.as_ref(), &opts.suspect);
+    if !reasons.is_empty() {
+        manifest.suspect = Some(Suspect { reasons });
+    }
+    manifest.finished_at = Utc::now().trunc_subsecs(3);
+    write_manifests(&manifest, opts.signer.as_deref(), &mut lanes).await;
+    if lanes.iter().all(|l| !l.live()) {
+        return Err(first_failure(lanes));
+    }
+    Ok(BackupOutcome {
+        manifest,
+        storages: lanes.into_iter().map(|l| l.outcome).collect(),
+    })
+}
+
+/// Lock each storage's job, clean leftovers of crashed runs, read its newest good backup and
+/// start the upload. A storage that fails is a dead lane; the others go on. Returns the lanes
+/// and the newest good backup over all storages (the suspect checks' baseline: a storage
+/// added later, or one that missed backups, must not make a tiny backup look fine).
+async fn prepare_lanes(
+    job: &str,
+    key: &str,
+    targets: &[Target],
+    trust: &Trust,
+) -> (Vec<Lane>, Option<Manifest>) {
     let mut lanes = Vec::with_capacity(targets.len());
+    let mut baseline: Option<Manifest> = None;
     for t in targets {
         let mut lane = Lane {
             outcome: StorageOutcome {
@@ -117,6 +192,7 @@ pub async fn backup(
                 ok: false,
                 error: None,
                 cleaned: Vec::new(),
+                notes: Vec::new(),
             },
             storage: t.storage.clone(),
             upload: None,
@@ -126,7 +202,7 @@ pub async fn backup(
         let prepared = async {
             let lock = t.storage.lock_job(job).await?;
             let cleaned = t.storage.clean_leftovers(job, lock.is_held()).await?;
-            let upload = t.storage.create(&key).await?;
+            let upload = t.storage.create(key).await?;
             Ok::<_, Error>((lock, cleaned, upload))
         }
         .await;
@@ -135,23 +211,54 @@ pub async fn backup(
                 lane._lock = Some(lock);
                 lane.outcome.cleaned = cleaned;
                 lane.upload = Some(upload);
+                match catalog::scan(t.storage.as_ref(), job, trust).await {
+                    Ok(listing) => {
+                        if let Some(e) = listing.newest_good() {
+                            if baseline
+                                .as_ref()
+                                .is_none_or(|b| e.manifest.started_at > b.started_at)
+                            {
+                                baseline = Some(e.manifest.clone());
+                            }
+                        }
+                    }
+                    Err(e) => lane.outcome.notes.push(format!(
+                        "could not read the earlier backups for the suspect checks: {e}"
+                    )),
+                }
             }
             Err(e) => lane.fail(e.context(format!("storage {}", t.name))),
         }
         lanes.push(lane);
     }
-    if lanes.iter().all(|l| !l.live()) {
-        return Err(first_failure(lanes));
-    }
+    (lanes, baseline)
+}
 
+/// What the dump produced, hashed on the way.
+struct Streamed {
+    raw_size: u64,
+    raw_sha256: String,
+    stored_size: u64,
+    stored_sha256: String,
+    summary: DumpSummary,
+}
+
+/// Run the dump, compress it and write it to every live lane in one pass. A storage that
+/// fails drops out; the dump failing (its read or its exit status) aborts every upload.
+async fn stream_dump(
+    source: &dyn Source,
+    key: &str,
+    opts: &BackupOptions,
+    lanes: &mut Vec<Lane>,
+    progress: Progress,
+) -> Result<Streamed> {
     let dump = match source.dump().await {
         Ok(d) => d,
         Err(e) => {
-            abort_all(&mut lanes).await;
+            abort_all(lanes).await;
             return Err(e);
         }
     };
-
     let (raw, raw_hash) = HashReader::new(dump.reader, 0);
     let mut stored = opts
         .compression
@@ -164,7 +271,7 @@ pub async fn backup(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) => {
-                abort_all(&mut lanes).await;
+                abort_all(lanes).await;
                 return Err(from_io(
                     e,
                     ErrorKind::Source,
@@ -190,7 +297,7 @@ pub async fn backup(
         }
         if lanes.iter().all(|l| !l.live()) {
             drop(stored);
-            return Err(first_failure(lanes));
+            return Err(first_failure(std::mem::take(lanes)));
         }
         progress(raw_hash.size());
     }
@@ -200,34 +307,22 @@ pub async fn backup(
     let summary = match dump.finish.await {
         Ok(s) => s,
         Err(e) => {
-            abort_all(&mut lanes).await;
+            abort_all(lanes).await;
             return Err(e);
         }
     };
     let raw = raw_hash.finish();
-    let mut manifest = Manifest {
-        format_version: FORMAT_VERSION,
-        id: id.clone(),
-        job: job.to_string(),
-        driver: source.driver().to_string(),
-        started_at,
-        finished_at: started_at,
-        data: DataInfo {
-            key: key.clone(),
-            compression: opts.compression,
-            encryption: "none".into(),
-            raw_size: raw.size,
-            raw_sha256: raw.sha256,
-            stored_size,
-            stored_sha256: hex::encode(sha2::Digest::finalize(stored_hasher)),
-        },
-        source: summary.source,
-        stats: summary.stats,
-        warnings: summary.warnings,
-        drkit_version: crate::VERSION.to_string(),
-        host: crate::hostname(),
-    };
+    Ok(Streamed {
+        raw_size: raw.size,
+        raw_sha256: raw.sha256,
+        stored_size,
+        stored_sha256: hex::encode(sha2::Digest::finalize(stored_hasher)),
+        summary,
+    })
+}
 
+/// Commit the archive on every live lane and check the storage holds every byte.
+async fn commit_archives(key: &str, stored_size: u64, lanes: &mut [Lane]) {
     for lane in lanes.iter_mut().filter(|l| l.live()) {
         let mut up = lane.upload.take().expect("live lane has an upload");
         let committed = async {
@@ -248,28 +343,77 @@ pub async fn backup(
             lane.fail(e.context(format!("storage {}", lane.outcome.storage)));
         }
     }
-    manifest.finished_at = Utc::now().trunc_subsecs(3);
+}
+
+/// The suspect checks of the new backup against the newest good one.
+fn suspect_reasons(
+    source: &dyn Source,
+    new: &Manifest,
+    baseline: Option<&Manifest>,
+    thresholds: &Thresholds,
+) -> Vec<String> {
+    let facts = |m: &Manifest| Facts {
+        raw_size: m.data.raw_size,
+        measure: source.measure(&m.stats),
+    };
+    // A baseline of another driver (the job's source changed kind) is no baseline.
+    let previous = baseline
+        .filter(|b| b.driver == new.driver)
+        .map(|b| facts(b));
+    assess(&facts(new), previous.as_ref(), thresholds)
+}
+
+/// Write the signature (when signing) and then the manifest on every live lane: the commit.
+///
+/// A failed manifest write may have landed (the answer was lost). drkit then asks the
+/// storage: a manifest that is there with exactly the bytes written is a complete backup
+/// (ok, with a note); otherwise the lane failed. The archive is never deleted here: when the
+/// manifest is absent, the archive is a leftover that the next run's cleaning removes; when
+/// the storage cannot say, deleting it could leave a listed backup without data.
+async fn write_manifests(manifest: &Manifest, signer: Option<&Signer>, lanes: &mut [Lane]) {
     let json = manifest.to_json();
+    let key = manifest.key();
+    let sig = signer.map(|s| s.sign(Record::Manifest, &json));
     for lane in lanes.iter_mut().filter(|l| l.live()) {
-        match lane.storage.put(&manifest.key(), json.clone()).await {
-            Ok(()) => lane.outcome.ok = true,
-            Err(e) => {
-                // Without its manifest the archive is a leftover: remove it now.
-                let _ = lane.storage.delete(&key).await;
-                lane.fail(e.context(format!(
-                    "storage {}: writing the manifest",
-                    lane.outcome.storage
-                )));
+        let name = lane.outcome.storage.clone();
+        if let Some(sig) = &sig {
+            if let Err(e) = lane
+                .storage
+                .put(&format!("{key}{SIG_SUFFIX}"), sig.clone())
+                .await
+            {
+                lane.fail(e.context(format!("storage {name}: writing the manifest's signature")));
+                continue;
             }
         }
+        let Err(e) = lane.storage.put(&key, json.clone()).await else {
+            lane.outcome.ok = true;
+            continue;
+        };
+        match landed(lane.storage.as_ref(), &key, &json).await {
+            Ok(true) => {
+                lane.outcome.ok = true;
+                lane.outcome.notes.push(format!(
+                    "the manifest write reported an error ({e}), but the manifest is in the storage, byte for byte: the backup is complete"
+                ));
+            }
+            Ok(false) => lane.fail(e.context(format!(
+                "storage {name}: writing the manifest (it is not there; the archive is left for the next run's cleaning)"
+            ))),
+            Err(check) => lane.fail(e.context(format!(
+                "storage {name}: writing the manifest; whether it landed is unknown ({check}): the backup may be complete there, see `drkit list`"
+            ))),
+        }
     }
-    if lanes.iter().all(|l| !l.live()) {
-        return Err(first_failure(lanes));
+}
+
+/// Whether `key` holds exactly `bytes` (a write whose answer was lost may have landed).
+async fn landed(storage: &dyn Storage, key: &str, bytes: &[u8]) -> Result<bool> {
+    match storage.head(key).await? {
+        None => Ok(false),
+        Some(meta) if meta.size != bytes.len() as u64 => Ok(false),
+        Some(_) => Ok(catalog::read_small(storage, key).await? == bytes),
     }
-    Ok(BackupOutcome {
-        manifest,
-        storages: lanes.into_iter().map(|l| l.outcome).collect(),
-    })
 }
 
 fn first_failure(lanes: Vec<Lane>) -> Error {

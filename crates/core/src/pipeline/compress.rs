@@ -35,6 +35,25 @@ impl Compression {
         }
     }
 
+    /// The levels the codec takes (zstd 1-19, gzip 1-9); `None` for `none`.
+    pub fn level_range(self) -> Option<std::ops::RangeInclusive<i32>> {
+        match self {
+            Compression::Zstd => Some(1..=19),
+            Compression::Gzip => Some(1..=9),
+            Compression::None => None,
+        }
+    }
+
+    /// The level a backup records: the configured one, or the codec's default (zstd 3,
+    /// gzip 6); `None` for `none`.
+    pub fn effective_level(self, level: Option<i32>) -> Option<i32> {
+        match self {
+            Compression::Zstd => Some(level.unwrap_or(3)),
+            Compression::Gzip => Some(level.unwrap_or(6)),
+            Compression::None => None,
+        }
+    }
+
     /// Wrap a raw stream so that reading it yields compressed bytes.
     pub(crate) fn encoder<R: AsyncBufRead + Send + Unpin + 'static>(
         self,

@@ -2,11 +2,16 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{no_progress, restore};
+use crate::signing::{Record, Signer, SIG_SUFFIX};
 use crate::{Error, Manifest, RestoreOptions, Result, Source, Storage};
 
-/// The record of one restore drill, kept in the storage at `<job>/drills/<time>.json`.
+/// The record of one restore drill, kept in the storage at `<job>/drills/<report_id>.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DrillReport {
+    /// `YYYYMMDDTHHMMSSZ-<6 hex>`: two drills in one second keep two reports. Empty in
+    /// reports of earlier versions (named by their start time alone).
+    #[serde(default)]
+    pub report_id: String,
     /// The job.
     pub job: String,
     /// The backup that was restored.
@@ -30,21 +35,27 @@ pub struct DrillReport {
 impl DrillReport {
     /// The storage key this report is kept under.
     pub fn key(&self) -> String {
-        format!(
-            "{}/drills/{}.json",
-            self.job,
-            self.started_at.format("%Y%m%dT%H%M%SZ")
-        )
+        if self.report_id.is_empty() {
+            format!(
+                "{}/drills/{}.json",
+                self.job,
+                self.started_at.format("%Y%m%dT%H%M%SZ")
+            )
+        } else {
+            format!("{}/drills/{}.json", self.job, self.report_id)
+        }
     }
 }
 
 /// Restore `manifest`'s backup into a scratch place the driver provides, check it against the
 /// manifest (the driver's restore does), remove the scratch place, and write the report to
-/// the storage. Returns the report; a failed drill is a report with `ok: false`.
+/// the storage (signed, with a `.sig` beside it, when `signer` is set). Returns the report; a
+/// failed drill is a report with `ok: false`.
 pub async fn drill(
     storage: &dyn Storage,
     manifest: &Manifest,
     source: &dyn Source,
+    signer: Option<&Signer>,
 ) -> Result<DrillReport> {
     let scratch = source.drill_scratch(manifest).await?.ok_or_else(|| {
         Error::config(format!(
@@ -62,6 +73,7 @@ pub async fn drill(
     let duration_ms = clock.elapsed().as_millis() as u64;
     let cleanup = source.drill_cleanup(&scratch).await;
     let mut report = DrillReport {
+        report_id: crate::catalog::new_backup_id(started_at, &mut rand::thread_rng()),
         job: manifest.job.clone(),
         backup_id: manifest.id.clone(),
         started_at,
@@ -78,6 +90,12 @@ pub async fn drill(
     }
     let mut json = serde_json::to_vec_pretty(&report).expect("a report serializes");
     json.push(b'\n');
+    if let Some(signer) = signer {
+        let sig = signer.sign(Record::Drill, &json);
+        storage
+            .put(&format!("{}{SIG_SUFFIX}", report.key()), sig)
+            .await?;
+    }
     storage.put(&report.key(), json).await?;
     Ok(report)
 }

@@ -14,7 +14,7 @@ pub use backup::{backup, BackupOptions, BackupOutcome, StorageOutcome, Target};
 pub use compress::Compression;
 pub use drill::{drill, DrillReport};
 pub use hash::{HashReader, Hashes};
-pub use restore::{restore, RestoreOutcome};
+pub use restore::{restore, restore_phased, Phase, RestoreFailure, RestoreOutcome};
 pub use verify::{verify, VerifyReport};
 
 /// Reports progress: called with the number of bytes moved so far.

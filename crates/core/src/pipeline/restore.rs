@@ -22,6 +22,28 @@ pub struct RestoreOutcome {
     pub report: RestoreReport,
 }
 
+/// How far a failed restore got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// The driver checked the destination (nothing read from the storage yet).
+    Plan,
+    /// The archive was being verified: nothing reached the destination.
+    Verify,
+    /// Bytes were going to the destination.
+    Write,
+}
+
+/// A failed restore and how far it got: a failure before [`Phase::Write`] left the
+/// destination untouched, so another copy of the backup may be tried.
+#[derive(Debug)]
+pub struct RestoreFailure {
+    /// Where it failed.
+    pub phase: Phase,
+    /// Why.
+    pub error: crate::Error,
+}
+
 /// Restore `manifest`'s backup from `storage` through `source`.
 ///
 /// Order: the driver checks the destination (refusing one that holds data unless
@@ -36,8 +58,28 @@ pub async fn restore(
     dry_run: bool,
     progress: Progress,
 ) -> Result<RestoreOutcome> {
-    let plan = source.plan_restore(manifest, opts).await?;
-    verify(storage, manifest, Some(source), no_progress()).await?;
+    restore_phased(storage, manifest, source, opts, dry_run, progress)
+        .await
+        .map_err(|f| f.error)
+}
+
+/// [`restore`], saying on failure how far it got.
+pub async fn restore_phased(
+    storage: &dyn Storage,
+    manifest: &Manifest,
+    source: &dyn Source,
+    opts: &RestoreOptions,
+    dry_run: bool,
+    progress: Progress,
+) -> std::result::Result<RestoreOutcome, RestoreFailure> {
+    let at = |phase| move |error| RestoreFailure { phase, error };
+    let plan = source
+        .plan_restore(manifest, opts)
+        .await
+        .map_err(at(Phase::Plan))?;
+    verify(storage, manifest, Some(source), no_progress())
+        .await
+        .map_err(at(Phase::Verify))?;
     if dry_run {
         return Ok(RestoreOutcome {
             job: manifest.job.clone(),
@@ -46,7 +88,9 @@ pub async fn restore(
             report: plan,
         });
     }
-    let (raw, _stored, raw_hash) = open_raw(storage, manifest, 0).await?;
+    let (raw, _stored, raw_hash) = open_raw(storage, manifest, 0)
+        .await
+        .map_err(at(Phase::Verify))?;
     let checked = CheckedReader {
         inner: Box::new(raw),
         hash: raw_hash,
@@ -55,7 +99,10 @@ pub async fn restore(
         total: 0,
         done: false,
     };
-    let report = source.restore(Box::new(checked), manifest, opts).await?;
+    let report = source
+        .restore(Box::new(checked), manifest, opts)
+        .await
+        .map_err(at(Phase::Write))?;
     Ok(RestoreOutcome {
         job: manifest.job.clone(),
         id: manifest.id.clone(),

@@ -1,11 +1,15 @@
-//! Stopping the containers that use a volume, and starting them again: after the work,
-//! when it fails, and when the work is dropped half-way. The CLI drops the running
+//! Finding a container as `docker rm` does ([`resolve`]); stopping the containers that use
+//! a volume, and starting them again: after the work, when it fails, and when the work is
+//! dropped half-way. The CLI drops the running
 //! operation on SIGINT/SIGTERM, so an interrupted drkit starts them again too (the restart
 //! on drop runs on a thread of its own and is waited for).
 
 use std::sync::{Arc, Mutex};
 
-use bollard::query_parameters::{StartContainerOptions, StopContainerOptions};
+use bollard::models::ContainerInspectResponse;
+use bollard::query_parameters::{
+    InspectContainerOptions, StartContainerOptions, StopContainerOptions,
+};
 use drkit_core::{Error, Result};
 
 use super::volumes::ContainerRef;
@@ -136,5 +140,71 @@ impl Drop for Stopper {
                 eprintln!("drkit: container {n} could not be restarted: {e}; start it by hand: docker start {n}");
             }
         });
+    }
+}
+
+/// The container `reference` names, as the engine resolves it for `docker rm`: a full id, a
+/// unique id prefix, or a name (with or without its leading `/`). `None` when there is no
+/// such container (the command fails on it by itself). An id prefix that several
+/// containers share is a [`drkit_core::ErrorKind::Refused`] error: the guard cannot tell
+/// which one is meant.
+pub async fn resolve(engine: &Engine, reference: &str) -> Result<Option<ContainerRef>> {
+    let r = reference.strip_prefix('/').unwrap_or(reference);
+    // Names and ids are `[a-zA-Z0-9][a-zA-Z0-9_.-]*`: anything else names no container (and
+    // must not reach the request path).
+    if r.is_empty()
+        || !r
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return Ok(None);
+    }
+    match engine
+        .api()
+        .inspect_container(r, None::<InspectContainerOptions>)
+        .await
+    {
+        Ok(c) => Ok(Some(from_inspect(c))),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 400,
+            message,
+        }) => Err(Error::refused(format!(
+            "container {reference:?} is ambiguous on the engine at {} ({}): the guard cannot tell which container's volumes the command destroys, so nothing was run; name the container, or give more of its id",
+            engine.host,
+            super::one_line(&message)
+        ))),
+        Err(e) => Err(engine_error(e, format!("inspecting container {reference}"))),
+    }
+}
+
+fn from_inspect(c: ContainerInspectResponse) -> ContainerRef {
+    let labels = c
+        .config
+        .as_ref()
+        .and_then(|cfg| cfg.labels.clone())
+        .unwrap_or_default();
+    ContainerRef {
+        id: c.id.unwrap_or_default(),
+        name: c
+            .name
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string(),
+        running: c
+            .state
+            .as_ref()
+            .is_some_and(|s| s.running == Some(true) || s.restarting == Some(true)),
+        project: labels.get(super::LABEL_PROJECT).cloned(),
+        service: labels.get(super::LABEL_SERVICE).cloned(),
+        volumes: c
+            .mounts
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| matches!(m.typ, Some(bollard::models::MountPointTypeEnum::VOLUME)))
+            .filter_map(|m| m.name)
+            .collect(),
     }
 }

@@ -2,7 +2,8 @@
 //! engine), and whether each has a complete, verified backup newer than the allowed age.
 //!
 //! "Verified" means: the newest complete backup of the volume is re-read from its storage
-//! right now and its checksums and tar structure checked (`drkit verify`), and it is not an
+//! right now and its checksums, tar structure and every entry (the restore's own entry
+//! policy: a backup a restore would refuse does not count) checked (`drkit verify`), and it is not an
 //! empty backup of a volume that holds data. Checking at guard time, rather than trusting a
 //! mark left by an earlier verify, also catches an archive damaged since.
 
@@ -14,6 +15,7 @@ use drkit_core::guard::Doomed;
 use drkit_core::pipeline::{self, BackupOptions, Target};
 use drkit_core::{catalog, Config, Error, Manifest, Result, Source, Storage};
 
+use super::containers;
 use super::volumes::{self, VolumeInfo};
 use super::{human_size, Engine};
 use crate::source::docker_volume::DockerVolumeSource;
@@ -65,10 +67,9 @@ pub async fn resolve(engine: &Engine, doomed: &Doomed) -> Result<Vec<DoomedVolum
             services,
             running_too,
         } => {
-            let mut filter = vec![("label", format!("{}={project}", super::LABEL_PROJECT))];
-            for s in services {
-                filter.push(("label", format!("{}={s}", super::LABEL_SERVICE)));
-            }
+            // The services named are a union: filtered here, not by the engine (whose label
+            // filters are ANDed).
+            let filter = [("label", format!("{}={project}", super::LABEL_PROJECT))];
             let ctrs = volumes::containers(engine, &filter).await?;
             for c in ctrs.into_iter().filter(|c| *running_too || !c.running) {
                 if services.is_empty() || c.service.as_ref().is_some_and(|s| services.contains(s)) {
@@ -112,12 +113,9 @@ pub async fn resolve(engine: &Engine, doomed: &Doomed) -> Result<Vec<DoomedVolum
             }
         }
         Doomed::ContainerAnonymous(ctrs) => {
+            // Each as the engine resolves it for `docker rm`: full id, unique id prefix, name.
             for c in ctrs {
-                let all = volumes::containers(engine, &[("name", c.clone())]).await?;
-                for found in all
-                    .into_iter()
-                    .filter(|x| x.name == *c || x.id.starts_with(c.as_str()))
-                {
+                if let Some(found) = containers::resolve(engine, c).await? {
                     names.extend(found.volumes);
                 }
             }
@@ -205,6 +203,9 @@ pub fn jobs_for(
                 options: BackupOptions {
                     compression: job.compression,
                     level: job.compression_level,
+                    suspect: job.suspect.clone(),
+                    signer: job.signer(name)?.map(std::sync::Arc::new),
+                    trust: job.trust(name)?,
                 },
             });
         }
@@ -298,9 +299,9 @@ pub fn adhoc_storages(config: &Config, chosen: &[String]) -> Result<Vec<String>>
     Ok(config.storage.keys().cloned().collect())
 }
 
-/// For each volume, find its newest backup and decide whether it protects the volume:
-/// complete, finished within `max_age` of `now`, verified now, and not empty when the volume
-/// holds data.
+/// For each volume, find its newest good backup and decide whether it protects the volume:
+/// complete, not suspect (or accepted), signed when the job checks signatures, finished
+/// within `max_age` of `now`, verified now, and not empty when the volume holds data.
 pub async fn check(
     config: &Config,
     doomed: &[DoomedVolume],
@@ -314,8 +315,11 @@ pub async fn check(
         let mut newest: Option<(Newest, Arc<dyn Storage>, usize)> = None;
         for (ji, job) in jobs.iter().enumerate() {
             for target in open_storages(config, &job.storages)? {
-                let list = catalog::list(target.storage.as_ref(), &job.name).await?;
-                if let Some(m) = list.into_iter().max_by_key(|m| m.finished_at) {
+                // Only a good backup protects (not suspect, or accepted), and with a signing
+                // key configured only a signed one: a forged manifest is a broken entry.
+                let listing =
+                    catalog::scan(target.storage.as_ref(), &job.name, &job.options.trust).await?;
+                if let Some(m) = listing.newest_good().map(|e| e.manifest.clone()) {
                     if newest
                         .as_ref()
                         .is_none_or(|(n, _, _)| m.finished_at > n.manifest.finished_at)

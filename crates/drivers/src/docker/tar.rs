@@ -521,7 +521,10 @@ impl Scanner {
         Ok(())
     }
 
-    /// Check one entry; returns its normalized path (`""` for the root).
+    /// THE entry policy of a volume archive: whether a restore accepts this entry. Used in
+    /// both modes, so that what a backup warns about, what `drkit verify` (and so the guard)
+    /// fails, and what a restore refuses are one and the same. Returns the entry's
+    /// normalized path (`""` for the root).
     fn check(
         &mut self,
         typeflag: u8,
@@ -639,6 +642,30 @@ pub struct Finished {
     pub examples: Vec<Unsafe>,
     /// The root directory's metadata, when the archive has a `./` entry.
     pub root: Option<RootMeta>,
+}
+
+impl Finished {
+    /// Why a restore would refuse this archive, naming the first refused entries; `None`
+    /// when it accepts every entry. (A scan in [`Mode::Observe`] applies the same entry
+    /// policy as the restore's [`Mode::Enforce`], and counts instead of stopping.)
+    pub fn refusal(&self) -> Option<String> {
+        if self.problems == 0 {
+            return None;
+        }
+        let shown: Vec<String> = self.examples.iter().map(Unsafe::to_string).collect();
+        let more = self.problems.saturating_sub(self.examples.len() as u64);
+        Some(format!(
+            "{} entr{} a restore refuses: {}{}",
+            self.problems,
+            if self.problems == 1 { "y" } else { "ies" },
+            shown.join("; "),
+            if more > 0 {
+                format!("; and {more} more")
+            } else {
+                String::new()
+            }
+        ))
+    }
 }
 
 /// Normalize an archive path: strip `./` and trailing `/`; refuse absolute paths and `..`.
@@ -953,6 +980,64 @@ mod tests {
             let (f, _) = scan(&a, Mode::Observe, 512).unwrap();
             assert!(f.problems >= 1, "{entries:?}");
         }
+    }
+
+    #[test]
+    fn observe_refuses_exactly_what_enforce_refuses() {
+        // The verify side (Observe, then `refusal`) and the restore side (Enforce) apply one
+        // policy: an archive is refused by one exactly when it is by the other, and the
+        // first entry named is the one the restore stops at.
+        let cases: Vec<Vec<(&str, u8, &str)>> = vec![
+            vec![("./a", b'0', ""), ("./l", b'2', "a")],
+            vec![("./etc", b'2', "/etc")],
+            vec![
+                ("./ok", b'0', ""),
+                ("./etc", b'2', "/etc"),
+                ("./etc/x", b'0', ""),
+            ],
+            vec![("./d/l", b'2', "../../x")],
+            vec![("./h", b'1', "/etc/shadow")],
+            vec![("./dev", b'3', "")],
+            vec![("../x", b'0', "")],
+            vec![("./up", b'2', "sub/../a.txt"), ("./sub/", b'5', "")],
+            vec![("./l", b'2', "."), ("./l/x", b'0', "")],
+        ];
+        for entries in cases {
+            let a = archive(
+                &entries
+                    .iter()
+                    .map(|(p, t, l)| entry(p, *t, l, b""))
+                    .collect::<Vec<_>>(),
+            );
+            let enforced = scan(&a, Mode::Enforce, 512);
+            let observed = scan(&a, Mode::Observe, 512).expect("observe never fails on entries");
+            match (enforced, observed.0.refusal()) {
+                (Ok(_), None) => {}
+                (Err(TarError::Unsafe(u)), Some(why)) => {
+                    assert!(why.contains(&u.to_string()), "{entries:?}: {why} / {u}");
+                }
+                (e, r) => panic!("{entries:?}: enforce {:?}, observe {r:?}", e.err()),
+            }
+        }
+        let (f, _) = scan(
+            &archive(&[
+                entry("./a", b'2', "/1", b""),
+                entry("./b", b'2', "/2", b""),
+                entry("./c", b'2', "/3", b""),
+                entry("./d", b'2', "/4", b""),
+                entry("./e", b'2', "/5", b""),
+                entry("./f", b'2', "/6", b""),
+            ]),
+            Mode::Observe,
+            512,
+        )
+        .unwrap();
+        let why = f.refusal().unwrap();
+        assert!(
+            why.starts_with("6 entries a restore refuses: entry \"./a\" is a symbolic link to the absolute path \"/1\"")
+                && why.ends_with("; and 1 more"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use drkit_core::{
     from_io, BoxRead, DriverSpec, Dump, DumpSummary, Error, ErrorKind, Manifest, RestoreOptions,
-    RestoreReport, Result, Source,
+    RestoreReport, Result, Source, StreamCheck,
 };
 use futures::{FutureExt, Stream};
 use serde::Deserialize;
@@ -229,13 +229,12 @@ impl Source for DockerVolumeSource {
             if stats.entries == 0 {
                 warnings.push(format!("volume {} holds no files: this backup is empty", vol.name));
             }
-            if finished.problems > 0 {
-                let examples: Vec<String> = finished.examples.iter().map(|u| u.to_string()).collect();
+            if let Some(why) = finished.refusal() {
+                // Kept (it is what the volume holds), but flagged: verify fails it, so the
+                // guard does not count it, and a restore refuses it.
                 warnings.push(format!(
-                    "volume {} has {} entries a restore will refuse (links pointing outside the volume, devices): {}",
+                    "volume {} holds {why}; this backup is kept, but it is not restorable: `drkit verify` fails it and the guard does not count it until the volume holds only entries a restore accepts (make absolute or outward symlinks relative, remove device nodes; see docs/docker.md)",
                     vol.name,
-                    finished.problems,
-                    examples.join("; ")
                 ));
             }
             let stopped = stopper.as_ref().map(|s| s.stopped.clone()).unwrap_or_default();
@@ -440,6 +439,20 @@ impl Source for DockerVolumeSource {
         }
     }
 
+    fn measure(&self, stats: &serde_json::Value) -> drkit_core::suspect::Measure {
+        crate::source::measure::docker_volume(stats)
+    }
+
+    /// The whole archive through the restore's own entry policy: an archive a restore would
+    /// refuse fails verification (naming its first refused entries), so "verified" means
+    /// "a restore accepts it".
+    fn stream_check(&self, manifest: &Manifest) -> Option<Box<dyn StreamCheck>> {
+        let _ = manifest;
+        Some(Box::new(RestorableCheck {
+            scanner: Scanner::new(Mode::Observe),
+        }))
+    }
+
     fn check_structure(&self, head: &[u8]) -> Result<()> {
         if tar::looks_like_tar(head) {
             Ok(())
@@ -447,6 +460,33 @@ impl Source for DockerVolumeSource {
             Err(Error::integrity(
                 "the archive is not a tar archive (bad first header)",
             ))
+        }
+    }
+}
+
+/// `drkit verify`'s check of a volume archive: every entry through [`Scanner`]'s policy, the
+/// one the restore enforces.
+struct RestorableCheck {
+    scanner: Scanner,
+}
+
+impl StreamCheck for RestorableCheck {
+    fn update(&mut self, bytes: &[u8]) -> Result<()> {
+        self.scanner
+            .feed(bytes, None)
+            .map_err(|e| Error::integrity(e.to_string()))
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        let finished = self
+            .scanner
+            .finish()
+            .map_err(|e| Error::integrity(e.to_string()))?;
+        match finished.refusal() {
+            None => Ok(()),
+            Some(why) => Err(Error::integrity(format!(
+                "a restore would refuse it: the archive holds {why}"
+            ))),
         }
     }
 }

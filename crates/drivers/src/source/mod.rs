@@ -1,5 +1,7 @@
 //! Sources: the systems drkit backs up.
 
+mod measure;
+
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

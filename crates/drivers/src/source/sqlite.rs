@@ -9,6 +9,9 @@
 //! Restore writes a temp file beside the destination, runs `PRAGMA integrity_check`, checks
 //! the row counts against the manifest, and only then renames it into place. An existing
 //! database is kept beside it (`<name>.pre-restore-<time>`), with its `-wal` and `-shm`.
+//! The temp file is created `0600`; before the rename it takes the replaced file's mode,
+//! owner and group, so the database is never visible with other permissions than the one it
+//! replaces (a restore to a new path stays `0600`, owned by the user running drkit).
 
 use std::path::{Path, PathBuf};
 
@@ -303,6 +306,80 @@ fn side_path(dest: &Path, suffix: &str) -> PathBuf {
     dest.with_file_name(name)
 }
 
+/// Mode of a restored database that replaces nothing: owner-only, as a database may hold
+/// secrets and the folder may be readable by others.
+const NEW_FILE_MODE: u32 = 0o600;
+
+/// Permission bits, owner and group a restored file takes: those of the file it replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ownership {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+impl Ownership {
+    /// Those of the existing file at `dest` (following a symlink, as the rename replaces
+    /// what the path names), or `None` when there is none.
+    fn of(dest: &Path) -> Result<Option<Ownership>> {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(dest) {
+            Ok(m) => Ok(Some(Ownership {
+                mode: m.mode() & 0o7777,
+                uid: m.uid(),
+                gid: m.gid(),
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::source_error(format!(
+                "cannot read the mode and owner of {}: {e}",
+                dest.display()
+            ))),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("mode {:04o}, owner {}:{}", self.mode, self.uid, self.gid)
+    }
+
+    /// Give `path` this owner, group and mode (owner first: a chown may clear set-id bits).
+    fn apply(&self, path: &Path) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let f = std::fs::File::open(path)
+            .map_err(|e| Error::source_error(format!("cannot open {}: {e}", path.display())))?;
+        let m = f
+            .metadata()
+            .map_err(|e| Error::source_error(format!("cannot stat {}: {e}", path.display())))?;
+        if (m.uid(), m.gid()) != (self.uid, self.gid) {
+            std::os::unix::fs::fchown(&f, Some(self.uid), Some(self.gid)).map_err(|e| {
+                Error::source_error(format!(
+                    "cannot give the restored database the owner {}:{} of the file it replaces ({e}): \
+                     run the restore as root or as that user; nothing was replaced",
+                    self.uid, self.gid
+                ))
+            })?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(self.mode))
+            .map_err(|e| {
+                Error::source_error(format!(
+                    "cannot set mode {:04o} on {}: {e}",
+                    self.mode,
+                    path.display()
+                ))
+            })
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+        Error::source_error(format!(
+            "cannot set mode {mode:04o} on {}: {e}",
+            path.display()
+        ))
+    })
+}
+
 /// Check a restored file: integrity, then the manifest's row counts.
 fn check_restored(path: &Path, manifest: &Manifest) -> Result<()> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
@@ -394,12 +471,21 @@ impl Source for SqliteSource {
                 dest.file_name().unwrap_or_default().to_string_lossy()
             )));
         }
+        let notes = match Ownership::of(&dest)? {
+            Some(o) if exists => vec![format!(
+                "the restored database takes the {} of the file it replaces",
+                o.describe()
+            )],
+            _ => vec![format!(
+                "the restored database is created with mode {NEW_FILE_MODE:04o}, owned by the user running drkit"
+            )],
+        };
         Ok(RestoreReport {
             destination: dest.display().to_string(),
             replaces_existing: exists,
             kept_previous: None,
             stats_checked: false,
-            notes: Vec::new(),
+            notes,
         })
     }
 
@@ -419,6 +505,7 @@ impl Source for SqliteSource {
             let mut f = tokio::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
+                .mode(NEW_FILE_MODE)
                 .open(&tmp)
                 .await
                 .map_err(|e| {
@@ -444,8 +531,31 @@ impl Source for SqliteSource {
             }
             Err(e) => Err(e),
         };
-        if let Err(e) = checked {
+        // Side files the check left (SQLite normally removes them when it closes): they go
+        // with the database, with the same mode and owner.
+        let side_files: Vec<&str> = ["-wal", "-shm"]
+            .into_iter()
+            .filter(|s| side_path(&tmp, s).exists())
+            .collect();
+        // Mode, owner and group of the file replaced, set before the rename: the database is
+        // never visible under `dest` with other permissions. umask aside, the temp file is
+        // already 0600; make it exactly that for a new file.
+        let owned = checked.and_then(|()| {
+            let target = Ownership::of(&dest)?;
+            let sides = side_files.iter().map(|s| side_path(&tmp, s));
+            for path in std::iter::once(tmp.clone()).chain(sides) {
+                match target {
+                    Some(o) => o.apply(&path)?,
+                    None => set_mode(&path, NEW_FILE_MODE)?,
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = owned {
             let _ = std::fs::remove_file(&tmp);
+            for s in &side_files {
+                let _ = std::fs::remove_file(side_path(&tmp, s));
+            }
             return Err(e);
         }
         // Keep the current database (and its -wal/-shm) beside the new one, then rename.
@@ -464,6 +574,16 @@ impl Source for SqliteSource {
                 Error::source_error(format!("cannot move {} aside: {e}", dest.display()))
             })?;
             report.kept_previous = Some(kept.display().to_string());
+        }
+        for suffix in &side_files {
+            let (from, to) = (side_path(&tmp, suffix), side_path(&dest, suffix));
+            std::fs::rename(&from, &to).map_err(|e| {
+                Error::source_error(format!(
+                    "cannot rename {} to {}: {e}",
+                    from.display(),
+                    to.display()
+                ))
+            })?;
         }
         std::fs::rename(&tmp, &dest).map_err(|e| {
             Error::source_error(format!(
@@ -514,6 +634,10 @@ impl Source for SqliteSource {
             })?;
         }
         Ok(())
+    }
+
+    fn measure(&self, stats: &serde_json::Value) -> drkit_core::suspect::Measure {
+        crate::source::measure::sqlite(stats)
     }
 
     fn check_structure(&self, head: &[u8]) -> Result<()> {

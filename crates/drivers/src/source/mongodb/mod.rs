@@ -1351,6 +1351,10 @@ impl Source for MongoSource {
         Ok(())
     }
 
+    fn measure(&self, stats: &serde_json::Value) -> drkit_core::suspect::Measure {
+        crate::source::measure::mongodb(stats)
+    }
+
     fn check_structure(&self, head: &[u8]) -> Result<()> {
         let mut parser = archive::Parser::new();
         parser

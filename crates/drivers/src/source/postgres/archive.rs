@@ -75,6 +75,34 @@ pub fn database_file(index: usize, db: &str) -> String {
     format!("db-{:03}-{safe}.pgdump", index + 1)
 }
 
+/// Check a stream's file name read from an archive's index before it is used as a path: it
+/// must be one plain path component (not empty, no `/`, no `\\`, not `.` or `..`, no NUL, no
+/// leading `-`, at most 80 bytes), so that it stays inside the staging folder.
+pub fn check_file_name(name: &str) -> std::result::Result<(), String> {
+    use std::path::{Component, Path};
+    let why = if name.is_empty() {
+        "it is empty"
+    } else if name.contains('\0') {
+        "it holds a NUL character"
+    } else if name.contains('/') || name.contains('\\') {
+        "it holds a path separator"
+    } else if name.starts_with('-') {
+        "it starts with -"
+    } else if name.len() > 80 {
+        "it is longer than drkit writes"
+    } else if !matches!(
+        Path::new(name).components().collect::<Vec<_>>().as_slice(),
+        [Component::Normal(n)] if *n == std::ffi::OsStr::new(name)
+    ) {
+        "it is not a plain file name"
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "stream file name {name:?} would leave the staging folder: {why}"
+    ))
+}
+
 /// The name of one part of a stream.
 pub fn part_name(file: &str, part: u64) -> String {
     format!("{file}.{part:08}")
@@ -472,6 +500,34 @@ mod tests {
             TarReader::new(&bad[..]).next().await.unwrap_err().kind(),
             drkit_core::ErrorKind::Integrity
         );
+    }
+
+    #[test]
+    fn file_names_stay_in_the_staging_folder() {
+        for ok in [
+            "globals.sql",
+            "db-001-app.pgdump",
+            &database_file(3, "../../etc"),
+        ] {
+            assert_eq!(check_file_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "../../x",
+            "/tmp/victim",
+            "a/b",
+            "a/",
+            "a\\b",
+            "x\0y",
+            "-rf",
+            "--dbname=evil",
+            &"a".repeat(81),
+        ] {
+            assert!(check_file_name(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

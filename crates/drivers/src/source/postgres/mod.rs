@@ -11,6 +11,11 @@
 //! archive (`data.pgdump`, readable by `pg_restore` as is). Several databases, or the roles
 //! (`globals = true`), go in one tar stream (`data.tar`, see [`archive`]).
 //!
+//! The archive is untrusted on restore: the roles script is never given to psql but checked
+//! and run statement by statement ([`globals`]), the index's file names are checked before
+//! they become paths ([`archive::check_file_name`]), and with `restore_role` pg_restore runs
+//! `--role=NAME`.
+//!
 //! Restore: the archive (verified first by the pipeline) is streamed into `pg_restore
 //! --single-transaction`; the last chunk of every database is held back until the whole
 //! stream has been read and checked, so a damaged archive never commits. With `jobs`, the
@@ -20,6 +25,7 @@
 pub mod archive;
 pub mod conn;
 mod dump;
+pub mod globals;
 mod restore;
 pub mod stats;
 pub mod tools;
@@ -86,6 +92,8 @@ struct PostgresConfig {
     psql: Option<String>,
     #[serde(default)]
     exec: Option<ExecConfig>,
+    #[serde(default)]
+    restore_role: Option<String>,
 }
 
 /// Which databases a job dumps.
@@ -109,6 +117,8 @@ pub struct PostgresSource {
     globals: bool,
     stats: StatsMode,
     tools: Tools,
+    /// Role that restores run as (`pg_restore --role`, `SET ROLE` for the roles script).
+    restore_role: Option<String>,
 }
 
 impl PostgresSource {
@@ -166,6 +176,13 @@ impl PostgresSource {
                 port: e.port,
             },
         };
+        if let Some(r) = &c.restore_role {
+            if r.is_empty() || r.contains('\0') || r.len() > 63 {
+                return Err(Error::config(format!(
+                    "{what}.restore_role {r:?} is not a role name"
+                )));
+            }
+        }
         let tools = Tools::new(
             exec,
             c.bindir,
@@ -179,6 +196,7 @@ impl PostgresSource {
             globals: c.globals,
             stats: c.stats,
             tools,
+            restore_role: c.restore_role,
         })
     }
 
@@ -282,6 +300,10 @@ impl Source for PostgresSource {
         restore::drop_scratch(self, scratch).await
     }
 
+    fn measure(&self, stats: &serde_json::Value) -> drkit_core::suspect::Measure {
+        crate::source::measure::postgres(stats)
+    }
+
     fn check_structure(&self, head: &[u8]) -> Result<()> {
         check_head(head)
     }
@@ -322,6 +344,12 @@ mod tests {
         let one = PostgresSource::from_spec(&spec("url = \"postgres://u@h/app\"\ndatabases = [\"x\"]\nexec = { docker = \"db\", port = 5432 }"), "j").unwrap();
         assert!(one.single_archive());
         assert_eq!(one.tools.exec_label(), "docker:db");
+        let role = PostgresSource::from_spec(
+            &spec("url = \"postgres://u@h/app\"\nrestore_role = \"restorer\""),
+            "j",
+        )
+        .unwrap();
+        assert_eq!(role.restore_role.as_deref(), Some("restorer"));
 
         let bad = [
             ("url = \"mysql://u:pw@h/app\"", "postgres://"),
@@ -350,6 +378,10 @@ mod tests {
             (
                 "url = \"postgres://h/app?sslmode=verify-full\"",
                 "sslmode=verify-full",
+            ),
+            (
+                "url = \"postgres://h/app\"\nrestore_role = \"\"",
+                "restore_role",
             ),
         ];
         for (text, want) in bad {

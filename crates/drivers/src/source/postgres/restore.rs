@@ -12,10 +12,14 @@ use tokio_postgres::Client;
 
 use super::archive::{self, Index, Sequence, TarReader};
 use super::conn::{self, is_missing_database, pg_error, quote_ident, quote_literal, ConnParams};
+use super::globals::{self, Action, Existing};
 use super::stats::{self, DbStats, Stats, StatsMode, TableName, SYSTEM_SCHEMAS_SQL};
 use super::tools::{check_version, Exec, Tool, Version};
 use super::PostgresSource;
 use crate::process::{Process, ProcessWriter};
+
+/// The largest roles script read into memory (see [`globals::MAX_SCRIPT`]).
+const MAX_GLOBALS: usize = globals::MAX_SCRIPT;
 
 /// What the manifest's `source` says about the archive.
 #[derive(Debug, Deserialize)]
@@ -50,6 +54,10 @@ pub(super) struct Plan {
     maint: ConnParams,
     maint_password: Option<String>,
     jobs: Option<u32>,
+    /// `job/id`, for messages.
+    backup: String,
+    /// The manifest says the archive holds the roles.
+    globals: bool,
 }
 
 fn manifest_info(manifest: &Manifest) -> Result<(SourceInfo, Stats)> {
@@ -155,6 +163,20 @@ pub(super) async fn plan(
             manifest.job, manifest.id
         )));
     }
+    check_database_names(stats.databases.iter().map(|d| d.name.as_str())).map_err(|why| {
+        Error::integrity(format!(
+            "backup {}/{}: its manifest is refused: {why}",
+            manifest.job, manifest.id
+        ))
+    })?;
+    if !tar && stats.databases.len() != 1 {
+        return Err(Error::integrity(format!(
+            "backup {}/{}: its manifest lists {} databases for a single pg_dump archive",
+            manifest.job,
+            manifest.id,
+            stats.databases.len()
+        )));
+    }
 
     let mut targets = Vec::new();
     for db in &stats.databases {
@@ -245,6 +267,49 @@ pub(super) async fn plan(
     if info.globals {
         notes.push("roles and tablespaces of the backup are created where missing; existing ones are left as they are".into());
     }
+    if let Some(role) = &src.restore_role {
+        notes.push(format!(
+            "pg_restore runs as role {role:?} (--role){}",
+            if info.globals {
+                ", and the roles script after SET ROLE"
+            } else {
+                ""
+            }
+        ));
+        let (cp, cpw) = if needs_maint {
+            (&maint, &maint_password)
+        } else {
+            (&targets[0].params, &targets[0].password)
+        };
+        let client = conn::connect(cp, cpw.as_deref()).await?;
+        let row = client
+            .query_opt(
+                "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), pg_has_role(current_user, oid, 'MEMBER') FROM pg_roles WHERE rolname = $1",
+                &[role],
+            )
+            .await
+            .map_err(|e| pg_error(&e, cp, "looking up restore_role"))?;
+        let Some(row) = row else {
+            return Err(Error::config(format!(
+                "restore_role {role:?} does not exist on {}",
+                cp.server()
+            )));
+        };
+        let (superuser, member): (Option<bool>, bool) = (row.get(0), row.get(1));
+        if !member {
+            return Err(Error::config(format!(
+                "restore_role {role:?}: user {:?} is not a member of that role on {}, so it cannot SET ROLE to it",
+                cp.user(),
+                cp.server()
+            )));
+        }
+        if superuser == Some(true) {
+            notes.push(format!(
+                "user {:?} of the url is a superuser: a forged archive can still RESET ROLE back to it; for restores of archives you cannot verify, connect as a user that is not a superuser",
+                cp.user()
+            ));
+        }
+    }
     if stats.row_counts == StatsMode::Estimate {
         notes.push("the backup recorded estimated row counts: the restore checks that its tables exist, not their counts".into());
     }
@@ -283,6 +348,8 @@ pub(super) async fn plan(
         maint,
         maint_password,
         jobs: opts.jobs.filter(|n| *n > 1),
+        backup: format!("{}/{}", manifest.job, manifest.id),
+        globals: info.globals,
     })
 }
 
@@ -333,6 +400,8 @@ struct Created {
     maint: ConnParams,
     password: Option<String>,
     names: Vec<String>,
+    /// Owner of a created database whose archived owner does not exist here.
+    fallback_owner: Option<String>,
 }
 
 impl Created {
@@ -351,6 +420,8 @@ impl Created {
             .is_some();
         let owner = if owner_exists {
             format!(" OWNER {}", quote_ident(&t.stats.owner))
+        } else if let Some(r) = &self.fallback_owner {
+            format!(" OWNER {}", quote_ident(r))
         } else {
             String::new()
         };
@@ -425,6 +496,9 @@ fn pg_restore_args(t: &Target, src: &PostgresSource, force: bool) -> Vec<String>
         args.push("--clean".into());
         args.push("--if-exists".into());
     }
+    if let Some(role) = &src.restore_role {
+        args.push(format!("--role={role}"));
+    }
     args
 }
 
@@ -470,124 +544,143 @@ impl Feed {
     }
 }
 
-/// Filters the roles script of `pg_dumpall --globals-only`: roles and tablespaces that exist
-/// on the destination are not created or altered (their passwords and attributes stay).
-pub struct GlobalsFilter {
-    roles: HashSet<String>,
-    tablespaces: HashSet<String>,
-    partial: Vec<u8>,
-}
-
-/// Read the identifier at the start of `s` (quoted or not).
-fn leading_ident(s: &str) -> Option<String> {
-    if let Some(rest) = s.strip_prefix('"') {
-        let mut out = String::new();
-        let mut chars = rest.chars().peekable();
-        while let Some(c) = chars.next() {
-            if c == '"' {
-                if chars.peek() == Some(&'"') {
-                    chars.next();
-                    out.push('"');
-                } else {
-                    return Some(out);
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        None
-    } else {
-        let ident: String = s
-            .chars()
-            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '$')
-            .collect();
-        (!ident.is_empty()).then_some(ident)
-    }
-}
-
-impl GlobalsFilter {
-    /// Skip these existing roles and tablespaces.
-    pub fn new(roles: HashSet<String>, tablespaces: HashSet<String>) -> Self {
-        GlobalsFilter {
-            roles,
-            tablespaces,
-            partial: Vec::new(),
-        }
-    }
-
-    /// Whether a line of the script is kept.
-    pub fn keep(&self, line: &str) -> bool {
-        let l = line.trim_start();
-        for (prefix, set) in [
-            ("CREATE ROLE ", &self.roles),
-            ("ALTER ROLE ", &self.roles),
-            ("CREATE TABLESPACE ", &self.tablespaces),
-        ] {
-            if let Some(rest) = l.strip_prefix(prefix) {
-                if let Some(name) = leading_ident(rest) {
-                    return !set.contains(&name);
-                }
-            }
-        }
-        true
-    }
-
-    /// Filter `data` (a piece of the script) into `out`; a line cut at the end waits for
-    /// the next piece.
-    pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
-        self.partial.extend_from_slice(data);
-        let Some(last_nl) = self.partial.iter().rposition(|&b| b == b'\n') else {
-            return;
-        };
-        let rest = self.partial.split_off(last_nl + 1);
-        let complete = std::mem::replace(&mut self.partial, rest);
-        for line in complete.split_inclusive(|&b| b == b'\n') {
-            if self.keep(&String::from_utf8_lossy(line)) {
-                out.extend_from_slice(line);
-            }
-        }
-    }
-
-    /// The last line, if the script does not end with a newline.
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
-        let line = std::mem::take(&mut self.partial);
-        if !line.is_empty() && self.keep(&String::from_utf8_lossy(&line)) {
-            out.extend_from_slice(&line);
-        }
-    }
-}
-
-async fn globals_filter(plan: &Plan) -> Result<GlobalsFilter> {
-    let client = conn::connect(&plan.maint, plan.maint_password.as_deref()).await?;
-    let names = |sql: &'static str| async {
-        Ok::<_, Error>(
-            client
-                .query(sql, &[])
-                .await
-                .map_err(|e| pg_error(&e, &plan.maint, "listing roles"))?
-                .iter()
-                .map(|r| r.get::<_, String>(0))
-                .collect::<HashSet<String>>(),
-        )
+/// The roles, tablespaces and memberships of the destination (left as they are).
+async fn existing(client: &Client, plan: &Plan) -> Result<Existing> {
+    let err = |e: tokio_postgres::Error| pg_error(&e, &plan.maint, "listing roles");
+    let names = |rows: Vec<tokio_postgres::Row>| {
+        rows.iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<HashSet<String>>()
     };
-    let roles = names("SELECT rolname::text FROM pg_roles").await?;
-    let tablespaces = names("SELECT spcname::text FROM pg_tablespace").await?;
-    Ok(GlobalsFilter::new(roles, tablespaces))
+    let roles = names(
+        client
+            .query("SELECT rolname::text FROM pg_roles", &[])
+            .await
+            .map_err(err)?,
+    );
+    let tablespaces = names(
+        client
+            .query("SELECT spcname::text FROM pg_tablespace", &[])
+            .await
+            .map_err(err)?,
+    );
+    let memberships = client
+        .query(
+            "SELECT r.rolname::text, m.rolname::text FROM pg_auth_members a \
+             JOIN pg_roles r ON r.oid = a.roleid JOIN pg_roles m ON m.oid = a.member",
+            &[],
+        )
+        .await
+        .map_err(err)?
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect();
+    Ok(Existing {
+        roles,
+        tablespaces,
+        memberships,
+    })
 }
 
-fn psql_writer(src: &PostgresSource, plan: &Plan) -> Result<ProcessWriter> {
-    let child = src.tools.child_params(&plan.maint);
-    let args = vec![
-        "--no-psqlrc".to_string(),
-        "--quiet".to_string(),
-        "--no-password".to_string(),
-        "--set=ON_ERROR_STOP=1".to_string(),
-        format!("--dbname={}", child.conninfo()),
-    ];
-    let mut cmd = src
-        .tools
-        .command(Tool::Psql, &args, plan.maint_password.as_deref(), true);
-    Process::writer(&mut cmd, "psql (restoring the roles)")
+/// Check the whole roles script of the archive (see [`globals`]), then run what it creates
+/// that is missing here, statement by statement through drkit's own connection (never psql),
+/// after `SET ROLE` when `restore_role` is set. Nothing runs when any statement is refused.
+async fn run_globals(
+    src: &PostgresSource,
+    plan: &Plan,
+    script: &[u8],
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let refused = |why: String| {
+        Error::integrity(format!(
+            "backup {}: its roles script (pg_dumpall --globals-only) is refused, {why}: none of it was run (drkit runs only the statements pg_dumpall writes; the archive may have been tampered with)",
+            plan.backup
+        ))
+    };
+    let text = std::str::from_utf8(script).map_err(|e| {
+        let line = script[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
+        refused(format!("line {line}: it is not UTF-8"))
+    })?;
+    let statements = globals::parse(text).map_err(|r| refused(r.to_string()))?;
+    let client = conn::connect(&plan.maint, plan.maint_password.as_deref()).await?;
+    let err = |e: tokio_postgres::Error, doing: String| pg_error(&e, &plan.maint, &doing);
+    client
+        .batch_execute("SET standard_conforming_strings = on")
+        .await
+        .map_err(|e| err(e, "preparing the roles restore".into()))?;
+    let existing = existing(&client, plan).await?;
+    if let Some(role) = &src.restore_role {
+        client
+            .batch_execute(&format!("SET ROLE {}", quote_ident(role)))
+            .await
+            .map_err(|e| err(e, format!("SET ROLE {role:?} (restore_role)")))?;
+    }
+    let (session, work): (Vec<_>, Vec<_>) = statements
+        .iter()
+        .filter(|s| existing.keep(s))
+        .partition(|s| s.action == Action::Session);
+    let run = |s: &globals::Statement| {
+        let client = &client;
+        let sql = s.sql.clone();
+        let line = s.line;
+        async move {
+            client.simple_query(&sql).await.map(|_| ()).map_err(|e| {
+                err(
+                    e,
+                    format!("restoring the roles (line {line} of the roles script)"),
+                )
+            })
+        }
+    };
+    for s in &session {
+        run(s).await?;
+    }
+    // All or nothing, unless a tablespace is created (which cannot run in a transaction).
+    let transaction = !work
+        .iter()
+        .any(|s| matches!(s.action, Action::CreateTablespace(_)));
+    if transaction {
+        client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| err(e, "restoring the roles".into()))?;
+    }
+    for s in &work {
+        run(s).await?;
+    }
+    if transaction {
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| err(e, "restoring the roles".into()))?;
+    }
+    let skipped = statements.len() - session.len() - work.len();
+    notes.push(format!(
+        "roles script: {} statements run{}",
+        work.len(),
+        if skipped > 0 {
+            format!(", {skipped} left out (those roles, tablespaces or memberships exist)")
+        } else {
+            String::new()
+        }
+    ));
+    Ok(())
+}
+
+/// Refuse a database stream that is not a pg_dump custom archive.
+fn check_pgdmp(plan: &Plan, db: &str, first: &[u8]) -> Result<()> {
+    if first.starts_with(super::PGDMP) {
+        Ok(())
+    } else {
+        Err(Error::integrity(format!(
+            "backup {}: the archive's stream of database {db:?} is not a pg_dump custom archive (PGDMP)",
+            plan.backup
+        )))
+    }
 }
 
 fn read_error(e: std::io::Error) -> Error {
@@ -606,6 +699,7 @@ pub(super) async fn restore(
         maint: plan.maint.clone(),
         password: plan.maint_password.clone(),
         names: Vec::new(),
+        fallback_owner: src.restore_role.clone(),
     };
     let result = match plan.jobs {
         None => stream(src, &plan, data, opts.force, &mut created, &mut notes).await,
@@ -672,8 +766,8 @@ async fn stream(
     let mut seq = Sequence::new(&index);
     let mut pending: Vec<Feed> = Vec::new();
     let mut current: Option<Feed> = None;
-    let mut psql: Option<(ProcessWriter, GlobalsFilter)> = None;
-    let mut filtered = Vec::new();
+    // The roles script, read whole and checked before any of it runs.
+    let mut roles: Option<Vec<u8>> = None;
     while let Some(member) = tar.next().await? {
         let (i, starts) = seq.next(&member.name)?;
         let entry = &index.streams[i];
@@ -681,12 +775,13 @@ async fn stream(
             if let Some(f) = current.take() {
                 pending.push(f);
             }
-            if let Some((w, mut filter)) = psql.take() {
-                finish_psql(w, &mut filter).await?;
+            if let Some(script) = roles.take() {
+                run_globals(src, plan, &script, notes).await?;
             }
             match &entry.database {
-                None => psql = Some((psql_writer(src, plan)?, globals_filter(plan).await?)),
+                None => roles = Some(Vec::new()),
                 Some(db) => {
+                    check_pgdmp(plan, db, &member.data)?;
                     let t = target_of(plan, db)?;
                     if !t.exists {
                         created.create(t, notes).await?;
@@ -697,10 +792,8 @@ async fn stream(
         }
         if let Some(f) = current.as_mut() {
             f.push(&member.data).await?;
-        } else if let Some((w, filter)) = psql.as_mut() {
-            filtered.clear();
-            filter.feed(&member.data, &mut filtered);
-            w.send(&filtered).await?;
+        } else if let Some(script) = roles.as_mut() {
+            push_script(plan, script, &member.data)?;
         }
     }
     if seq.started() != index.streams.len() {
@@ -710,8 +803,8 @@ async fn stream(
             index.streams.len()
         )));
     }
-    if let Some((w, mut filter)) = psql.take() {
-        finish_psql(w, &mut filter).await?;
+    if let Some(script) = roles.take() {
+        run_globals(src, plan, &script, notes).await?;
     }
     pending.extend(current.take());
     // The whole archive has been read and checked: let every pg_restore commit.
@@ -735,13 +828,17 @@ async fn stream(
     Ok(())
 }
 
-async fn finish_psql(mut w: ProcessWriter, filter: &mut GlobalsFilter) -> Result<()> {
-    let mut last = Vec::new();
-    filter.finish(&mut last);
-    if !last.is_empty() {
-        w.send(&last).await?;
+/// Append a part of the roles script, up to [`MAX_GLOBALS`] bytes.
+fn push_script(plan: &Plan, script: &mut Vec<u8>, data: &[u8]) -> Result<()> {
+    if script.len() + data.len() > MAX_GLOBALS {
+        return Err(Error::integrity(format!(
+            "backup {}: its roles script is larger than {} MiB, more than pg_dumpall writes",
+            plan.backup,
+            MAX_GLOBALS >> 20
+        )));
     }
-    w.finish().await.map(|_| ())
+    script.extend_from_slice(data);
+    Ok(())
 }
 
 async fn read_index<R: tokio::io::AsyncRead + Unpin>(
@@ -767,12 +864,83 @@ async fn read_index<R: tokio::io::AsyncRead + Unpin>(
             index.format, index.version
         )));
     }
-    for s in &index.streams {
-        if let Some(db) = &s.database {
-            target_of(plan, db)?;
+    let names: Vec<&str> = plan.targets.iter().map(|t| t.stats.name.as_str()).collect();
+    check_index(&index, plan.globals, &names).map_err(|why| {
+        Error::integrity(format!(
+            "backup {}: the PostgreSQL archive's index is refused: {why}",
+            plan.backup
+        ))
+    })?;
+    Ok(index)
+}
+
+/// The database names of a manifest: not empty, no NUL, each once.
+fn check_database_names<'a>(
+    names: impl Iterator<Item = &'a str>,
+) -> std::result::Result<(), String> {
+    let mut seen = HashSet::new();
+    for n in names {
+        if n.is_empty() || n.contains('\0') {
+            return Err(format!("database name {n:?} is empty or holds a NUL"));
+        }
+        if !seen.insert(n) {
+            return Err(format!("database {n:?} is listed twice"));
         }
     }
-    Ok(index)
+    Ok(())
+}
+
+/// Check an archive's index against its manifest: every stream's file name is a plain file
+/// name (it becomes a path in the staging folder), used once; each kind is `globals` or
+/// `database` with its database; the roles stream, only when the manifest says so, comes
+/// first and once; every database of the manifest (`databases`) comes exactly once.
+pub(super) fn check_index(
+    index: &Index,
+    globals: bool,
+    databases: &[&str],
+) -> std::result::Result<(), String> {
+    let mut files = HashSet::new();
+    let mut seen = HashSet::new();
+    for (i, s) in index.streams.iter().enumerate() {
+        archive::check_file_name(&s.file)?;
+        if !files.insert(s.file.as_str()) {
+            return Err(format!("stream file {:?} is listed twice", s.file));
+        }
+        match (s.kind.as_str(), &s.database) {
+            ("globals", None) => {
+                if !globals {
+                    return Err("it holds a roles stream, which the manifest does not list".into());
+                }
+                if i != 0 {
+                    return Err("the roles stream is not the first one".into());
+                }
+            }
+            ("database", Some(db)) => {
+                if !databases.contains(&db.as_str()) {
+                    return Err(format!(
+                        "it holds database {db:?}, which its manifest does not list"
+                    ));
+                }
+                if !seen.insert(db.as_str()) {
+                    return Err(format!("database {db:?} is listed twice"));
+                }
+            }
+            (kind, db) => {
+                return Err(format!(
+                    "stream {:?} is of kind {kind:?} with database {db:?}",
+                    s.file
+                ))
+            }
+        }
+    }
+    if seen.len() != databases.len() {
+        return Err(format!(
+            "it holds {} of the {} databases of the manifest",
+            seen.len(),
+            databases.len()
+        ));
+    }
+    Ok(())
 }
 
 fn target_of<'a>(plan: &'a Plan, archived: &str) -> Result<&'a Target> {
@@ -811,14 +979,16 @@ async fn staged(
             dir.path().display()
         ))
     };
-    // (path, database or None for the roles)
-    let mut files: Vec<(std::path::PathBuf, Option<String>)> = Vec::new();
+    // (path, database)
+    let mut files: Vec<(std::path::PathBuf, String)> = Vec::new();
+    // The roles script, read whole and checked before any of it runs.
+    let mut roles: Option<Vec<u8>> = None;
     if !plan.tar {
         let path = dir.path().join("archive.pgdump");
         let mut f = tokio::fs::File::create(&path).await.map_err(stage_err)?;
         copy_checked(&mut data, &mut f).await?;
         f.sync_all().await.map_err(stage_err)?;
-        files.push((path, Some(plan.targets[0].stats.name.clone())));
+        files.push((path, plan.targets[0].stats.name.clone()));
     } else {
         let mut tar = TarReader::new(data);
         let index = read_index(&mut tar, plan).await?;
@@ -826,19 +996,36 @@ async fn staged(
         let mut file: Option<tokio::fs::File> = None;
         while let Some(member) = tar.next().await? {
             let (i, starts) = seq.next(&member.name)?;
+            let entry = &index.streams[i];
             if starts {
                 if let Some(mut f) = file.take() {
                     f.flush().await.map_err(stage_err)?;
                 }
-                let path = dir.path().join(&index.streams[i].file);
-                file = Some(tokio::fs::File::create(&path).await.map_err(stage_err)?);
-                files.push((path, index.streams[i].database.clone()));
+                match &entry.database {
+                    None => roles = Some(Vec::new()),
+                    Some(db) => {
+                        check_pgdmp(plan, db, &member.data)?;
+                        // read_index checked the name: one plain component.
+                        let path = dir.path().join(&entry.file);
+                        let f = tokio::fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(&path)
+                            .await
+                            .map_err(stage_err)?;
+                        file = Some(f);
+                        files.push((path, db.clone()));
+                    }
+                }
             }
-            file.as_mut()
-                .expect("a stream was started")
-                .write_all(&member.data)
-                .await
-                .map_err(stage_err)?;
+            match file.as_mut() {
+                Some(f) => f.write_all(&member.data).await.map_err(stage_err)?,
+                None => push_script(
+                    plan,
+                    roles.as_mut().expect("the roles stream was started"),
+                    &member.data,
+                )?,
+            }
         }
         if let Some(mut f) = file.take() {
             f.flush().await.map_err(stage_err)?;
@@ -849,47 +1036,29 @@ async fn staged(
             ));
         }
     }
-    // The archive was read to a clean end: restore from the staged files.
+    // The archive was read to a clean end: restore the roles, then from the staged files.
+    if let Some(script) = roles.take() {
+        run_globals(src, plan, &script, notes).await?;
+    }
     for (path, db) in &files {
-        match db {
-            None => {
-                let mut w = psql_writer(src, plan)?;
-                let mut filter = globals_filter(plan).await?;
-                let mut f = tokio::fs::File::open(path).await.map_err(stage_err)?;
-                let mut buf = vec![0u8; 256 * 1024];
-                let mut out = Vec::new();
-                loop {
-                    let n = archive::fill(&mut f, &mut buf).await.map_err(stage_err)?;
-                    if n == 0 {
-                        break;
-                    }
-                    out.clear();
-                    filter.feed(&buf[..n], &mut out);
-                    w.send(&out).await?;
-                }
-                finish_psql(w, &mut filter).await?;
-            }
-            Some(db) => {
-                let t = target_of(plan, db)?;
-                if !t.exists {
-                    created.create(t, notes).await?;
-                }
-                let mut args = pg_restore_args(t, src, force);
-                args.push(format!("--jobs={jobs}"));
-                args.push(path.display().to_string());
-                let mut cmd =
-                    src.tools
-                        .command(Tool::PgRestore, &args, t.password.as_deref(), false);
-                cmd.stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::null());
-                let name = format!(
-                    "pg_restore --jobs {jobs} into database {:?}",
-                    t.params.dbname()
-                );
-                Process::spawn(&mut cmd, &name)?.wait_ok().await?;
-                created.keep(t.params.dbname());
-            }
+        let t = target_of(plan, db)?;
+        if !t.exists {
+            created.create(t, notes).await?;
         }
+        let mut args = pg_restore_args(t, src, force);
+        args.push(format!("--jobs={jobs}"));
+        args.push(path.display().to_string());
+        let mut cmd = src
+            .tools
+            .command(Tool::PgRestore, &args, t.password.as_deref(), false);
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        let name = format!(
+            "pg_restore --jobs {jobs} into database {:?}",
+            t.params.dbname()
+        );
+        Process::spawn(&mut cmd, &name)?.wait_ok().await?;
+        created.keep(t.params.dbname());
         let _ = tokio::fs::remove_file(path).await;
     }
     Ok(())
@@ -964,32 +1133,98 @@ async fn check_counts(plan: &Plan) -> Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn globals_filter_keeps_new_roles_only() {
-        let roles: HashSet<String> = ["drkit", "We\"ird"].iter().map(|s| s.to_string()).collect();
-        let tbs: HashSet<String> = ["fast"].iter().map(|s| s.to_string()).collect();
-        let mut f = GlobalsFilter::new(roles, tbs);
-        let script = "SET client_encoding = 'UTF8';\nCREATE ROLE drkit;\nALTER ROLE drkit WITH SUPERUSER PASSWORD 'x';\nCREATE ROLE app;\nALTER ROLE app WITH LOGIN;\nCREATE ROLE \"We\"\"ird\";\nALTER ROLE \"We\"\"ird\" SET search_path = a;\nCREATE TABLESPACE fast OWNER drkit LOCATION '/x';\nCREATE TABLESPACE slow OWNER drkit LOCATION '/y';\nGRANT app TO drkit GRANTED BY drkit;\nCOMMENT ON ROLE app IS 'x'";
-        let mut out = Vec::new();
-        // Feed in awkward pieces: lines are cut anywhere.
-        for piece in script.as_bytes().chunks(7) {
-            f.feed(piece, &mut out);
-        }
-        f.finish(&mut out);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "SET client_encoding = 'UTF8';\nCREATE ROLE app;\nALTER ROLE app WITH LOGIN;\nCREATE TABLESPACE slow OWNER drkit LOCATION '/y';\nGRANT app TO drkit GRANTED BY drkit;\nCOMMENT ON ROLE app IS 'x'"
-        );
+    fn index(streams: &[(&str, &str, Option<&str>)]) -> Index {
+        Index::new(
+            streams
+                .iter()
+                .map(|(file, kind, db)| archive::StreamEntry {
+                    file: file.to_string(),
+                    kind: kind.to_string(),
+                    database: db.map(String::from),
+                })
+                .collect(),
+        )
     }
 
     #[test]
-    fn idents() {
-        assert_eq!(leading_ident("app WITH LOGIN").as_deref(), Some("app"));
-        assert_eq!(
-            leading_ident("\"a b\"\"c\" SET x").as_deref(),
-            Some("a b\"c")
-        );
-        assert_eq!(leading_ident("\"open").as_deref(), None);
-        assert_eq!(leading_ident(";").as_deref(), None);
+    fn index_checks() {
+        let dbs = ["app", "b"];
+        let good = index(&[
+            ("globals.sql", "globals", None),
+            ("db-001-app.pgdump", "database", Some("app")),
+            ("db-002-b.pgdump", "database", Some("b")),
+        ]);
+        assert_eq!(check_index(&good, true, &dbs), Ok(()));
+        let cases: Vec<(Index, bool, &str)> = vec![
+            (good.clone(), false, "roles stream"),
+            (
+                index(&[
+                    ("/tmp/victim", "database", Some("app")),
+                    ("b", "database", Some("b")),
+                ]),
+                false,
+                "refused",
+            ),
+            (
+                index(&[
+                    ("../../x", "database", Some("app")),
+                    ("b", "database", Some("b")),
+                ]),
+                false,
+                "refused",
+            ),
+            (
+                index(&[("a", "database", Some("app")), ("a", "database", Some("b"))]),
+                false,
+                "twice",
+            ),
+            (
+                index(&[
+                    ("a", "database", Some("app")),
+                    ("b", "database", Some("app")),
+                ]),
+                false,
+                "twice",
+            ),
+            (
+                index(&[("a", "database", Some("app"))]),
+                false,
+                "1 of the 2",
+            ),
+            (
+                index(&[
+                    ("a", "database", Some("app")),
+                    ("b", "database", Some("other")),
+                ]),
+                false,
+                "does not list",
+            ),
+            (
+                index(&[
+                    ("a", "database", Some("app")),
+                    ("g", "globals", None),
+                    ("b", "database", Some("b")),
+                ]),
+                true,
+                "not the first",
+            ),
+            (
+                index(&[("a", "database", None), ("b", "database", Some("b"))]),
+                true,
+                "of kind",
+            ),
+        ];
+        for (ix, globals, want) in cases {
+            let e = check_index(&ix, globals, &dbs).unwrap_err();
+            assert!(e.contains(want), "{ix:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn manifest_database_names() {
+        assert!(check_database_names(["a", "b"].into_iter()).is_ok());
+        assert!(check_database_names(["a", "a"].into_iter()).is_err());
+        assert!(check_database_names([""].into_iter()).is_err());
+        assert!(check_database_names(["a\0b"].into_iter()).is_err());
     }
 }
