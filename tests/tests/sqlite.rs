@@ -558,7 +558,11 @@ fn restore_force_keeps_mode_owner_and_group_and_a_new_path_is_0600() {
         .collect();
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
     assert_eq!(counts(&db)["small"], 2, "the backup's data is not back");
-    assert_eq!(counts(&kept)["small"], 3, "the old data was not kept");
+    assert_eq!(
+        counts(std::path::Path::new(&kept))["small"],
+        3,
+        "the old data was not kept"
+    );
     assert!(integrity_ok(&db));
 
     // A restore to a new path: owner-only, owned by the user running drkit.

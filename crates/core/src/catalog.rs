@@ -474,8 +474,38 @@ pub struct Choice<'a> {
     pub why: String,
     /// Suspect backups passed over on the way (newest first).
     pub skipped_suspect: Vec<String>,
-    /// A warning for the operator (a suspect backup chosen by id).
+    /// A warning for the operator (a suspect backup chosen by id, broken entries newer than
+    /// the chosen backup).
     pub warning: Option<String>,
+}
+
+/// The error when nothing valid was found but broken entries were: that is the news.
+fn only_broken(job: &str, listing: &Listing) -> Option<Error> {
+    let b = listing.broken.last()?;
+    Some(Error::integrity(format!(
+        "job {job} has no valid backup to choose: {} broken entr{} (newest: backup {} {}); `drkit list {job}` shows them",
+        listing.broken.len(),
+        if listing.broken.len() == 1 { "y" } else { "ies" },
+        b.id,
+        b.reason
+    )))
+}
+
+/// A warning naming broken entries newer than the chosen backup `id`.
+fn newer_broken(listing: &Listing, id: &str) -> Option<String> {
+    let newer: Vec<&str> = listing
+        .broken
+        .iter()
+        .filter(|b| b.id.as_str() > id)
+        .map(|b| b.id.as_str())
+        .collect();
+    (!newer.is_empty()).then(|| {
+        format!(
+            "passed over newer broken entr{} {} (see `drkit list`)",
+            if newer.len() == 1 { "y" } else { "ies" },
+            newer.join(", ")
+        )
+    })
 }
 
 /// Choose a backup from `listing` (of `job`). A selector that finds nothing is
@@ -519,12 +549,11 @@ pub fn choose<'a>(listing: &'a Listing, job: &str, selector: &Selector) -> Resul
                     entry,
                     why: format!("chose the newest good backup {}", entry.manifest.id),
                     skipped_suspect: skipped(&|e| e.manifest.started_at >= t),
-                    warning: None,
+                    warning: newer_broken(listing, &entry.manifest.id),
                 })
             }
-            None if listing.backups.is_empty() => {
-                Err(Error::not_found(format!("job {job} has no backup yet")))
-            }
+            None if listing.backups.is_empty() => Err(only_broken(job, listing)
+                .unwrap_or_else(|| Error::not_found(format!("job {job} has no backup yet")))),
             None => Err(Error::not_found(format!(
                 "job {job} has no good backup: every backup is suspect ({}); inspect them with `drkit list {job}`, then `drkit accept {job} ID` or restore one with --id",
                 skipped(&|_| true).join(", ")
@@ -546,7 +575,7 @@ pub fn choose<'a>(listing: &'a Listing, job: &str, selector: &Selector) -> Resul
                             format_time(at)
                         ),
                         skipped_suspect: skipped(&|e| fits(e) && e.manifest.started_at >= t),
-                        warning: None,
+                        warning: newer_broken(listing, &entry.manifest.id),
                     })
                 }
                 None => match listing.backups.iter().filter(|e| e.is_good()).next_back() {
@@ -556,9 +585,10 @@ pub fn choose<'a>(listing: &'a Listing, job: &str, selector: &Selector) -> Resul
                         oldest.manifest.id,
                         format_time(&oldest.manifest.started_at)
                     ))),
+                    None if listing.backups.is_empty() => Err(only_broken(job, listing)
+                        .unwrap_or_else(|| Error::not_found(format!("job {job} has no backup yet")))),
                     None => Err(Error::not_found(format!(
-                        "job {job} has no good backup{}",
-                        if listing.backups.is_empty() { " yet" } else { ": every backup is suspect" }
+                        "job {job} has no good backup: every backup is suspect"
                     ))),
                 },
             }
@@ -690,8 +720,8 @@ mod tests {
                 entry("b1", "2026-01-01T00:00:00Z", Good),
             ],
             broken: vec![Broken {
-                id: "b9".into(),
-                key: "db/b9/manifest.json".into(),
+                id: "b0".into(),
+                key: "db/b0/manifest.json".into(),
                 reason: "not valid JSON".into(),
                 unreadable: false,
             }],
@@ -719,7 +749,7 @@ mod tests {
         let errs: Vec<(Selector, ErrorKind, &str)> = vec![
             (at("2025-12-31"), ErrorKind::NotFound, "the oldest good one is b1"),
             (Selector::Id("b7".into()), ErrorKind::NotFound, "no backup b7"),
-            (Selector::Id("b9".into()), ErrorKind::Integrity, "not valid JSON"),
+            (Selector::Id("b0".into()), ErrorKind::Integrity, "not valid JSON"),
         ];
         for (sel, kind, want) in errs {
             let e = choose(&listing, "db", &sel).unwrap_err();
@@ -734,6 +764,18 @@ mod tests {
         assert!(e.to_string().contains("every backup is suspect (b4)"), "{e}");
         let e = choose(&Listing::default(), "db", &Selector::Newest).unwrap_err();
         assert!(e.to_string().contains("no backup yet"), "{e}");
+        // broken entries: news when nothing else is there, a warning when newer than the choice
+        let only_broken = Listing {
+            backups: vec![],
+            broken: listing.broken.clone(),
+        };
+        let e = choose(&only_broken, "db", &Selector::Newest).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Integrity);
+        assert!(e.to_string().contains("backup b0 not valid JSON"), "{e}");
+        let mut newer = listing.clone();
+        newer.broken[0].id = "b9".into();
+        let c = choose(&newer, "db", &Selector::Newest).unwrap();
+        assert!(c.warning.unwrap().contains("newer broken entry b9"));
     }
 
     #[test]

@@ -26,7 +26,12 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
             let storage = target.storage.as_ref();
             let chosen = match catalog::scan(storage, &name, &trust).await {
                 Ok(listing) => match catalog::choose(&listing, &name, &Selector::Newest) {
-                    Ok(c) => Ok((c.entry.manifest.clone(), c.skipped_suspect)),
+                    Ok(c) => {
+                        if let Some(w) = &c.warning {
+                            ctx.out.warn(format!("{name}: on {}: {w}", target.name));
+                        }
+                        Ok((c.entry.manifest.clone(), c.skipped_suspect))
+                    }
                     Err(e) => Err(e),
                 },
                 Err(e) => Err(e),

@@ -2,9 +2,9 @@
 //! engine), and whether each has a complete, verified backup newer than the allowed age.
 //!
 //! "Verified" means: the newest complete backup of the volume is re-read from its storage
-//! right now and its checksums, tar structure and every entry (the restore's own entry
-//! policy: a backup a restore would refuse does not count) checked (`drkit verify`), and it is not an
-//! empty backup of a volume that holds data. Checking at guard time, rather than trusting a
+//! right now and its checksums, tar structure and every entry checked (`drkit verify`, which
+//! applies the restore's own entry policy: a backup a restore would refuse does not count),
+//! and it is not an empty backup of a volume that holds data. Checking at guard time, rather than trusting a
 //! mark left by an earlier verify, also catches an archive damaged since.
 
 use std::sync::Arc;

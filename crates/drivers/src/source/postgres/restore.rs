@@ -1163,7 +1163,7 @@ mod tests {
                     ("b", "database", Some("b")),
                 ]),
                 false,
-                "refused",
+                "staging folder",
             ),
             (
                 index(&[
@@ -1171,7 +1171,7 @@ mod tests {
                     ("b", "database", Some("b")),
                 ]),
                 false,
-                "refused",
+                "staging folder",
             ),
             (
                 index(&[("a", "database", Some("app")), ("a", "database", Some("b"))]),
