@@ -661,7 +661,6 @@ struct Upstream {
 
 /// What the server answered to one forwarded request.
 struct Answer {
-    status: u16,
     /// The connection to the server ends after it.
     closes: bool,
 }
@@ -673,6 +672,7 @@ async fn relay_answer(
     client: &mut OwnedWriteHalf,
     method: &str,
     deliver: bool,
+    record: (&State, usize),
 ) -> io::Result<Answer> {
     loop {
         let raw = server.head().await?.ok_or_else(eof)?;
@@ -685,6 +685,9 @@ async fn relay_answer(
             client.flush().await?;
             continue;
         }
+        // Recorded before the client can have the answer: a test reading the records after
+        // its request returned sees the status.
+        record.0.set_status(record.1, status);
         let body = response_body(&head, status, method)?;
         let mut out = if deliver {
             client.write_all(&raw).await?;
@@ -697,7 +700,6 @@ async fn relay_answer(
             c.flush().await?;
         }
         return Ok(Answer {
-            status,
             closes: body == Body::UntilClose || head.closes(&head.first[0]) || status == 101,
         });
     }
@@ -794,7 +796,7 @@ async fn serve(client: TcpStream, connection: usize, state: Arc<State>) {
             cr.body(body, &mut Some(&mut *sw)).await?;
             sw.flush().await
         };
-        let recv = relay_answer(sr, &mut cw, method, !cut);
+        let recv = relay_answer(sr, &mut cw, method, !cut, (&state, record));
         let (sent, answer) = match futures::future::select(Box::pin(send), Box::pin(recv)).await {
             Either::Left((sent, recv)) => (sent.is_ok(), recv.await),
             Either::Right((answer, send)) => {
@@ -807,7 +809,6 @@ async fn serve(client: TcpStream, connection: usize, state: Arc<State>) {
             }
         };
         let Ok(answer) = answer else { return };
-        state.set_status(record, answer.status);
         if cut || !sent || client_closes {
             // Everything the client sent was read: closing sends a FIN, not a reset.
             return;

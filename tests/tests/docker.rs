@@ -102,8 +102,10 @@ fn empty_volume_is_backed_up_and_marked_empty() {
     let s = Scratch::new();
     s.config(&config(&s.path("store"), &format!("[job.e]\nsource = {{ type = \"docker-volume\", volume = \"{vol}\" }}\nstorage = \"local\"\n")));
     let r = s.drkit(&["backup", "e"]);
-    r.expect_code(0);
+    // An empty source is written, and loud: suspect (exit 5).
+    r.expect_code(5);
     assert!(r.stderr.contains("holds no files"), "{}", r.stderr);
+    assert!(r.stderr.contains("SUSPECT"), "{}", r.stderr);
     let m = &list_json(&s, "e")[0];
     assert_eq!(m["stats"]["empty"], true);
     assert_eq!(m["stats"]["entries"], 0);

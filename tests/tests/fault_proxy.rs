@@ -58,7 +58,9 @@ async fn get_bytes(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<
         .to_vec()
 }
 
-async fn pass_through(server: S3Server) {
+/// `keeps_alive`: the server keeps connections open (s3s-fs; moto's werkzeug answers
+/// `Connection: close` to every request, and the proxy passes that on).
+async fn pass_through(server: S3Server, keeps_alive: bool) {
     let bucket = server.new_bucket(false).await;
     let proxy = HttpFaultProxy::start(&server.endpoint);
     let client = server.admin_at(proxy.endpoint());
@@ -125,7 +127,7 @@ async fn pass_through(server: S3Server) {
                 .build(),
         );
     }
-    client
+    let completed = client
         .complete_multipart_upload()
         .bucket(&bucket)
         .key(key)
@@ -136,8 +138,16 @@ async fn pass_through(server: S3Server) {
                 .build(),
         )
         .send()
-        .await
-        .expect("CompleteMultipartUpload");
+        .await;
+    match completed {
+        Ok(_) => {}
+        // moto answers with another XML root than S3 (`...Response`, not `...Result`): the
+        // SDK cannot read its 200; the GET below says whether the object is whole.
+        Err(e)
+            if server.name == "moto"
+                && e.raw_response().map(|r| r.status().as_u16()) == Some(200) => {}
+        Err(e) => panic!("CompleteMultipartUpload: {e:?}"),
+    }
     let back = get_bytes(&client, &bucket, key).await;
     assert_eq!(back.len(), data.len());
     assert_eq!(
@@ -159,22 +169,24 @@ async fn pass_through(server: S3Server) {
         "{requests:#?}"
     );
     assert_eq!(proxy.count("PUT", "partNumber="), 4);
-    assert!(
-        proxy.connections() < requests.len(),
-        "{} connections for {} sequential requests: keep-alive is not working",
-        proxy.connections(),
-        requests.len()
-    );
+    if keeps_alive {
+        assert!(
+            proxy.connections() < requests.len(),
+            "{} connections for {} sequential requests: keep-alive is not working",
+            proxy.connections(),
+            requests.len()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pass_through_on_moto_keeps_connections_and_carries_a_20_mib_multipart_upload() {
-    pass_through(moto()).await;
+async fn pass_through_on_moto_carries_a_20_mib_multipart_upload() {
+    pass_through(moto(), false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pass_through_on_s3s_keeps_connections_and_carries_a_20_mib_multipart_upload() {
-    pass_through(s3s()).await;
+    pass_through(s3s(), true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,8 +274,8 @@ async fn status_500_is_answered_by_the_proxy_and_nothing_lands() {
     assert!(!exists(&server, &bucket, "job/1/manifest.json").await);
     assert_eq!(proxy.stats(id), RuleStats { seen: 1, fired: 1 });
 
-    // The connection stays usable after the 500 (its body was read): the next request on
-    // it passes.
+    // Other requests pass. (The SDK does not reuse a connection after a 5xx: it "poisons"
+    // it; the raw-socket test below checks that the proxy keeps it usable.)
     once.put_object()
         .bucket(&bucket)
         .key("job/1/other")
@@ -271,11 +283,7 @@ async fn status_500_is_answered_by_the_proxy_and_nothing_lands() {
         .send()
         .await
         .expect("a request after the 500");
-    let requests = proxy.requests();
-    assert_eq!(
-        requests[0].connection, requests[1].connection,
-        "{requests:#?}"
-    );
+    assert_eq!(proxy.requests()[1].status, Some(200));
 
     // A HEAD answered 500 has no body; the SDK retries a 500 once and gets the object.
     proxy.set_rules([Rule::new("HEAD", "job/1/other", Action::Status500).first(1)]);
@@ -410,4 +418,77 @@ async fn drkit_s3_storage_retries_lost_answers_through_the_proxy() {
         .await
         .unwrap();
     assert_eq!(Sha256::digest(&back), Sha256::digest(&data));
+}
+
+/// Read one HTTP answer with a `Content-Length` from `sock`: (head, body).
+async fn read_answer(sock: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            sock.read(&mut byte).await.unwrap(),
+            1,
+            "closed mid-head: {buf:?}"
+        );
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    sock.read_exact(&mut body).await.unwrap();
+    (head, body)
+}
+
+/// Raw HTTP/1.1 on one socket: an injected 500 (after its body, sent with a
+/// `Content-Length`, then a chunked body) leaves the connection usable, and the next
+/// requests reach the server (whose answer to unsigned requests is not the proxy's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_goes_on_after_a_500_for_length_and_chunked_bodies() {
+    let server = s3s();
+    let proxy = HttpFaultProxy::start(&server.endpoint);
+    let id = proxy.add_rule(Rule::new("PUT", "/b/fail", Action::Status500));
+    let addr = proxy.endpoint().trim_start_matches("http://").to_string();
+    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let host = format!("Host: {addr}\r\n");
+    sock.write_all(
+        format!("PUT /b/fail HTTP/1.1\r\n{host}Content-Length: 5\r\n\r\nhello").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (head, body) = read_answer(&mut sock).await;
+    assert!(head.starts_with("HTTP/1.1 500"), "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("<Code>InternalError</Code>"));
+    sock.write_all(
+        format!(
+            "PUT /b/fail HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (head, _) = read_answer(&mut sock).await;
+    assert!(head.starts_with("HTTP/1.1 500"), "{head}");
+    sock.write_all(format!("GET /b/other HTTP/1.1\r\n{host}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (head, _) = read_answer(&mut sock).await;
+    assert!(
+        !head.contains("DRKITFAULTPROXY"),
+        "forwarded to the server: {head}"
+    );
+    assert_eq!(proxy.connections(), 1);
+    assert_eq!(proxy.stats(id), RuleStats { seen: 2, fired: 2 });
+    let requests = proxy.requests();
+    assert_eq!(requests.len(), 3);
+    assert!(
+        requests[2].status.is_some_and(|s| s != 500 && s >= 400),
+        "{requests:#?}"
+    );
 }

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use drkit_tests::docker::{docker, ensure_image, populate, unique as dunique, volume_exists, Cleanup};
+use drkit_tests::docker::{
+    docker, ensure_image, populate, unique as dunique, volume_exists, Cleanup,
+};
 use drkit_tests::{files_under, Run, Scratch};
 
 fn fill(db: &Path, rows: usize) {
@@ -77,20 +79,36 @@ fn a_manifest_copied_into_another_folder_is_broken_and_never_costs_a_backup() {
     assert_eq!((l[0].0.as_str(), l[0].1.as_str()), (old.as_str(), "good"));
     assert_eq!(l[1].0, new);
     assert_eq!(l[1].1, "broken");
-    assert!(l[1].2.contains(&format!("describes backup app/{old}")), "{l:?}");
+    assert!(
+        l[1].2.contains(&format!("describes backup app/{old}")),
+        "{l:?}"
+    );
     let before = files_under(&s.path("backups"));
     s.drkit(&["prune"]).expect_code(0);
     // Nothing removed: the old backup is the newest valid one, the broken folder is not ours.
     assert_eq!(files_under(&s.path("backups")), before);
     let r = s.drkit(&["restore", "app", "--to", "r.db"]);
     r.expect_code(0);
-    assert!(r.stderr.contains(&format!("passed over newer broken entry {new}")), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("passed over newer broken entry {new}")),
+        "{}",
+        r.stderr
+    );
     assert_eq!(count(&s.path("r.db")), 100);
     // verify reports the broken entry as an integrity failure.
     let v = s.drkit(&["verify", "--all"]);
     v.expect_code(4);
-    assert!(v.stdout.contains(&format!("backup {old} on local OK")), "{}", v.stdout);
-    assert!(v.stderr.contains(&format!("backup app/{new} is broken")), "{}", v.stderr);
+    assert!(
+        v.stdout.contains(&format!("backup {old} on local OK")),
+        "{}",
+        v.stdout
+    );
+    assert!(
+        v.stderr.contains(&format!("backup app/{new} is broken")),
+        "{}",
+        v.stderr
+    );
 }
 
 #[test]
@@ -111,7 +129,10 @@ fn garbage_truncated_or_empty_manifests_do_not_block_the_job() {
     let l = listed(&s);
     assert_eq!(l.len(), 4);
     assert!(l.iter().all(|e| e.1 == "broken"), "{l:?}");
-    assert!(l.iter().any(|e| e.2.contains("is not a file of folder")), "{l:?}");
+    assert!(
+        l.iter().any(|e| e.2.contains("is not a file of folder")),
+        "{l:?}"
+    );
     // Nothing valid: restore says so (exit 4), naming a broken entry; prune leaves all.
     s.drkit(&["restore", "app", "--to", "x.db"])
         .expect_code(4)
@@ -127,11 +148,20 @@ fn garbage_truncated_or_empty_manifests_do_not_block_the_job() {
     let fresh = backup(&s);
     s.drkit(&["prune"]).expect_code(0);
     let l = listed(&s);
-    let valid: Vec<&str> = l.iter().filter(|e| e.1 == "good").map(|e| e.0.as_str()).collect();
+    let valid: Vec<&str> = l
+        .iter()
+        .filter(|e| e.1 == "good")
+        .map(|e| e.0.as_str())
+        .collect();
     assert_eq!(valid, vec![fresh.as_str(), ids[3].as_str()]);
     assert_eq!(l.iter().filter(|e| e.1 == "broken").count(), 3);
     let human = s.drkit(&["list", "app"]);
-    assert_eq!(human.stdout.matches("BROKEN").count(), 3, "{}", human.stdout);
+    assert_eq!(
+        human.stdout.matches("BROKEN").count(),
+        3,
+        "{}",
+        human.stdout
+    );
 }
 
 /// An Ed25519 key in PKCS#8 PEM (as the docs say to make one) and its public half in base64.
@@ -162,7 +192,10 @@ fn keypair(dir: &Path) -> (PathBuf, String) {
             c.wait_with_output()
         })
         .expect("base64");
-    (key, String::from_utf8(b64.stdout).unwrap().trim().to_string())
+    (
+        key,
+        String::from_utf8(b64.stdout).unwrap().trim().to_string(),
+    )
 }
 
 #[test]
@@ -178,7 +211,10 @@ fn signed_manifests_refuse_any_edit() {
     fill(&s.path("app.db"), 30);
     let id = backup(&s);
     let manifest = manifest_path(&s, &id);
-    assert!(manifest.with_extension("json.sig").exists(), "signature written");
+    assert!(
+        manifest.with_extension("json.sig").exists(),
+        "signature written"
+    );
     s.drkit(&["verify"]).expect_code(0);
     s.drkit(&["drill", "app"]).expect_code(0);
 
@@ -191,8 +227,12 @@ fn signed_manifests_refuse_any_edit() {
             reader.path("app.db").display()
         )
     };
-    reader.config(&reader_cfg(&format!("signing = {{ public = \"{public}\" }}")));
-    reader.drkit(&["restore", "app", "--to", "ok.db"]).expect_code(0);
+    reader.config(&reader_cfg(&format!(
+        "signing = {{ public = \"{public}\" }}"
+    )));
+    reader
+        .drkit(&["restore", "app", "--to", "ok.db"])
+        .expect_code(0);
     assert_eq!(count(&reader.path("ok.db")), 30);
     // That host cannot write: backup needs the key file.
     let b = reader.drkit(&["backup"]);
@@ -213,10 +253,19 @@ fn signed_manifests_refuse_any_edit() {
             r.stderr
         );
     };
-    expect_refused(&reader.drkit(&["restore", "app", "--to", "bad.db"]), "restore");
-    expect_refused(&reader.drkit(&["restore", "app", "--id", &id, "--to", "bad.db"]), "restore --id");
+    expect_refused(
+        &reader.drkit(&["restore", "app", "--to", "bad.db"]),
+        "restore",
+    );
+    expect_refused(
+        &reader.drkit(&["restore", "app", "--id", &id, "--to", "bad.db"]),
+        "restore --id",
+    );
     expect_refused(&reader.drkit(&["verify"]), "verify");
-    expect_refused(&reader.drkit(&["verify", "app", "--id", &id]), "verify --id");
+    expect_refused(
+        &reader.drkit(&["verify", "app", "--id", &id]),
+        "verify --id",
+    );
     expect_refused(&s.drkit(&["drill", "app"]), "drill");
     assert!(!reader.path("bad.db").exists());
     let l = reader.drkit(&["--json", "list", "app"]);

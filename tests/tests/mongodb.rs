@@ -744,9 +744,14 @@ async fn include_exclude_empty_and_drill() {
     let s = Scratch::new();
     config(&s, &source(&empty), "");
     let backup = s.drkit(&["--json", "backup", "m"]);
-    backup.expect_code(0);
+    // An empty source is written, and loud: suspect (exit 5).
+    backup.expect_code(5);
     let manifest = &backup.json()[0]["manifest"];
     assert_eq!(manifest["stats"]["empty"], true);
+    assert!(manifest["suspect"]["reasons"][0]
+        .as_str()
+        .unwrap()
+        .contains("holds no data"));
     assert!(backup.stderr.contains("WARNING"), "{}", backup.stderr);
 
     c.database(&db).drop().await.unwrap();

@@ -454,7 +454,9 @@ fn empty_database_is_backed_up_and_marked() {
     pg.create_db(&db);
     let s = setup(&pg, "");
     let r = drkit(&s, &pg, &db, &["backup", "app"]);
-    r.expect_code(0);
+    // An empty source is written, and loud: suspect (exit 5).
+    r.expect_code(5);
+    assert!(r.stderr.contains("SUSPECT"), "{}", r.stderr);
     assert!(
         r.stderr.contains("has no tables"),
         "the operator is warned: {}",

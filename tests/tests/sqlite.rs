@@ -391,7 +391,9 @@ fn empty_database_is_backed_up_and_marked() {
     c.execute_batch("PRAGMA user_version = 1").unwrap();
     drop(c);
     let b = s.drkit(&["backup"]);
-    b.expect_code(0);
+    // An empty source is written, and loud: suspect (exit 5).
+    b.expect_code(5);
+    assert!(b.stderr.contains("SUSPECT"), "{}", b.stderr);
     assert!(
         b.stderr.contains("WARNING") && b.stderr.contains("no tables"),
         "{}",
@@ -473,11 +475,23 @@ fn bad_input_gets_one_clear_line_and_the_right_exit_code() {
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
     v["format_version"] = 2.into();
     std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
-    s.drkit(&["list"])
+    // It is refused with a clear message, but one such entry does not block the job: list
+    // shows it BROKEN; using it is a config error (exit 2: upgrade drkit).
+    let l = s.drkit(&["list"]);
+    l.expect_code(0);
+    assert!(
+        l.stdout.contains("BROKEN")
+            && l.stdout.contains("format_version 2")
+            && l.stdout.contains("upgrade drkit"),
+        "{}",
+        l.stdout
+    );
+    let id = v["id"].as_str().unwrap().to_string();
+    s.drkit(&["restore", "a", "--id", &id, "--to", "x.db"])
         .expect_code(2)
         .expect_one_line_error("format_version 2");
     // JSON errors are one JSON document too.
-    let j = s.drkit(&["--json", "list"]);
+    let j = s.drkit(&["--json", "restore", "a", "--id", &id, "--to", "x.db"]);
     j.expect_code(2);
     assert_eq!(j.json()["error"]["kind"], "config");
 }

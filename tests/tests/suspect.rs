@@ -80,7 +80,11 @@ fn emptied_sqlite_is_suspect_kept_apart_and_accepted() {
         "{}",
         bad.stderr
     );
-    assert!(bad.stderr.contains("of the previous good backup's"), "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("of the previous good backup's"),
+        "{}",
+        bad.stderr
+    );
     let bad_id = backup_id(&bad);
     let reasons = bad.json()[0]["manifest"]["suspect"]["reasons"].clone();
     assert!(reasons.as_array().unwrap().len() >= 2, "{reasons}");
@@ -93,7 +97,11 @@ fn emptied_sqlite_is_suspect_kept_apart_and_accepted() {
     );
     let human = s.drkit(&["list", "app"]);
     human.expect_code(0);
-    assert!(human.stdout.contains("STATE") && human.stdout.contains("SUSPECT"), "{}", human.stdout);
+    assert!(
+        human.stdout.contains("STATE") && human.stdout.contains("SUSPECT"),
+        "{}",
+        human.stdout
+    );
 
     // keep = { last = 1 } keeps the good backup (and the suspect one, for inspection).
     let dry = s.drkit(&["--json", "prune", "--dry-run"]);
@@ -112,8 +120,18 @@ fn emptied_sqlite_is_suspect_kept_apart_and_accepted() {
     // Restore without --id takes the good one and names the suspect one it skipped.
     let r = s.drkit(&["restore", "app", "--to", "restored.db"]);
     r.expect_code(0);
-    assert!(r.stderr.contains(&format!("chose the newest good backup {good_id}")), "{}", r.stderr);
-    assert!(r.stderr.contains(&format!("skipped suspect backup(s) {bad_id}")), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("chose the newest good backup {good_id}")),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains(&format!("skipped suspect backup(s) {bad_id}")),
+        "{}",
+        r.stderr
+    );
     assert_eq!(count(&s.path("restored.db")), 5000);
     // --id of the suspect one works, with a warning.
     let r = s.drkit(&["restore", "app", "--id", &bad_id, "--to", "empty.db"]);
@@ -124,13 +142,23 @@ fn emptied_sqlite_is_suspect_kept_apart_and_accepted() {
     s.drkit(&["verify", "app", "--id", &bad_id]).expect_code(0);
     let d = s.drkit(&["drill", "app"]);
     d.expect_code(0);
-    assert!(d.stdout.contains(&good_id), "the drill takes the good backup: {}", d.stdout);
+    assert!(
+        d.stdout.contains(&good_id),
+        "the drill takes the good backup: {}",
+        d.stdout
+    );
 
     // The purge was deliberate: accept it. The manifest is not rewritten.
     let manifest = s.path(&format!("backups/app/{bad_id}/manifest.json"));
     let before = std::fs::read(&manifest).unwrap();
     s.drkit(&["accept", "app", &bad_id]).expect_code(2); // --reason is required
-    let a = s.drkit(&["accept", "app", &bad_id, "--reason", "customer data purged on request"]);
+    let a = s.drkit(&[
+        "accept",
+        "app",
+        &bad_id,
+        "--reason",
+        "customer data purged on request",
+    ]);
     a.expect_code(0);
     assert_eq!(std::fs::read(&manifest).unwrap(), before);
     let record: serde_json::Value = serde_json::from_slice(
@@ -141,7 +169,8 @@ fn emptied_sqlite_is_suspect_kept_apart_and_accepted() {
     assert_eq!(record["backup_id"], bad_id.as_str());
     assert_eq!(states(&s)[0], (bad_id.clone(), "accepted".to_string()));
     // Accepting a good backup is refused (nothing to accept).
-    s.drkit(&["accept", "app", &good_id, "--reason", "x"]).expect_code(1);
+    s.drkit(&["accept", "app", &good_id, "--reason", "x"])
+        .expect_code(1);
 
     // Now retention treats it as good: last = 1 keeps it and removes the old one.
     s.drkit(&["prune"]).expect_code(0);
@@ -173,10 +202,15 @@ fn sqlite_shrunk_to_a_fifth_is_suspect_and_thresholds_can_be_turned_off() {
         .map(|r| r.as_str().unwrap().to_string())
         .collect();
     assert!(
-        reasons.iter().any(|r| r.starts_with("1000 rows is 20.0% of the previous good backup's 5000")),
+        reasons
+            .iter()
+            .any(|r| r.starts_with("1000 rows is 20.0% of the previous good backup's 5000")),
         "{reasons:?}"
     );
-    assert!(reasons.iter().any(|r| r.starts_with("raw size")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.starts_with("raw size")),
+        "{reasons:?}"
+    );
     s.drkit(&["prune"]).expect_code(0);
     assert_eq!(states(&s).len(), 2, "the good one survives last = 1");
 
@@ -203,7 +237,10 @@ fn list_time_is_accepted_by_at() {
     // The STARTED column, as printed.
     let line = human.stdout.lines().find(|l| l.contains(&id)).unwrap();
     let printed = line.split_whitespace().nth(3).unwrap().to_string();
-    assert!(printed.ends_with('Z') && !printed.contains('.'), "{printed}");
+    assert!(
+        printed.ends_with('Z') && !printed.contains('.'),
+        "{printed}"
+    );
     let r = s.drkit(&["restore", "app", "--at", &printed, "--to", "at.db"]);
     r.expect_code(0);
     assert!(r.stderr.contains(&id), "{}", r.stderr);
@@ -234,7 +271,11 @@ fn closed_stdout_is_not_a_panic() {
     for _ in 0..3 {
         s.drkit(&["backup"]).expect_code(0);
     }
-    for args in [&["--json", "list"][..], &["list"][..], &["--json", "status"][..]] {
+    for args in [
+        &["--json", "list"][..],
+        &["list"][..],
+        &["--json", "status"][..],
+    ] {
         let mut child = s
             .command(args)
             .stdout(std::process::Stdio::piped())
@@ -300,7 +341,11 @@ fn one_unreachable_storage_is_not_a_broken_catalog() {
         "{}",
         l.stderr
     );
-    assert!(l.stderr.contains("storage gone could not be read"), "{}", l.stderr);
+    assert!(
+        l.stderr.contains("storage gone could not be read"),
+        "{}",
+        l.stderr
+    );
     assert_eq!(l.stdout.matches("local").count(), 2, "{}", l.stdout);
 
     let st = s.drkit(&["--json", "status"]);
@@ -321,7 +366,11 @@ fn one_unreachable_storage_is_not_a_broken_catalog() {
     s.drkit(&["prune"]).expect_code(1);
     let r = s.drkit(&["restore", "app", "--to", "restored.db"]);
     r.expect_code(0);
-    assert!(r.stderr.contains("storage gone could not be read"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("storage gone could not be read"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("from storage local"), "{}", r.stderr);
     assert_eq!(count(&s.path("restored.db")), 5000);
 }
@@ -340,7 +389,10 @@ fn a_corrupt_first_copy_falls_back_to_the_second_storage() {
     let b = s.drkit(&["--json", "backup"]);
     b.expect_code(0);
     let id = backup_id(&b);
-    let data_key = b.json()[0]["manifest"]["data"]["key"].as_str().unwrap().to_string();
+    let data_key = b.json()[0]["manifest"]["data"]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let flip = |root: &str| {
         let p = s.path(&format!("{root}/{data_key}"));
         let mut bytes = std::fs::read(&p).unwrap();
@@ -352,7 +404,8 @@ fn a_corrupt_first_copy_falls_back_to_the_second_storage() {
     let r = s.drkit(&["restore", "app", "--to", "restored.db"]);
     r.expect_code(0);
     assert!(
-        r.stderr.contains("the copy on storage a failed before anything was written"),
+        r.stderr
+            .contains("the copy on storage a failed before anything was written"),
         "{}",
         r.stderr
     );
@@ -364,9 +417,15 @@ fn a_corrupt_first_copy_falls_back_to_the_second_storage() {
     let r = s.drkit(&["restore", "app", "--to", "never.db"]);
     r.expect_code(4)
         .expect_one_line_error(&format!("every copy of backup app/{id} failed"));
-    assert!(r.stderr.contains("a: ") && r.stderr.contains("b: "), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("a: ") && r.stderr.contains("b: "),
+        "{}",
+        r.stderr
+    );
     assert!(!s.path("never.db").exists());
-    assert!(files_under(s.dir.path()).iter().all(|f| !f.starts_with("never.db")));
+    assert!(files_under(s.dir.path())
+        .iter()
+        .all(|f| !f.starts_with("never.db")));
 }
 
 #[test]
@@ -400,7 +459,9 @@ fn postgres_emptied_and_shrunk_are_suspect_and_restore_takes_the_good_one() {
     let shrunk = drkit(&["--json", "backup"]);
     shrunk.expect_code(5);
     assert!(
-        shrunk.stderr.contains("1010 rows is 20.2% of the previous good backup's 5010"),
+        shrunk
+            .stderr
+            .contains("1010 rows is 20.2% of the previous good backup's 5010"),
         "{}",
         shrunk.stderr
     );
@@ -408,8 +469,18 @@ fn postgres_emptied_and_shrunk_are_suspect_and_restore_takes_the_good_one() {
     pg.psql(&db, "DROP TABLE orders; DELETE FROM lookup");
     let empty = drkit(&["--json", "backup"]);
     empty.expect_code(5);
-    assert!(empty.stderr.contains("the source holds no data"), "{}", empty.stderr);
-    assert!(empty.stderr.contains(&format!("{db}.public.orders (had 5000, now gone)")), "{}", empty.stderr);
+    assert!(
+        empty.stderr.contains("the source holds no data"),
+        "{}",
+        empty.stderr
+    );
+    assert!(
+        empty
+            .stderr
+            .contains(&format!("{db}.public.orders (had 5000, now gone)")),
+        "{}",
+        empty.stderr
+    );
 
     drkit(&["prune"]).expect_code(0);
     let ids: Vec<String> = drkit(&["--json", "list", "app"])
@@ -419,13 +490,22 @@ fn postgres_emptied_and_shrunk_are_suspect_and_restore_takes_the_good_one() {
         .iter()
         .map(|m| m["id"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(ids.len(), 3, "the good one and the two newer suspect ones stay");
+    assert_eq!(
+        ids.len(),
+        3,
+        "the good one and the two newer suspect ones stay"
+    );
     assert!(ids.contains(&good_id));
 
     let target = unique("drkit_suspect_restored");
     let r = drkit(&["restore", "app", "--to", &pg.url_of(&target)]);
     r.expect_code(0);
-    assert!(r.stderr.contains(&format!("chose the newest good backup {good_id}")), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("chose the newest good backup {good_id}")),
+        "{}",
+        r.stderr
+    );
     assert_eq!(pg.count(&target, "orders"), 5000);
 
     // Accept the newest (empty) one: retention then keeps it alone.

@@ -144,6 +144,10 @@ pub struct Broken {
     /// Whether the storage failed to read it (it may be fine): prune does not act on a
     /// listing with such an entry.
     pub unreadable: bool,
+    /// Written by a newer drkit (a newer `format_version`): using it is a config error
+    /// (exit 2, upgrade drkit), not an integrity one.
+    #[serde(skip)]
+    pub newer_format: bool,
 }
 
 /// The backups of one job on one storage.
@@ -184,7 +188,9 @@ pub async fn scan(storage: &dyn Storage, job: &str, trust: &Trust) -> Result<Lis
             Err(b) => listing.broken.push(b),
         }
     }
-    listing.backups.sort_by(|a, b| newest_first(&a.manifest, &b.manifest));
+    listing
+        .backups
+        .sort_by(|a, b| newest_first(&a.manifest, &b.manifest));
     Ok(listing)
 }
 
@@ -208,6 +214,8 @@ pub fn broken_error(job: &str, b: &Broken) -> Error {
     let msg = format!("backup {job}/{} is broken: {}", b.id, b.reason);
     if b.unreadable {
         Error::storage(msg)
+    } else if b.newer_format {
+        Error::config(msg)
     } else {
         Error::integrity(msg)
     }
@@ -226,11 +234,18 @@ async fn read_entry(
         key: key.clone(),
         reason,
         unreadable,
+        newer_format: false,
     };
     let present = |k: &str| objects.iter().any(|o| o.key == k);
     let bytes = read_record(storage, &key)
         .await
         .map_err(|e| broken(e.to_string(), e.kind() != ErrorKind::Integrity))?;
+    if let Err(e) = Manifest::from_json(&bytes, &key) {
+        return Err(Broken {
+            newer_format: e.kind() == ErrorKind::Config,
+            ..broken(e.to_string(), false)
+        });
+    }
     let manifest = check_manifest(&bytes, &key, job, id).map_err(|e| broken(e, false))?;
     if !trust.is_blind() {
         let sig_key = format!("{key}{SIG_SUFFIX}");
@@ -578,7 +593,7 @@ pub fn choose<'a>(listing: &'a Listing, job: &str, selector: &Selector) -> Resul
                         warning: newer_broken(listing, &entry.manifest.id),
                     })
                 }
-                None => match listing.backups.iter().filter(|e| e.is_good()).next_back() {
+                None => match listing.backups.iter().rfind(|e| e.is_good()) {
                     Some(oldest) => Err(Error::not_found(format!(
                         "no good backup of job {job} started at or before {}: the oldest good one is {} (started {})",
                         format_time(at),
@@ -724,6 +739,7 @@ mod tests {
                 key: "db/b0/manifest.json".into(),
                 reason: "not valid JSON".into(),
                 unreadable: false,
+                newer_format: false,
             }],
         };
         let at = |s: &str| Selector::At(parse_time(s).unwrap());
@@ -747,9 +763,21 @@ mod tests {
             assert_eq!(c.warning.is_some(), warns, "{sel:?}");
         }
         let errs: Vec<(Selector, ErrorKind, &str)> = vec![
-            (at("2025-12-31"), ErrorKind::NotFound, "the oldest good one is b1"),
-            (Selector::Id("b7".into()), ErrorKind::NotFound, "no backup b7"),
-            (Selector::Id("b0".into()), ErrorKind::Integrity, "not valid JSON"),
+            (
+                at("2025-12-31"),
+                ErrorKind::NotFound,
+                "the oldest good one is b1",
+            ),
+            (
+                Selector::Id("b7".into()),
+                ErrorKind::NotFound,
+                "no backup b7",
+            ),
+            (
+                Selector::Id("b0".into()),
+                ErrorKind::Integrity,
+                "not valid JSON",
+            ),
         ];
         for (sel, kind, want) in errs {
             let e = choose(&listing, "db", &sel).unwrap_err();
@@ -761,7 +789,10 @@ mod tests {
             broken: vec![],
         };
         let e = choose(&only_suspect, "db", &Selector::Newest).unwrap_err();
-        assert!(e.to_string().contains("every backup is suspect (b4)"), "{e}");
+        assert!(
+            e.to_string().contains("every backup is suspect (b4)"),
+            "{e}"
+        );
         let e = choose(&Listing::default(), "db", &Selector::Newest).unwrap_err();
         assert!(e.to_string().contains("no backup yet"), "{e}");
         // broken entries: news when nothing else is there, a warning when newer than the choice

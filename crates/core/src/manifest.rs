@@ -124,7 +124,10 @@ impl Manifest {
 
     /// The reasons this backup was found suspect when written (empty when it was not).
     pub fn suspect_reasons(&self) -> &[String] {
-        self.suspect.as_ref().map(|s| s.reasons.as_slice()).unwrap_or(&[])
+        self.suspect
+            .as_ref()
+            .map(|s| s.reasons.as_slice())
+            .unwrap_or(&[])
     }
 
     /// The folder of this backup in a storage, `<job>/<id>/`.

@@ -127,7 +127,9 @@ pub fn plan(
         ("monthly", "months", policy.monthly, |t| {
             t.format("%Y-%m").to_string()
         }),
-        ("yearly", "years", policy.yearly, |t| t.format("%Y").to_string()),
+        ("yearly", "years", policy.yearly, |t| {
+            t.format("%Y").to_string()
+        }),
     ];
     for (name, periods, count, bucket) in rules {
         let Some(n) = count else { continue };
@@ -323,7 +325,13 @@ mod tests {
         let last3 = policy(|k| k.last = Some(3));
         let daily2 = policy(|k| k.daily = Some(2));
         // (backups newest first as (time, good), policy, kept, reasons of one backup)
-        let cases: Vec<(Vec<(&str, bool)>, KeepPolicy, Vec<&str>, (&str, Vec<&str>))> = vec![
+        type Case<'a> = (
+            Vec<(&'a str, bool)>,
+            KeepPolicy,
+            Vec<&'a str>,
+            (&'a str, Vec<&'a str>),
+        );
+        let cases: Vec<Case> = vec![
             // the sequence: a good backup, then a tiny one, keep last 1
             (
                 vec![("2026-11-24 06:00", false), ("2026-11-24 00:00", true)],
@@ -411,7 +419,10 @@ mod tests {
                 vec!["2026-11-24 06:00", "2026-11-24 05:00"],
                 (
                     "2026-11-20 05:00",
-                    vec!["suspect, older than the newest good backup", "older than 1d"],
+                    vec![
+                        "suspect, older than the newest good backup",
+                        "older than 1d",
+                    ],
                 ),
             ),
         ];
@@ -448,13 +459,29 @@ mod tests {
         let got = plan(&backups, &p, end).unwrap();
         let want = vec![
             // daily 7 (Tue 24 back to Wed 18; the weeks 48 and 47 are covered)
-            "2026-11-24", "2026-11-23", "2026-11-22", "2026-11-21", "2026-11-20", "2026-11-19",
+            "2026-11-24",
+            "2026-11-23",
+            "2026-11-22",
+            "2026-11-21",
+            "2026-11-20",
+            "2026-11-19",
             "2026-11-18",
             // weekly: the Sundays of weeks 46, 45, 44
-            "2026-11-15", "2026-11-08", "2026-11-01",
+            "2026-11-15",
+            "2026-11-08",
+            "2026-11-01",
             // monthly: the last days of the 11 months before
-            "2026-10-31", "2026-09-30", "2026-08-31", "2026-07-31", "2026-06-30", "2026-05-31",
-            "2026-04-30", "2026-03-31", "2026-02-28", "2026-01-31", "2025-12-31",
+            "2026-10-31",
+            "2026-09-30",
+            "2026-08-31",
+            "2026-07-31",
+            "2026-06-30",
+            "2026-05-31",
+            "2026-04-30",
+            "2026-03-31",
+            "2026-02-28",
+            "2026-01-31",
+            "2025-12-31",
             // yearly: 2024 (2026 and 2025 already kept)
             "2024-12-31",
         ];

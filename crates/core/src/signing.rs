@@ -233,8 +233,14 @@ mod tests {
         assert!(trust
             .check(Record::Manifest, b"{\"id\":1}", Some(&sig))
             .is_ok());
-        let cases: Vec<(Record, &[u8], Option<&[u8]>, &str)> = vec![
-            (Record::Manifest, b"{\"id\":2}", Some(&sig), "does not match"),
+        type Case<'a> = (Record, &'a [u8], Option<&'a [u8]>, &'a str);
+        let cases: Vec<Case> = vec![
+            (
+                Record::Manifest,
+                b"{\"id\":2}",
+                Some(&sig),
+                "does not match",
+            ),
             (Record::Accept, b"{\"id\":1}", Some(&sig), "does not match"),
             (Record::Manifest, b"{\"id\":1}", None, "missing"),
             (Record::Manifest, b"{\"id\":1}", Some(b"!!"), "not base64"),

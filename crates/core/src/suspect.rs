@@ -154,7 +154,11 @@ pub fn assess(new: &Facts, previous_good: Option<&Facts>, t: &Thresholds) -> Vec
                 t.vanished_min,
                 prev.measure.unit,
                 shown.join(", "),
-                if gone.len() > shown.len() { ", ..." } else { "" }
+                if gone.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
             ));
         }
     }
@@ -279,7 +283,11 @@ mod tests {
                 size_floor: false,
             },
         };
-        let got = assess(&vol(600, 0), Some(&vol(1 << 20, 40)), &Thresholds::default());
+        let got = assess(
+            &vol(600, 0),
+            Some(&vol(1 << 20, 40)),
+            &Thresholds::default(),
+        );
         assert!(got[0].contains("0 files in every part"), "{got:?}");
         assert_eq!(got.len(), 3, "{got:?}");
     }

@@ -44,7 +44,6 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,7 +64,12 @@ mod tests {
         for bad in ["", "KiB", "12 parsecs", "-1"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
-        for (n, want) in [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (5 * 1024 * 1024 + 1, "5.0 MiB")] {
+        for (n, want) in [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1024, "1.0 KiB"),
+            (5 * 1024 * 1024 + 1, "5.0 MiB"),
+        ] {
             assert_eq!(human_bytes(n), want);
         }
     }

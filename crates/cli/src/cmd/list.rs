@@ -30,8 +30,10 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
             let listing = match l.listing {
                 Ok(listing) => listing,
                 Err(e) => {
-                    ctx.out
-                        .error(format!("{name}: storage {} could not be read: {e}", l.storage));
+                    ctx.out.error(format!(
+                        "{name}: storage {} could not be read: {e}",
+                        l.storage
+                    ));
                     docs.push(json!({"job": name, "storage": l.storage, "state": "error",
                         "error": {"kind": e.kind().as_str(), "message": e.to_string()}}));
                     failed = true;
@@ -42,7 +44,12 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
                 let m = &e.manifest;
                 let mut notes: Vec<String> = m.suspect_reasons().to_vec();
                 if let Some(a) = &e.accepted {
-                    notes.push(format!("accepted by {} on {}: {}", a.by, format_time(&a.accepted_at), a.reason));
+                    notes.push(format!(
+                        "accepted by {} on {}: {}",
+                        a.by,
+                        format_time(&a.accepted_at),
+                        a.reason
+                    ));
                 }
                 notes.extend(e.accept_problem.clone());
                 notes.extend(m.warnings.iter().cloned());
@@ -77,8 +84,10 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
                     l.storage.clone(),
                     b.reason.clone(),
                 ]);
-                docs.push(json!({"job": name, "id": b.id, "storage": l.storage, "state": "broken",
-                    "key": b.key, "reason": b.reason}));
+                docs.push(
+                    json!({"job": name, "id": b.id, "storage": l.storage, "state": "broken",
+                    "key": b.key, "reason": b.reason}),
+                );
             }
         }
     }

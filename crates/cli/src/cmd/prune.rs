@@ -32,18 +32,18 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
         };
         let trust = ctx.trust(&name)?;
         for target in ctx.targets(job)? {
-            let report =
-                match prune::prune(&name, &target, policy, &trust, now, args.dry_run).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        ctx.out
-                            .error(format!("{name}: storage {}: {e}", target.name));
-                        docs.push(json!({"job": name, "storage": target.name,
+            let report = match prune::prune(&name, &target, policy, &trust, now, args.dry_run).await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    ctx.out
+                        .error(format!("{name}: storage {}: {e}", target.name));
+                    docs.push(json!({"job": name, "storage": target.name,
                             "error": {"kind": e.kind().as_str(), "message": e.to_string()}}));
-                        failed = true;
-                        continue;
-                    }
-                };
+                    failed = true;
+                    continue;
+                }
+            };
             for item in &report.items {
                 match &item.action {
                     Action::Locked { .. } => ctx.out.info(format!(

@@ -125,7 +125,9 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
     for n in &r.notes {
         ctx.out.info(n);
     }
-    ctx.out.json_doc(&json!({"chosen_because": run.chosen_because, "storage": run.storage,
-        "skipped_suspect": run.skipped_suspect, "warnings": run.warnings, "restore": outcome}));
+    ctx.out.json_doc(
+        &json!({"chosen_because": run.chosen_because, "storage": run.storage,
+        "skipped_suspect": run.skipped_suspect, "warnings": run.warnings, "restore": outcome}),
+    );
     Ok(0)
 }

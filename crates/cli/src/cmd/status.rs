@@ -74,8 +74,10 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
     if ctx.out.json {
         ctx.out.json_doc(&json!(report));
     } else {
-        ctx.out
-            .text(crate::output::table(&["JOB", "STORAGE", "STATE", "DETAIL"], &rows(&report)));
+        ctx.out.text(crate::output::table(
+            &["JOB", "STORAGE", "STATE", "DETAIL"],
+            &rows(&report),
+        ));
     }
     Ok(exit_code(&report))
 }

@@ -46,15 +46,22 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
                     Ok(e) => vec![e],
                     Err(e) if e.kind() == ErrorKind::NotFound && args.job.is_some() => {
                         ctx.out.error(format!("{name}: {e}"));
-                        results.push(json!({"job": name, "storage": target.name, "id": id, "ok": false,
-                            "error": {"kind": e.kind().as_str(), "message": e.to_string()}}));
+                        results.push(
+                            json!({"job": name, "storage": target.name, "id": id, "ok": false,
+                            "error": {"kind": e.kind().as_str(), "message": e.to_string()}}),
+                        );
                         note(&mut worst, e);
                         continue;
                     }
                     Err(e) => {
-                        ctx.out.error(format!("{name}: backup {id} on {} FAILED: {e}", target.name));
-                        results.push(json!({"job": name, "storage": target.name, "id": id, "ok": false,
-                            "error": {"kind": e.kind().as_str(), "message": e.to_string()}}));
+                        ctx.out.error(format!(
+                            "{name}: backup {id} on {} FAILED: {e}",
+                            target.name
+                        ));
+                        results.push(
+                            json!({"job": name, "storage": target.name, "id": id, "ok": false,
+                            "error": {"kind": e.kind().as_str(), "message": e.to_string()}}),
+                        );
                         note(&mut worst, e);
                         continue;
                     }
@@ -76,8 +83,10 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
                     for b in &listing.broken {
                         let e = catalog::broken_error(&name, b);
                         ctx.out.error(format!("{name}: on {}: {e}", target.name));
-                        results.push(json!({"job": name, "storage": target.name, "id": b.id, "ok": false,
-                            "error": {"kind": e.kind().as_str(), "message": e.to_string()}}));
+                        results.push(
+                            json!({"job": name, "storage": target.name, "id": b.id, "ok": false,
+                            "error": {"kind": e.kind().as_str(), "message": e.to_string()}}),
+                        );
                         note(&mut worst, e);
                     }
                     if listing.backups.is_empty() {
@@ -117,13 +126,19 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
                             } else {
                                 ""
                             },
-                            if entry.is_good() { "" } else { "; it is SUSPECT" }
+                            if entry.is_good() {
+                                ""
+                            } else {
+                                "; it is SUSPECT"
+                            }
                         ));
                         for w in m.warnings.iter().chain(m.suspect_reasons()) {
                             ctx.out.warn(format!("{name}/{}: {w}", m.id));
                         }
-                        results.push(json!({"job": name, "storage": target.name, "id": m.id, "ok": true,
-                            "state": entry.state(), "report": rep}));
+                        results.push(
+                            json!({"job": name, "storage": target.name, "id": m.id, "ok": true,
+                            "state": entry.state(), "report": rep}),
+                        );
                     }
                     Err(e) => {
                         ctx.out.error(format!(

@@ -90,7 +90,10 @@ pub async fn accept(
                         out.push(AcceptOutcome {
                             storage: t.name.clone(),
                             accepted: true,
-                            detail: format!("accepted (was suspect: {})", entry.manifest.suspect_reasons().join("; ")),
+                            detail: format!(
+                                "accepted (was suspect: {})",
+                                entry.manifest.suspect_reasons().join("; ")
+                            ),
                         });
                         continue;
                     }
@@ -113,7 +116,10 @@ pub async fn accept(
         return Err(e);
     }
     if !out.iter().any(|o| o.accepted) {
-        let why: Vec<String> = out.iter().map(|o| format!("{}: {}", o.storage, o.detail)).collect();
+        let why: Vec<String> = out
+            .iter()
+            .map(|o| format!("{}: {}", o.storage, o.detail))
+            .collect();
         return Err(Error::not_found(format!(
             "backup {job}/{id} was not accepted anywhere: {}",
             why.join("; ")

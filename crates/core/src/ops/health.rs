@@ -62,7 +62,11 @@ pub struct JobHealth {
 }
 
 /// The verdict on one listing: pure, `now` given.
-pub fn assess(listing: &Listing, now: DateTime<Utc>, max_age: std::time::Duration) -> (Health, String) {
+pub fn assess(
+    listing: &Listing,
+    now: DateTime<Utc>,
+    max_age: std::time::Duration,
+) -> (Health, String) {
     let Some(newest) = listing.backups.first() else {
         return (Health::Missing, "no backup yet".into());
     };
@@ -132,7 +136,11 @@ pub async fn health(
                     detail.push_str(&format!(
                         "; {} broken entr{} (see `drkit list {job}`)",
                         listing.broken.len(),
-                        if listing.broken.len() == 1 { "y" } else { "ies" }
+                        if listing.broken.len() == 1 {
+                            "y"
+                        } else {
+                            "ies"
+                        }
                     ));
                 }
                 JobHealth {

@@ -357,9 +357,7 @@ fn suspect_reasons(
         measure: source.measure(&m.stats),
     };
     // A baseline of another driver (the job's source changed kind) is no baseline.
-    let previous = baseline
-        .filter(|b| b.driver == new.driver)
-        .map(|b| facts(b));
+    let previous = baseline.filter(|b| b.driver == new.driver).map(facts);
     assess(&facts(new), previous.as_ref(), thresholds)
 }
 

@@ -101,7 +101,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[cfg(all(feature = "sqlite", feature = "postgres", feature = "mongodb", feature = "docker"))]
+    #[cfg(all(
+        feature = "sqlite",
+        feature = "postgres",
+        feature = "mongodb",
+        feature = "docker"
+    ))]
     #[test]
     fn measures_of_each_driver() {
         let m = sqlite(&json!({"empty": false, "tables": {"a": 3, "b": 0}, "rows": 3}));
@@ -112,14 +117,22 @@ mod tests {
         assert_eq!((m.total, m.parts["app.public.t"]), (Some(12), 10));
         let est = json!({"row_counts": "estimate", "rows": 10, "empty": false, "databases": []});
         assert_eq!(postgres(&est).total, None);
-        let est_empty = json!({"row_counts": "estimate", "rows": 0, "empty": true, "databases": []});
+        let est_empty =
+            json!({"row_counts": "estimate", "rows": 0, "empty": true, "databases": []});
         assert_eq!(postgres(&est_empty).total, Some(0));
         let m = mongodb(&json!({"collections": {"shop.carts": 5}, "documents": 5}));
-        assert_eq!((m.total, m.parts["shop.carts"], m.size_floor), (Some(5), 5, false));
+        assert_eq!(
+            (m.total, m.parts["shop.carts"], m.size_floor),
+            (Some(5), 5, false)
+        );
         let m = docker_volume(&json!({"files": 4, "entries": 9}));
         assert_eq!((m.total, m.unit), (Some(4), "files"));
         // garbage stats from a hostile manifest measure nothing, without a panic
-        for bad in [json!(null), json!("x"), json!({"rows": "many", "tables": [1]})] {
+        for bad in [
+            json!(null),
+            json!("x"),
+            json!({"rows": "many", "tables": [1]}),
+        ] {
             assert_eq!(sqlite(&bad).total, None);
             assert_eq!(postgres(&bad).total, None);
             assert!(mongodb(&bad).parts.is_empty());
