@@ -70,6 +70,8 @@ fn a_manifest_copied_into_another_folder_is_broken_and_never_costs_a_backup() {
     let s = setup("keep = { last = 1 }");
     fill(&s.path("app.db"), 100);
     let old = backup(&s);
+    // Ids sort by the second they start in: a second apart, `new` sorts after `old`.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let new = backup(&s);
     // The attacker copies the old manifest over the new one: prune would have deleted by
     // the manifest's id (the old backup) and... the new folder is now a stray.

@@ -470,9 +470,20 @@ fn empty_database_is_backed_up_and_marked() {
         "{}",
         m["warnings"]
     );
-    // It restores (to an empty database) like any other.
+    // It restores (to an empty database) like any other, asked for by id (it is suspect, so
+    // restore does not choose it by itself).
     let copy = unique("drkit_empty_copy");
-    drkit(&s, &pg, &db, &["restore", "app", "--to", &copy]).expect_code(0);
+    let id = drkit(&s, &pg, &db, &["--json", "list", "app"]).json()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    drkit(
+        &s,
+        &pg,
+        &db,
+        &["restore", "app", "--id", &id, "--to", &copy],
+    )
+    .expect_code(0);
     assert!(pg.db_exists(&copy));
     pg.drop_db(&copy);
     pg.drop_db(&db);

@@ -47,10 +47,10 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
             for item in &report.items {
                 match &item.action {
                     Action::Locked { .. } => ctx.out.info(format!(
-                        "{name}: backup {} on {} is under object lock ({}): kept for now",
+                        "{name}: backup {} on {} is under object lock until {}: kept for now",
                         item.id,
                         target.name,
-                        item.action.label()
+                        item.action.label().trim_start_matches("locked until ")
                     )),
                     Action::Failed { error } => {
                         failed = true;

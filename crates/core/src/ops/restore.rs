@@ -115,7 +115,7 @@ fn none_found(job: &str, problems: Vec<(String, Error)>) -> Error {
     if problems.is_empty() {
         return Error::not_found(format!("job {job} has no storage to restore from"));
     }
-    let kind = [ErrorKind::Integrity, ErrorKind::Storage]
+    let kind = [ErrorKind::Config, ErrorKind::Integrity, ErrorKind::Storage]
         .into_iter()
         .find(|k| problems.iter().any(|(_, e)| e.kind() == *k))
         .unwrap_or(ErrorKind::NotFound);
