@@ -105,15 +105,9 @@ pub fn print_error(e: &Error, json: bool) {
 
 pub use drkit_core::units::human_bytes;
 
-/// A duration as a short human string (3h 5m, 2d 4h, 45s).
+/// A duration in seconds as a short human string (3h 5m, 2d 4h, 45s): the library's formatter.
 pub fn human_age(secs: i64) -> String {
-    let s = secs.max(0);
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=7199 => format!("{}m", s / 60),
-        7200..=172_799 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d {}h", s / 86_400, (s % 86_400) / 3600),
-    }
+    drkit_core::ops::health::human_age(std::time::Duration::from_secs(secs.max(0) as u64))
 }
 
 /// Render rows as a left-aligned table with a header.
