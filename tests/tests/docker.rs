@@ -336,7 +336,7 @@ fn guard_volume_rm_prune_stale_corrupt_and_backup_first() {
     let r = s.drkit(&["guard", "--", "docker", "volume", "rm", "-f", &vol]);
     r.expect_code(3);
     assert!(
-        r.stderr.contains(&vol) && r.stderr.contains("never") && r.stderr.contains("KB"),
+        r.stderr.contains(&vol) && r.stderr.contains("never") && r.stderr.contains("KiB"),
         "{}",
         r.stderr
     );

@@ -1,19 +1,22 @@
 //! `drkit`: back up, verify, restore and guard databases and Docker volumes.
 //!
-//! Every failure ends in one line on stderr and an exit code (DESIGN.md):
+//! Every failure ends in one line on stderr and an exit code (ARCHITECTURE.md, docs/cli.md):
 //! 0 ok, 1 operation failed, 2 usage or config error, 3 refused by a safety guard,
-//! 4 integrity check failed, 5 stale, missing or suspect backups.
+//! 4 integrity check failed, 5 stale, missing or suspect backups. Commands return an
+//! [`Exit`]; this file alone turns it (or an error) into the process's exit code and prints
+//! the error.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use drkit_core::{Error, ErrorKind};
+use drkit_core::{Error, Exit};
 
 mod alloc;
 mod cmd;
 mod ctx;
 mod output;
+mod render;
 
 /// Backups you have restored before you need them.
 #[derive(Parser, Debug)]
@@ -65,24 +68,14 @@ enum Command {
     Guard(cmd::guard::Args),
 }
 
-/// The exit code of DESIGN.md for an error kind.
-pub fn exit_code(kind: ErrorKind) -> u8 {
-    match kind {
-        ErrorKind::Config => 2,
-        ErrorKind::Refused => 3,
-        ErrorKind::Integrity => 4,
-        _ => 1,
-    }
-}
-
-async fn run(cli: Cli) -> Result<u8, Error> {
+async fn run(cli: Cli) -> Result<Exit, Error> {
     let out = output::Output::new(cli.json, cli.quiet, cli.verbose);
     let command = match cli.command {
         Command::Guard(a) => {
             // The guard loads the config only for commands that destroy volumes.
             let work = cmd::guard::run(cli.config.as_deref(), &cli.env_files, out, a);
             return tokio::select! {
-                r = work => r,
+                r = work => r.map(|_| Exit::Ok),
                 name = ctx::interrupted() => Err(Error::cancelled(format!(
                     "interrupted by {name}: the guarded command was not run"
                 ))),
@@ -112,7 +105,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         name = ctx::interrupted() => {
             if is_daemon {
                 ctx.out.info(format!("daemon: stopped by {name}"));
-                return Ok(0);
+                return Ok(Exit::Ok);
             }
             Err(Error::cancelled(format!(
                 "interrupted by {name}: nothing was committed by the unfinished operation"
@@ -131,18 +124,22 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+            let e = Error::new(
+                drkit_core::ErrorKind::Source,
+                format!("cannot start the async runtime: {e}"),
+            );
+            output::print_error(&e, json);
+            return ExitCode::from(Exit::from(&e).code());
         }
     };
     let result = runtime.block_on(run(cli));
     // Do not wait for blocking work that an interrupted operation left behind.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     match result {
-        Ok(code) => ExitCode::from(code),
+        Ok(exit) => ExitCode::from(exit.code()),
         Err(e) => {
             output::print_error(&e, json);
-            ExitCode::from(exit_code(e.kind()))
+            ExitCode::from(Exit::from(&e).code())
         }
     }
 }

@@ -133,6 +133,22 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out.join("\n")
 }
 
+impl Output {
+    /// A refusal on stderr, always (even with -q and --json): its lines, as they are.
+    pub fn refusal(&self, lines: &[String]) {
+        for line in lines {
+            stderr_line(line);
+        }
+    }
+
+    /// A script on stdout exactly as it is, whatever the flags (`guard --install`, for eval).
+    pub fn script(&self, text: &str) {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

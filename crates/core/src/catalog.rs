@@ -16,8 +16,7 @@ use crate::manifest::{backup_folder, format_time, manifest_key, MANIFEST_FILE};
 use crate::signing::{Record, Trust, SIG_SUFFIX};
 use crate::{Error, ErrorKind, Manifest, ObjectMeta, Result, Storage};
 
-/// File name of the record `drkit accept` writes into a backup's folder.
-pub const ACCEPTED_FILE: &str = "accepted.json";
+pub use crate::layout::{complete_ids, incomplete_keys, jobs_in, ACCEPTED_FILE};
 
 /// Objects larger than this are not read as manifests or records (a hostile storage could
 /// hand out gigabytes under `manifest.json`).
@@ -93,7 +92,7 @@ pub struct Acceptance {
 impl Acceptance {
     /// The storage key of the accept record of backup `id` of `job`.
     pub fn key_for(job: &str, id: &str) -> String {
-        format!("{}{ACCEPTED_FILE}", backup_folder(job, id))
+        crate::layout::accepted_key(job, id)
     }
 
     /// Serialize as pretty JSON.
@@ -248,7 +247,7 @@ async fn read_entry(
     }
     let manifest = check_manifest(&bytes, &key, job, id).map_err(|e| broken(e, false))?;
     if !trust.is_blind() {
-        let sig_key = format!("{key}{SIG_SUFFIX}");
+        let sig_key = crate::layout::signature_key(&key);
         let sig = if present(&sig_key) {
             Some(read_record(storage, &sig_key).await.map_err(|e| {
                 broken(
@@ -289,7 +288,7 @@ async fn read_acceptance(
         .await
         .map_err(|e| format!("{key} ignored: {e}"))?;
     if !trust.is_blind() {
-        let sig_key = format!("{key}{SIG_SUFFIX}");
+        let sig_key = crate::layout::signature_key(key);
         let sig = match read_record(storage, &sig_key).await {
             Ok(s) => Some(s),
             Err(e) if e.kind() == ErrorKind::NotFound => None,
@@ -368,70 +367,6 @@ pub fn newest_first(a: &Manifest, b: &Manifest) -> std::cmp::Ordering {
         .then_with(|| b.id.cmp(&a.id))
 }
 
-/// The ids of the complete backups of `job` found in a storage listing, oldest first.
-pub fn complete_ids(objects: &[ObjectMeta], job: &str) -> Vec<String> {
-    let prefix = format!("{job}/");
-    let mut ids: Vec<String> = objects
-        .iter()
-        .filter_map(|o| o.key.strip_prefix(&prefix))
-        .filter_map(|rest| rest.strip_suffix(&format!("/{MANIFEST_FILE}")))
-        .filter(|id| is_backup_id(id))
-        .map(str::to_string)
-        .collect();
-    ids.sort();
-    ids.dedup();
-    ids
-}
-
-/// Keys in a listing of `job` that belong to no complete backup: backup folders without a
-/// manifest, and stray files. Drill reports (`<job>/drills/...`) are kept. Keys modified
-/// after `older_than` are left alone (a run may still be writing them).
-pub fn incomplete_keys(
-    objects: &[ObjectMeta],
-    job: &str,
-    older_than: Option<DateTime<Utc>>,
-) -> Vec<String> {
-    let complete = complete_ids(objects, job);
-    let prefix = format!("{job}/");
-    objects
-        .iter()
-        .filter(|o| {
-            let Some(rest) = o.key.strip_prefix(&prefix) else {
-                return false;
-            };
-            let top = rest.split('/').next().unwrap_or("");
-            if top == "drills" || top.starts_with('.') {
-                return false;
-            }
-            if complete.binary_search(&top.to_string()).is_ok() {
-                return false;
-            }
-            match (older_than, o.modified) {
-                (Some(limit), Some(m)) => m < limit,
-                (Some(_), None) => false,
-                (None, _) => true,
-            }
-        })
-        .map(|o| o.key.clone())
-        .collect()
-}
-
-/// The jobs that have at least one complete backup in a listing of the whole storage.
-pub fn jobs_in(objects: &[ObjectMeta]) -> Vec<String> {
-    let mut jobs: Vec<String> = objects
-        .iter()
-        .filter_map(|o| {
-            let mut parts = o.key.split('/');
-            let (job, id, file) = (parts.next()?, parts.next()?, parts.next()?);
-            (parts.next().is_none() && file == MANIFEST_FILE && is_backup_id(id))
-                .then(|| job.to_string())
-        })
-        .collect();
-    jobs.sort();
-    jobs.dedup();
-    jobs
-}
-
 /// The valid backups of `job` (good and suspect), newest first, read without checking
 /// signatures; broken entries are left out. See [`scan`] for the whole picture.
 pub async fn list(storage: &dyn Storage, job: &str) -> Result<Vec<Manifest>> {
@@ -469,9 +404,10 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>> {
 }
 
 /// Which backup a restore or drill wants.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Selector {
     /// The newest good backup.
+    #[default]
     Newest,
     /// This backup, good or suspect.
     Id(String),

@@ -6,10 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::units::Span;
 use crate::{Compression, Error, Result};
 
 /// The whole configuration file.
@@ -85,8 +85,8 @@ pub struct JobConfig {
     #[serde(default)]
     pub drill: Option<DrillConfig>,
     /// Age after which `status` calls the newest backup stale (e.g. `26h`).
-    #[serde(default)]
-    pub max_age: Option<String>,
+    #[serde(default, deserialize_with = "span_max_age")]
+    pub max_age: Option<Span>,
     /// When a new backup is suspect, compared with the newest good one (see
     /// [`crate::suspect`]).
     #[serde(default)]
@@ -103,6 +103,18 @@ impl JobConfig {
             Some(s) => s.trust(&format!("job.{job}.signing")),
             None => Ok(crate::signing::Trust::blind()),
         }
+    }
+
+    /// How the pipeline backs up this job: its compression, suspect thresholds, signer and
+    /// trust.
+    pub fn backup_options(&self, job: &str) -> Result<crate::pipeline::BackupOptions> {
+        Ok(crate::pipeline::BackupOptions {
+            compression: self.compression,
+            level: self.compression_level,
+            suspect: self.suspect.clone(),
+            signer: self.signer(job)?.map(std::sync::Arc::new),
+            trust: self.trust(job)?,
+        })
     }
 
     /// The signer for new records of this job, when it has a key file.
@@ -131,7 +143,27 @@ pub struct KeepPolicy {
     /// ... years.
     pub yearly: Option<u32>,
     /// Everything newer than this duration (e.g. `30d`).
-    pub within: Option<String>,
+    #[serde(default, deserialize_with = "span_within")]
+    pub within: Option<Span>,
+}
+
+/// A duration field that names itself in its error (serde's messages carry no key path).
+fn span_field<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    key: &str,
+) -> std::result::Result<Option<Span>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse()
+        .map(Some)
+        .map_err(|e: Error| serde::de::Error::custom(format!("{key}: {e}")))
+}
+
+fn span_max_age<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Span>, D::Error> {
+    span_field(d, "max_age")
+}
+
+fn span_within<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Span>, D::Error> {
+    span_field(d, "keep.within")
 }
 
 /// Restore drill settings.
@@ -250,16 +282,6 @@ impl Config {
                 if let Some(p) = &signing.public {
                     crate::signing::parse_public(p)
                         .map_err(|e| e.context(format!("{origin}: job.{name}.signing.public")))?;
-                }
-            }
-            if let Some(age) = &job.max_age {
-                parse_duration(age)
-                    .map_err(|e| e.context(format!("{origin}: job.{name}.max_age")))?;
-            }
-            if let Some(keep) = &job.keep {
-                if let Some(w) = &keep.within {
-                    parse_duration(w)
-                        .map_err(|e| e.context(format!("{origin}: job.{name}.keep.within")))?;
                 }
             }
             let schedules = [
@@ -427,27 +449,7 @@ pub fn parse_env_file(text: &str, origin: &str) -> Result<Vec<(String, String)>>
     Ok(out)
 }
 
-/// Parse a duration: a number and a unit, `90s`, `15m`, `6h`, `7d`, `2w`.
-pub fn parse_duration(s: &str) -> Result<Duration> {
-    let s = s.trim();
-    let err = || {
-        Error::config(format!(
-            "cannot read duration {s:?}: use a number and a unit, e.g. 90s, 15m, 6h, 7d"
-        ))
-    };
-    let unit_at = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
-    let (n, unit) = s.split_at(unit_at);
-    let n: u64 = n.parse().map_err(|_| err())?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return Err(err()),
-    };
-    Ok(Duration::from_secs(n.checked_mul(secs).ok_or_else(err)?))
-}
+pub use crate::units::parse_duration;
 
 #[cfg(test)]
 mod tests {

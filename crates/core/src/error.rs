@@ -3,8 +3,10 @@
 
 use std::fmt;
 
-/// What kind of failure an [`Error`] is. The CLI maps each kind to an exit code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What kind of failure an [`Error`] is. [`crate::Exit`] maps each kind to an exit code; in
+/// JSON (reports, `--json`) it is [`ErrorKind::as_str`]'s name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ErrorKind {
     /// The configuration or the command line is wrong (exit 2).

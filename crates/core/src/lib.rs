@@ -18,7 +18,8 @@
 pub mod catalog;
 pub mod config;
 mod error;
-pub mod guard;
+mod exit;
+pub mod layout;
 pub mod manifest;
 pub mod ops;
 pub mod pipeline;
@@ -28,14 +29,17 @@ pub mod signing;
 mod source;
 mod storage;
 pub mod suspect;
+#[cfg(feature = "test-util")]
+pub mod testing;
 pub mod units;
 
 pub use config::{Config, DriverSpec, JobConfig};
 pub use error::{from_io, redact_url, Error, ErrorKind, Result};
+pub use exit::Exit;
 pub use manifest::Manifest;
 pub use pipeline::Compression;
 pub use source::{Dump, DumpSummary, RestoreOptions, RestoreReport, Source, StreamCheck};
-pub use storage::{BoxRead, JobLock, ObjectMeta, Storage, Upload};
+pub use storage::{BoxRead, JobLock, ObjectMeta, Storage, Unfinished, Upload};
 
 /// The version of drkit, as recorded in manifests.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -9,8 +9,7 @@ use crate::{Compression, Error, Result};
 /// The manifest format this version of drkit writes and the newest it reads.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// File name of the manifest inside a backup's folder.
-pub const MANIFEST_FILE: &str = "manifest.json";
+pub use crate::layout::{backup_folder, manifest_key, MANIFEST_FILE};
 
 /// The record of one complete backup.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,16 +133,6 @@ impl Manifest {
     pub fn folder(&self) -> String {
         backup_folder(&self.job, &self.id)
     }
-}
-
-/// The folder of backup `id` of `job` in a storage, `<job>/<id>/`.
-pub fn backup_folder(job: &str, id: &str) -> String {
-    format!("{job}/{id}/")
-}
-
-/// The storage key of the manifest of backup `id` of `job`.
-pub fn manifest_key(job: &str, id: &str) -> String {
-    format!("{job}/{id}/{MANIFEST_FILE}")
 }
 
 /// Format a time as RFC 3339 UTC with seconds, as manifests store it.

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::Serialize;
 
-use crate::config::{parse_duration, KeepPolicy};
+use crate::config::KeepPolicy;
 use crate::Result;
 
 /// One backup as retention sees it.
@@ -153,8 +153,7 @@ pub fn plan(
         }
     }
     if let Some(within) = &policy.within {
-        let limit = now
-            - chrono::Duration::from_std(parse_duration(within)?).unwrap_or(chrono::Duration::MAX);
+        let limit = now - within.chrono();
         for ((c, d), why) in sorted.iter().zip(decisions.iter_mut()).zip(&mut why_not) {
             if c.started_at >= limit {
                 d.keep = true;
@@ -256,7 +255,7 @@ mod tests {
                 vec!["2026-11-24 06:00", "2026-11-24 00:00"],
             ),
             (
-                p(|k| k.within = Some("1d".into())),
+                p(|k| k.within = Some("1d".parse().unwrap())),
                 vec![
                     "2026-11-24 06:00",
                     "2026-11-24 00:00",
@@ -415,7 +414,7 @@ mod tests {
                     ("2026-11-24 05:00", false),
                     ("2026-11-20 05:00", false),
                 ],
-                policy(|k| k.within = Some("1d".into())),
+                policy(|k| k.within = Some("1d".parse().unwrap())),
                 vec!["2026-11-24 06:00", "2026-11-24 05:00"],
                 (
                     "2026-11-20 05:00",

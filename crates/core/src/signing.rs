@@ -16,8 +16,7 @@ use serde::Deserialize;
 
 use crate::{Error, Result};
 
-/// The suffix of a detached signature's key: `manifest.json.sig`.
-pub const SIG_SUFFIX: &str = ".sig";
+pub use crate::layout::SIG_SUFFIX;
 
 /// What a signed record is; part of the signed message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

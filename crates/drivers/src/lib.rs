@@ -25,6 +25,8 @@ use drkit_core::{Config, DriverSpec, Error, Result, Source, Storage};
 
 #[cfg(feature = "docker")]
 pub mod docker;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod process;
 pub mod source;
 pub mod storage;
@@ -77,6 +79,20 @@ pub fn open_source(job: &str, spec: &DriverSpec) -> Result<Box<dyn Source>> {
             source_kinds().join(", ")
         ))),
     }
+}
+
+/// The Docker volume source of job `job`, or `None` when the job backs up something else.
+/// Nothing is contacted yet.
+#[cfg(feature = "docker")]
+pub fn docker_volume_source(
+    job: &str,
+    spec: &DriverSpec,
+) -> Result<Option<source::docker_volume::DockerVolumeSource>> {
+    if spec.kind != "docker-volume" {
+        return Ok(None);
+    }
+    let what = format!("job.{job}.source");
+    source::docker_volume::DockerVolumeSource::from_spec(spec, &what).map(Some)
 }
 
 /// Build the storage named `name` from its config. Nothing is contacted yet.

@@ -2,8 +2,7 @@
 //! purge (an `accepted.json` beside it; the manifest is never rewritten).
 
 use chrono::Utc;
-use drkit_core::ops::accept;
-use drkit_core::Result;
+use drkit_core::{Exit, Result};
 use serde_json::json;
 
 use crate::ctx::Ctx;
@@ -19,21 +18,11 @@ pub struct Args {
     reason: String,
 }
 
-pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
-    let job = ctx.config.job(&args.job)?;
-    let targets = ctx.targets(job)?;
-    let signer = ctx.signer(&args.job)?;
-    let outcomes = accept::accept(
-        &args.job,
-        &args.id,
-        &targets,
-        &ctx.trust(&args.job)?,
-        signer.as_deref(),
-        &accept::current_user(),
-        &args.reason,
-        Utc::now(),
-    )
-    .await?;
+pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
+    let outcomes = ctx
+        .app
+        .accept(&args.job, &args.id, &args.reason, Utc::now())
+        .await?;
     for o in &outcomes {
         ctx.out.text(format!(
             "{}/{} on {}: {}",
@@ -41,5 +30,5 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
         ));
     }
     ctx.out.json_doc(&json!(outcomes));
-    Ok(0)
+    Ok(Exit::Ok)
 }

@@ -2,15 +2,18 @@
 //! reachability) and each storage (reachable, writable), then the backups' health.
 //! Exit 1 when a check fails, 5 when backups are missing, stale or suspect, else 0.
 
-use drkit_core::{Error, Result};
+use chrono::Utc;
+use drkit_core::ops::health;
+use drkit_core::{Error, Exit, Result};
 use serde_json::json;
 
 use crate::ctx::Ctx;
+use crate::render;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {}
 
-pub async fn run(ctx: &Ctx, _args: Args) -> Result<u8> {
+pub async fn run(ctx: &Ctx, _args: Args) -> Result<Exit> {
     let mut checks = Vec::new();
     let mut failed = false;
     let mut report = |what: String, r: Result<Vec<String>>| {
@@ -30,9 +33,9 @@ pub async fn run(ctx: &Ctx, _args: Args) -> Result<u8> {
             "notes": r.as_ref().ok(), "error": r.as_ref().err().map(|e| e.to_string())}));
     };
     report(format!("config {}", ctx.config_path.display()), Ok(vec![]));
-    for (name, spec) in &ctx.config.storage {
+    for name in ctx.app.config().storage.keys() {
         let r = async {
-            let storage = drkit_drivers::open_storage(name, spec)?;
+            let storage = ctx.app.storage(name)?;
             let probe = format!(".drkit-doctor-{:08x}", rand_suffix());
             storage
                 .put(&probe, b"drkit doctor probe\n".to_vec())
@@ -47,9 +50,9 @@ pub async fn run(ctx: &Ctx, _args: Args) -> Result<u8> {
         .await;
         report(format!("storage {name}"), r);
     }
-    for (name, job) in &ctx.config.job {
+    for (name, job) in &ctx.app.config().job {
         let r = async {
-            let source = drkit_drivers::open_source(name, &job.source)?;
+            let source = ctx.app.source(name)?;
             let mut notes = vec![source.describe()];
             notes.extend(source.preflight().await?);
             notes.push(if job.trust(name)?.is_blind() {
@@ -62,18 +65,15 @@ pub async fn run(ctx: &Ctx, _args: Args) -> Result<u8> {
         .await;
         report(format!("job {name} source"), r);
     }
-    let report = super::status::health(ctx, None).await?;
+    let report = ctx.app.status(None, Utc::now()).await?;
     ctx.out.text("");
-    ctx.out.text(crate::output::table(
-        &["JOB", "STORAGE", "STATE", "DETAIL"],
-        &super::status::rows(&report),
-    ));
+    ctx.out.text(render::health_table(&report));
     ctx.out
         .json_doc(&json!({"checks": checks, "backups": report}));
     Ok(if failed {
-        1
+        Exit::Failed
     } else {
-        super::status::exit_code(&report)
+        health::exit(&report)
     })
 }
 

@@ -9,19 +9,19 @@
 //! Otherwise it refuses (exit 3) and lists each volume with its size and the age of its
 //! newest backup, and the command that would back them up. The guard's own messages go to
 //! stderr so that the command's stdout stays clean.
+//!
+//! The rules are `drkit_app::guard`'s; this file parses, calls and renders.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
-use drkit_core::guard::{analyse, shell_function, Analysis, Context};
+use drkit_app::guard::{self, analyse, shell_function, BackupStep, Context, Options, Verdict};
 use drkit_core::{Error, Result};
-use drkit_drivers::docker::guard::{self as engine_guard, Protection};
-use drkit_drivers::docker::{human_size, lookalike, Engine};
 use serde_json::json;
 
 use crate::ctx::Ctx;
-use crate::output::Output;
+use crate::output::{table, Output};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -59,7 +59,7 @@ pub async fn run(
             .ok()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "drkit".into());
-        print!("{}", shell_function(&me));
+        out.script(&shell_function(&me));
         return Ok(0);
     }
     if args.command.is_empty() {
@@ -73,15 +73,12 @@ pub async fn run(
         .map_err(|e| Error::config(format!("cannot read the current directory: {e}")))?;
     let env = |k: &str| std::env::var(k).ok();
     let read = |p: &Path| std::fs::read_to_string(p).ok();
-    let analysis = analyse(
-        &args.command,
-        &Context {
-            cwd: &cwd,
-            env: &env,
-            read: &read,
-        },
-    )?;
-    let Some(analysis) = analysis else {
+    let world = Context {
+        cwd: &cwd,
+        env: &env,
+        read: &read,
+    };
+    let Some(analysis) = analyse(&args.command, &world)? else {
         return exec(&args.command);
     };
     let ctx = Ctx::load(config, env_files, out).map_err(|e| {
@@ -90,115 +87,125 @@ pub async fn run(
             analysis.summary
         ))
     })?;
-    guard(&ctx, &args, &analysis, max_age).await
-}
-
-async fn guard(
-    ctx: &Ctx,
-    args: &Args,
-    analysis: &Analysis,
-    max_age: std::time::Duration,
-) -> Result<u8> {
-    let out = &ctx.out;
-    let engine = Engine::connect(analysis.docker_host.as_deref()).await?;
-    let doomed = engine_guard::resolve(&engine, &analysis.doomed).await?;
-    let focus = match &analysis.doomed {
-        drkit_core::guard::Doomed::ProjectVolumes { project } => Some(project.as_str()),
-        _ => None,
+    let opts = Options {
+        max_age,
+        storages: args.storage.clone(),
     };
-    let warnings = match lookalike::check(&engine, focus).await {
-        Ok(w) => w,
-        Err(e) => vec![format!("could not check for lookalike volumes: {e}")],
-    };
-    for w in &warnings {
+    let survey = guard::survey(analysis).await?;
+    for w in &survey.warnings {
         out.warn(w);
     }
-    if doomed.is_empty() {
+    if survey.volumes.is_empty() {
         out.info(format!(
             "drkit guard: the command destroys {}: no such volume exists on the engine; running it",
-            analysis.summary
+            survey.analysis.summary
         ));
         return exec(&args.command);
     }
-    let adhoc = engine_guard::adhoc_storages(&ctx.config, &args.storage)?;
-    let now = Utc::now();
-    let mut checked = engine_guard::check(&ctx.config, &doomed, &adhoc, max_age, now).await?;
-    if args.backup_first && checked.iter().any(|p| p.problem.is_some()) {
-        for p in checked.iter().filter(|p| p.problem.is_some()) {
+    let mut verdict = guard::assess(&ctx.config, survey, &opts, Utc::now()).await?;
+    if args.backup_first {
+        verdict = backup_first(&ctx, verdict).await?;
+    }
+    let summary = verdict.analysis.as_ref().map_or("", |a| a.summary.as_str());
+    let rows = table(
+        &["VOLUME", "SIZE", "NEWEST BACKUP", "BACKUP", "STATE"],
+        &rows(&verdict),
+    );
+    let Some(hint) = verdict.backup_hint(&args.command) else {
+        out.info(format!(
+            "drkit guard: the command destroys {summary}; each has a verified backup newer than {}:",
+            args.max_age
+        ));
+        out.info(rows);
+        return exec(&args.command);
+    };
+    out.refusal(&[
+        format!("drkit guard: REFUSED: the command destroys {summary}, and not every volume has a verified backup newer than {}:", args.max_age),
+        rows,
+        format!("back them up with: {hint}"),
+    ]);
+    out.json_doc(&refusal_json(&verdict, summary, &hint));
+    Err(Error::refused(format!(
+        "nothing was run: {} of {} volume(s) lack a verified backup newer than {}; back them up with: {hint}",
+        verdict.unprotected().len(),
+        verdict.volumes.len(),
+        args.max_age
+    )))
+}
+
+/// `--backup-first`: back up the unprotected volumes, saying so, and decide again.
+async fn backup_first(ctx: &Ctx, verdict: Verdict) -> Result<Verdict> {
+    let out = ctx.out;
+    let mut backing_up = false;
+    let mut show = |step: BackupStep<'_>| match step {
+        BackupStep::Starting(v) => {
+            backing_up = true;
             out.info(format!(
                 "drkit guard: backing up volume {} ({}) first ...",
-                p.volume.info.name,
-                human_size(p.volume.size)
-            ));
-            let (job, m) = engine_guard::backup_now(&ctx.config, &p.volume.info, &adhoc)
-                .await
-                .map_err(|e| e.context(format!("--backup-first: the backup of volume {} failed, so the command was not run", p.volume.info.name)))?;
-            out.info(format!(
-                "drkit guard: volume {}: backup {job}/{} written and verified",
-                p.volume.info.name, m.id
+                v.info.name,
+                v.size_words()
             ));
         }
-        checked = engine_guard::check(&ctx.config, &doomed, &adhoc, max_age, Utc::now()).await?;
-    }
-    let rows: Vec<Vec<String>> = checked
+        BackupStep::Done {
+            volume,
+            job,
+            manifest,
+        } => {
+            backing_up = false;
+            out.info(format!(
+                "drkit guard: volume {}: backup {job}/{} written and verified",
+                volume.info.name, manifest.id
+            ));
+        }
+    };
+    let result = guard::backup_first(&ctx.config, verdict, &mut show).await;
+    result.map_err(|e| {
+        if backing_up {
+            e.context("--backup-first")
+        } else {
+            e
+        }
+    })
+}
+
+/// One table row per volume: name, size, age of the newest backup, which one, state.
+fn rows(verdict: &Verdict) -> Vec<Vec<String>> {
+    verdict
+        .volumes
         .iter()
         .map(|p| {
             vec![
                 p.volume.info.name.clone(),
-                human_size(p.volume.size),
-                p.age(now),
+                p.volume.size_words(),
+                p.age_words(),
                 p.newest
                     .as_ref()
                     .map(|n| format!("{}/{} on {}", n.job, n.manifest.id, n.storage))
                     .unwrap_or_else(|| "-".into()),
                 match &p.problem {
                     None => "ok: verified".into(),
-                    Some(why) => why.clone(),
+                    Some(why) => why.to_string(),
                 },
             ]
         })
-        .collect();
-    let unprotected: Vec<&Protection> = checked.iter().filter(|p| p.problem.is_some()).collect();
-    if unprotected.is_empty() {
-        out.info(format!(
-            "drkit guard: the command destroys {}; each has a verified backup newer than {}:",
-            analysis.summary, args.max_age
-        ));
-        out.info(crate::output::table(
-            &["VOLUME", "SIZE", "NEWEST BACKUP", "BACKUP", "STATE"],
-            &rows,
-        ));
-        return exec(&args.command);
-    }
-    let hint = engine_guard::backup_hint(&unprotected, &args.command);
-    eprintln!("drkit guard: REFUSED: the command destroys {}, and not every volume has a verified backup newer than {}:", analysis.summary, args.max_age);
-    eprintln!(
-        "{}",
-        crate::output::table(
-            &["VOLUME", "SIZE", "NEWEST BACKUP", "BACKUP", "STATE"],
-            &rows
-        )
-    );
-    eprintln!("back them up with: {hint}");
-    out.json_doc(&json!({
+        .collect()
+}
+
+/// The --json document of a refusal.
+fn refusal_json(verdict: &Verdict, summary: &str, hint: &str) -> serde_json::Value {
+    json!({
         "refused": true,
-        "destroys": analysis.summary,
-        "volumes": checked.iter().map(|p| json!({
+        "destroys": summary,
+        "volumes": verdict.volumes.iter().map(|p| json!({
             "volume": p.volume.info.name,
-            "size": p.volume.size,
+            "size": p.volume.size.map_or(-1, |s| i64::try_from(s).unwrap_or(i64::MAX)),
             "newest_backup": p.newest.as_ref().map(|n| json!({"job": n.job, "id": n.manifest.id, "storage": n.storage, "finished_at": n.manifest.finished_at})),
-            "protected": p.problem.is_none(),
-            "problem": p.problem,
+            "protected": p.protected(),
+            "problem": p.problem.as_ref().map(ToString::to_string),
         })).collect::<Vec<_>>(),
         "backup_command": hint,
-        "warnings": warnings,
-    }));
-    Err(Error::refused(format!(
-        "nothing was run: {} of {} volume(s) lack a verified backup newer than {}; back them up with: {hint}",
-        unprotected.len(),
-        checked.len(),
-        args.max_age
-    )))
+        "warnings": verdict.warnings,
+    })
 }
 
 /// Replace this process with the command: same exit code, signals and terminal.

@@ -4,12 +4,12 @@
 
 use chrono::Utc;
 use drkit_core::manifest::format_time;
-use drkit_core::ops;
-use drkit_core::Result;
+use drkit_core::{Exit, Result};
 use serde_json::{json, Value};
 
 use crate::ctx::Ctx;
 use crate::output::{human_age, human_bytes, table};
+use crate::render;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -17,16 +17,14 @@ pub struct Args {
     job: Option<String>,
 }
 
-pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
+pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
     let names: Vec<String> = args.job.into_iter().collect();
     let now = Utc::now();
     let mut docs: Vec<Value> = Vec::new();
     let mut rows = Vec::new();
-    let mut failed = false;
-    for (name, job) in ctx.jobs(&names)? {
-        let targets = ctx.targets(job)?;
-        let trust = ctx.trust(&name)?;
-        for l in ops::list_job(&name, &targets, &trust).await {
+    let mut exit = Exit::Ok;
+    for (name, _) in ctx.app.jobs(&names)? {
+        for l in ctx.app.list(&name).await? {
             let listing = match l.listing {
                 Ok(listing) => listing,
                 Err(e) => {
@@ -35,8 +33,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
                         l.storage
                     ));
                     docs.push(json!({"job": name, "storage": l.storage, "state": "error",
-                        "error": {"kind": e.kind().as_str(), "message": e.to_string()}}));
-                    failed = true;
+                        "error": render::error_json(&e)}));
+                    exit.note(Exit::Failed);
                     continue;
                 }
             };
@@ -103,5 +101,5 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
             &rows,
         ));
     }
-    Ok(if failed { 1 } else { 0 })
+    Ok(exit)
 }

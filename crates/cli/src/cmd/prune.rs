@@ -2,12 +2,13 @@
 //! (the rules: `drkit_core::ops::prune`).
 
 use chrono::Utc;
-use drkit_core::ops::prune::{self, Action};
-use drkit_core::Result;
+use drkit_core::ops::prune::Action;
+use drkit_core::{Exit, Result};
 use serde_json::json;
 
 use crate::ctx::Ctx;
 use crate::output::table;
+use crate::render;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -18,29 +19,26 @@ pub struct Args {
     pub dry_run: bool,
 }
 
-pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
+pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
     let names: Vec<String> = args.job.iter().cloned().collect();
     let now = Utc::now();
     let mut docs = Vec::new();
     let mut rows = Vec::new();
-    let mut failed = false;
-    for (name, job) in ctx.jobs(&names)? {
-        let Some(policy) = &job.keep else {
+    let mut exit = Exit::Ok;
+    for (name, _) in ctx.app.jobs(&names)? {
+        let Some(prunes) = ctx.app.prune(&name, args.dry_run, now).await? else {
             ctx.out
                 .info(format!("{name}: no keep policy, keeping every backup"));
             continue;
         };
-        let trust = ctx.trust(&name)?;
-        for target in ctx.targets(job)? {
-            let report = match prune::prune(&name, &target, policy, &trust, now, args.dry_run).await
-            {
+        for p in prunes {
+            exit.note(p.exit());
+            let report = match p.result {
                 Ok(r) => r,
                 Err(e) => {
-                    ctx.out
-                        .error(format!("{name}: storage {}: {e}", target.name));
-                    docs.push(json!({"job": name, "storage": target.name,
-                            "error": {"kind": e.kind().as_str(), "message": e.to_string()}}));
-                    failed = true;
+                    ctx.out.error(format!("{name}: storage {}: {e}", p.storage));
+                    docs.push(json!({"job": name, "storage": p.storage,
+                            "error": render::error_json(&e)}));
                     continue;
                 }
             };
@@ -49,44 +47,43 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
                     Action::Locked { .. } => ctx.out.info(format!(
                         "{name}: backup {} on {} is under object lock until {}: kept for now",
                         item.id,
-                        target.name,
+                        p.storage,
                         item.action.label().trim_start_matches("locked until ")
                     )),
                     Action::Failed { error } => {
-                        failed = true;
                         ctx.out.error(format!(
                             "{name}: removing backup {} from {} failed: {error}",
-                            item.id, target.name
+                            item.id, p.storage
                         ));
                     }
                     _ => {}
                 }
                 rows.push(vec![
                     name.clone(),
-                    target.name.clone(),
+                    p.storage.clone(),
                     item.id.clone(),
                     item.state.label().to_string(),
                     item.action.label(),
                     item.reasons.join(", "),
                 ]);
-                docs.push(json!({"job": name, "storage": target.name, "id": item.id,
+                docs.push(json!({"job": name, "storage": p.storage, "id": item.id,
                     "state": item.state, "keep": item.keep, "action": item.action.label(),
                     "reasons": item.reasons}));
             }
             for b in &report.broken {
                 ctx.out.warn(format!(
                     "{name}: {} on {} is broken ({}): left alone, never counted",
-                    b.key, target.name, b.reason
+                    b.key, p.storage, b.reason
                 ));
                 rows.push(vec![
                     name.clone(),
-                    target.name.clone(),
+                    p.storage.clone(),
                     b.id.clone(),
                     "BROKEN".into(),
                     "left alone".into(),
                     b.reason.clone(),
                 ]);
-                docs.push(json!({"job": name, "storage": target.name, "id": b.id,
+                docs.push(json!({"job": name, "storage": p.storage, "id": b.id,
                     "state": "broken", "keep": true, "action": "left alone", "reasons": [b.reason]}));
             }
         }
@@ -99,5 +96,5 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
             &rows,
         ));
     }
-    Ok(if failed { 1 } else { 0 })
+    Ok(exit)
 }

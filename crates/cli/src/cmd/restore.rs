@@ -1,8 +1,8 @@
 //! `drkit restore JOB [--id ID | --at TIME] [--to DEST] [--force] [--dry-run]`
 
+use drkit_app::RestoreRequest;
 use drkit_core::catalog::{self, Selector};
-use drkit_core::ops;
-use drkit_core::{Error, RestoreOptions, Result};
+use drkit_core::{Exit, RestoreOptions, Result};
 use serde_json::json;
 
 use crate::ctx::Ctx;
@@ -38,41 +38,24 @@ pub struct Args {
     storage: Option<String>,
 }
 
-pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
-    let job = ctx.config.job(&args.job)?;
-    let source = ctx.source(&args.job)?;
-    let mut targets = ctx.targets(job)?;
-    if let Some(name) = &args.storage {
-        targets.retain(|t| &t.name == name);
-        if targets.is_empty() {
-            return Err(Error::config(format!(
-                "job {} does not use storage {name:?}",
-                args.job
-            )));
-        }
-    }
+pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
     let selector = match (&args.id, &args.at) {
         (Some(id), _) => Selector::Id(id.clone()),
         (None, Some(at)) => Selector::At(catalog::parse_time(at)?),
         (None, None) => Selector::Newest,
     };
-    let opts = RestoreOptions {
-        to: args.to.clone(),
-        force: args.force,
-        jobs: args.jobs,
+    let request = RestoreRequest {
+        selector,
+        storage: args.storage.clone(),
+        options: RestoreOptions {
+            to: args.to.clone(),
+            force: args.force,
+            jobs: args.jobs,
+        },
+        dry_run: args.dry_run,
     };
     let (progress, bar) = ctx.out.progress(&format!("restoring {}", args.job));
-    let result = ops::restore::restore(
-        &args.job,
-        &targets,
-        &ctx.trust(&args.job)?,
-        &selector,
-        source.as_ref(),
-        &opts,
-        args.dry_run,
-        progress,
-    )
-    .await;
+    let result = ctx.app.restore(&args.job, &request, progress).await;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -129,5 +112,5 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
         &json!({"chosen_because": run.chosen_because, "storage": run.storage,
         "skipped_suspect": run.skipped_suspect, "warnings": run.warnings, "restore": outcome}),
     );
-    Ok(0)
+    Ok(Exit::Ok)
 }

@@ -1,17 +1,15 @@
 //! `drkit status [--max-age DURATION]`: freshness and health of each job's backups.
 //! Exit 5 when a job has no backup, a stale one, or a suspect newest one; 1 when a storage
-//! could not be read (the others are still shown).
+//! could not be read (the others are still shown). The rules: `drkit_core::ops::health`.
 
 use chrono::Utc;
-use drkit_core::config::parse_duration;
-use drkit_core::ops::health::{self, Health, JobHealth};
-use drkit_core::Result;
+use drkit_core::ops::health;
+use drkit_core::units::Span;
+use drkit_core::{Exit, Result};
 use serde_json::json;
 
 use crate::ctx::Ctx;
-
-/// Age after which the newest good backup is stale when neither the job nor the flag says.
-const DEFAULT_MAX_AGE: &str = "25h";
+use crate::render;
 
 #[derive(clap::Args, Debug, Default)]
 pub struct Args {
@@ -20,64 +18,21 @@ pub struct Args {
     max_age: Option<String>,
 }
 
-/// The health of every job on every storage.
-pub async fn health(ctx: &Ctx, max_age: Option<&str>) -> Result<Vec<JobHealth>> {
-    let now = Utc::now();
-    let mut out = Vec::new();
-    for (name, job) in ctx.jobs(&[])? {
-        let text = max_age
-            .map(str::to_string)
-            .or(job.max_age.clone())
-            .unwrap_or(DEFAULT_MAX_AGE.into());
-        let limit = parse_duration(&text)?;
-        let targets = ctx.targets(job)?;
-        out.extend(health::health(&name, &targets, &ctx.trust(&name)?, now, limit).await);
-    }
-    Ok(out)
-}
-
-/// The table rows of a health report.
-pub fn rows(report: &[JobHealth]) -> Vec<Vec<String>> {
-    report
-        .iter()
-        .map(|h| {
-            vec![
-                h.job.clone(),
-                h.storage.clone(),
-                format!("{:?}", h.state).to_uppercase(),
-                h.detail.clone(),
-            ]
-        })
-        .collect()
-}
-
-/// The exit code of a health report: 1 when a storage failed, 5 when a backup is missing,
-/// stale or suspect, else 0.
-pub fn exit_code(report: &[JobHealth]) -> u8 {
-    if report.iter().any(|h| h.state == Health::Error) {
-        1
-    } else if report.iter().any(|h| h.state.is_bad()) {
-        5
-    } else {
-        0
-    }
-}
-
-pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
-    let report = health(ctx, args.max_age.as_deref()).await?;
-    for h in report.iter().filter(|h| h.state == Health::Error) {
-        ctx.out.error(format!(
-            "{}: storage {} could not be read: {}",
-            h.job, h.storage, h.detail
-        ));
-    }
+pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
+    let max_age = match &args.max_age {
+        Some(text) => Some(
+            text.parse::<Span>()
+                .map_err(|e| e.context("--max-age"))?
+                .duration(),
+        ),
+        None => None,
+    };
+    let report = ctx.app.status(max_age, Utc::now()).await?;
+    render::health_errors(&ctx.out, &report);
     if ctx.out.json {
         ctx.out.json_doc(&json!(report));
     } else {
-        ctx.out.text(crate::output::table(
-            &["JOB", "STORAGE", "STATE", "DETAIL"],
-            &rows(&report),
-        ));
+        ctx.out.text(render::health_table(&report));
     }
-    Ok(exit_code(&report))
+    Ok(health::exit(&report))
 }

@@ -3,12 +3,16 @@
 //! entries are failures too (exit 4); a storage that cannot be read is one error line and
 //! exit 1 at the end, the others are still verified.
 
-use drkit_core::catalog::{self, Entry};
-use drkit_core::{pipeline, Error, ErrorKind, Result};
-use serde_json::json;
+use std::sync::Mutex;
+
+use drkit_core::ops::verify::{Verdict, Verified, Which};
+use drkit_core::{Exit, Manifest, Result};
+use indicatif::ProgressBar;
+use serde_json::{json, Value};
 
 use crate::ctx::Ctx;
 use crate::output::human_bytes;
+use crate::render;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -22,139 +26,89 @@ pub struct Args {
     all: bool,
 }
 
-/// Keep the worst error: integrity first.
-fn note(worst: &mut Option<Error>, e: Error) {
-    if worst
-        .as_ref()
-        .is_none_or(|w| w.kind() != ErrorKind::Integrity)
-    {
-        *worst = Some(e);
-    }
-}
-
-pub async fn run(ctx: &Ctx, args: Args) -> Result<u8> {
+pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
     let names: Vec<String> = args.job.iter().cloned().collect();
+    let which = match (&args.id, args.all) {
+        (Some(id), _) => Which::Id(id.clone()),
+        (None, true) => Which::All,
+        (None, false) => Which::Newest,
+    };
     let mut results = Vec::new();
-    let mut worst: Option<Error> = None;
-    for (name, job) in ctx.jobs(&names)? {
-        let source = ctx.source(&name)?;
-        let trust = ctx.trust(&name)?;
-        for target in ctx.targets(job)? {
-            let storage = target.storage.as_ref();
-            let entries: Vec<Entry> = match &args.id {
-                Some(id) => match catalog::load(storage, &name, id, &trust).await {
-                    Ok(e) => vec![e],
-                    Err(e) if e.kind() == ErrorKind::NotFound && args.job.is_some() => {
-                        ctx.out.error(format!("{name}: {e}"));
-                        results.push(
-                            json!({"job": name, "storage": target.name, "id": id, "ok": false,
-                            "error": {"kind": e.kind().as_str(), "message": e.to_string()}}),
-                        );
-                        note(&mut worst, e);
-                        continue;
-                    }
-                    Err(e) => {
-                        ctx.out.error(format!(
-                            "{name}: backup {id} on {} FAILED: {e}",
-                            target.name
-                        ));
-                        results.push(
-                            json!({"job": name, "storage": target.name, "id": id, "ok": false,
-                            "error": {"kind": e.kind().as_str(), "message": e.to_string()}}),
-                        );
-                        note(&mut worst, e);
-                        continue;
-                    }
-                },
-                None => {
-                    let listing = match catalog::scan(storage, &name, &trust).await {
-                        Ok(l) => l,
-                        Err(e) => {
-                            ctx.out.error(format!(
-                                "{name}: storage {} could not be read: {e}",
-                                target.name
-                            ));
-                            results.push(json!({"job": name, "storage": target.name, "ok": false,
-                                "error": {"kind": e.kind().as_str(), "message": e.to_string()}}));
-                            note(&mut worst, e);
-                            continue;
-                        }
-                    };
-                    for b in &listing.broken {
-                        let e = catalog::broken_error(&name, b);
-                        ctx.out.error(format!("{name}: on {}: {e}", target.name));
-                        results.push(
-                            json!({"job": name, "storage": target.name, "id": b.id, "ok": false,
-                            "error": {"kind": e.kind().as_str(), "message": e.to_string()}}),
-                        );
-                        note(&mut worst, e);
-                    }
-                    if listing.backups.is_empty() {
-                        let e = Error::not_found(format!(
-                            "job {name} has no backup on storage {}",
-                            target.name
-                        ));
-                        ctx.out.error(e.to_string());
-                        results.push(json!({"job": name, "storage": target.name, "ok": false, "error": e.to_string()}));
-                        note(&mut worst, e);
-                        continue;
-                    }
-                    if args.all {
-                        listing.backups
-                    } else {
-                        listing.backups.into_iter().take(1).collect()
-                    }
-                }
-            };
-            for entry in entries {
-                let m = &entry.manifest;
-                let (progress, bar) = ctx.out.progress(&format!("{name} {}", m.id));
-                let r = pipeline::verify(storage, m, Some(source.as_ref()), progress).await;
-                if let Some(bar) = bar {
-                    bar.finish_and_clear();
-                }
-                match r {
-                    Ok(rep) => {
-                        ctx.out.text(format!(
-                            "{name}: backup {} on {} OK ({} stored, {} raw, checksums{} match){}",
-                            m.id,
-                            target.name,
-                            human_bytes(rep.stored_size),
-                            human_bytes(rep.raw_size),
-                            if rep.structure_checked {
-                                " and structure"
-                            } else {
-                                ""
-                            },
-                            if entry.is_good() {
-                                ""
-                            } else {
-                                "; it is SUSPECT"
-                            }
-                        ));
-                        for w in m.warnings.iter().chain(m.suspect_reasons()) {
-                            ctx.out.warn(format!("{name}/{}: {w}", m.id));
-                        }
-                        results.push(
-                            json!({"job": name, "storage": target.name, "id": m.id, "ok": true,
-                            "state": entry.state(), "report": rep}),
-                        );
-                    }
-                    Err(e) => {
-                        ctx.out.error(format!(
-                            "{name}: backup {} on {} FAILED: {e}",
-                            m.id, target.name
-                        ));
-                        results.push(
-                            json!({"job": name, "storage": target.name, "id": m.id, "ok": false,
-                            "error": {"kind": e.kind().as_str(), "message": e.to_string()}}),
-                        );
-                        note(&mut worst, e);
-                    }
-                }
-            }
+    let mut exit = Exit::Ok;
+    // One progress bar per backup re-read: the previous one is finished when the next starts.
+    let bar: Mutex<Option<ProgressBar>> = Mutex::new(None);
+    let finish = || {
+        if let Some(b) = bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            b.finish_and_clear();
+        }
+    };
+    let progress = |m: &Manifest| {
+        finish();
+        let (progress, b) = ctx.out.progress(&format!("{} {}", m.job, m.id));
+        *bar.lock().unwrap_or_else(|p| p.into_inner()) = b;
+        progress
+    };
+    for (name, _) in ctx.app.jobs(&names)? {
+        let items = ctx.app.verify(&name, &which, &progress).await?;
+        finish();
+        for item in items {
+            exit.note(item.exit());
+            results.push(show(ctx, &item));
         }
     }
     ctx.out.json_doc(&json!(results));
-    Ok(worst.map(|e| crate::exit_code(e.kind())).unwrap_or(0))
+    Ok(exit)
+}
+
+/// Print one verified item and return its `--json` document.
+fn show(ctx: &Ctx, item: &Verified) -> Value {
+    let (name, storage) = (&item.job, &item.storage);
+    let failed = |id: Option<&String>, e: &drkit_core::Error| {
+        json!({"job": name, "storage": storage, "id": id, "ok": false, "error": render::error_json(e)})
+    };
+    match &item.verdict {
+        Verdict::Ok { entry, report: rep } => {
+            let m = &entry.manifest;
+            ctx.out.text(format!(
+                "{name}: backup {} on {storage} OK ({} stored, {} raw, checksums{} match){}",
+                m.id,
+                human_bytes(rep.stored_size),
+                human_bytes(rep.raw_size),
+                if rep.structure_checked {
+                    " and structure"
+                } else {
+                    ""
+                },
+                if entry.is_good() { "" } else { "; it is SUSPECT" }
+            ));
+            for w in m.warnings.iter().chain(m.suspect_reasons()) {
+                ctx.out.warn(format!("{name}/{}: {w}", m.id));
+            }
+            json!({"job": name, "storage": storage, "id": m.id, "ok": true,
+                "state": entry.state(), "report": rep})
+        }
+        Verdict::NotFound { id, error } => {
+            ctx.out.error(format!("{name}: {error}"));
+            failed(Some(id), error)
+        }
+        Verdict::Failed { id, error } => {
+            ctx.out
+                .error(format!("{name}: backup {id} on {storage} FAILED: {error}"));
+            failed(Some(id), error)
+        }
+        Verdict::Broken { id, error } => {
+            ctx.out.error(format!("{name}: on {storage}: {error}"));
+            failed(Some(id), error)
+        }
+        Verdict::Unreadable { error } => {
+            ctx.out.error(format!(
+                "{name}: storage {storage} could not be read: {error}"
+            ));
+            failed(None, error)
+        }
+        Verdict::Empty { error } => {
+            ctx.out.error(error.to_string());
+            json!({"job": name, "storage": storage, "ok": false, "error": error.to_string()})
+        }
+    }
 }

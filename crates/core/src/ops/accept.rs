@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::catalog::{self, Acceptance, State};
 use crate::pipeline::Target;
-use crate::signing::{Record, Signer, Trust, SIG_SUFFIX};
+use crate::signing::{Record, Signer, Trust};
 use crate::{Error, ErrorKind, Result};
 
 /// What happened on one storage.
@@ -79,7 +79,7 @@ pub async fn accept(
                 let written = async {
                     if let Some(s) = signer {
                         storage
-                            .put(&format!("{key}{SIG_SUFFIX}"), s.sign(Record::Accept, &json))
+                            .put(&crate::layout::signature_key(&key), s.sign(Record::Accept, &json))
                             .await?;
                     }
                     storage.put(&key, json.clone()).await

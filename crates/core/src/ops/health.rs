@@ -111,6 +111,23 @@ pub fn assess(
     )
 }
 
+/// Age after which the newest good backup is stale when neither the job's `max_age` nor the
+/// caller says.
+pub const DEFAULT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(25 * 3600);
+
+/// How a health report ends a run: a storage that could not be read is a failure; a missing,
+/// stale or suspect backup is "unhealthy".
+pub fn exit(report: &[JobHealth]) -> crate::Exit {
+    report
+        .iter()
+        .map(|h| match h.state {
+            Health::Ok => crate::Exit::Ok,
+            Health::Error => crate::Exit::Failed,
+            Health::Missing | Health::Stale | Health::Suspect => crate::Exit::Unhealthy,
+        })
+        .fold(crate::Exit::Ok, crate::Exit::worst)
+}
+
 /// The health of `job` on each of its storages.
 pub async fn health(
     job: &str,

@@ -3,9 +3,12 @@
 //! and returns a typed report; none prints.
 
 pub mod accept;
+pub mod daemon;
+pub mod drill;
 pub mod health;
 pub mod prune;
 pub mod restore;
+pub mod verify;
 
 use crate::catalog::{self, Listing};
 use crate::pipeline::Target;
@@ -30,4 +33,16 @@ pub async fn list_job(job: &str, targets: &[Target], trust: &Trust) -> Vec<Stora
         });
     }
     out
+}
+
+/// Serialize an error as `{"kind": "...", "message": "..."}` (reports' JSON).
+pub(crate) fn error_json<S: serde::Serializer>(
+    e: &crate::Error,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let mut st = s.serialize_struct("Error", 2)?;
+    st.serialize_field("kind", &e.kind())?;
+    st.serialize_field("message", &e.to_string())?;
+    st.end()
 }

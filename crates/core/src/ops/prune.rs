@@ -81,9 +81,22 @@ pub struct PruneReport {
     pub items: Vec<Item>,
     /// Broken entries, left alone.
     pub broken: Vec<Broken>,
+    /// Leftovers removed before pruning (folders without a manifest, such as the data a
+    /// prune cut short left; on storages that cannot lock, once older than `leftover_age`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cleaned: Vec<String>,
 }
 
 impl PruneReport {
+    /// How this prune ends a run: a failed removal is a failure.
+    pub fn exit(&self) -> crate::Exit {
+        if self.has_failures() {
+            crate::Exit::Failed
+        } else {
+            crate::Exit::Ok
+        }
+    }
+
     /// Whether some removal failed.
     pub fn has_failures(&self) -> bool {
         self.items
@@ -104,6 +117,44 @@ pub fn plan(listing: &Listing, policy: &KeepPolicy, now: DateTime<Utc>) -> Resul
         })
         .collect();
     retention::plan(&candidates, policy, now)
+}
+
+/// The prune of a job on one of its storages, or why that storage could not be pruned.
+#[derive(Debug)]
+pub struct StoragePrune {
+    /// The storage's name.
+    pub storage: String,
+    /// The report, or the storage's error (the other storages are still pruned).
+    pub result: Result<PruneReport>,
+}
+
+impl StoragePrune {
+    /// How this prune ends a run.
+    pub fn exit(&self) -> crate::Exit {
+        match &self.result {
+            Ok(r) => r.exit(),
+            Err(_) => crate::Exit::Failed,
+        }
+    }
+}
+
+/// Apply `policy` to `job` on each of its storages, in the job's order.
+pub async fn prune_job(
+    job: &str,
+    targets: &[Target],
+    policy: &KeepPolicy,
+    trust: &Trust,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Vec<StoragePrune> {
+    let mut out = Vec::with_capacity(targets.len());
+    for target in targets {
+        out.push(StoragePrune {
+            storage: target.name.clone(),
+            result: prune(job, target, policy, trust, now, dry_run).await,
+        });
+    }
+    out
 }
 
 /// Apply `policy` to `job` on `target` (with `dry_run`, only say what would go).
@@ -130,6 +181,12 @@ pub async fn prune(
             )));
         }
     }
+    // What an earlier prune cut short (or a crashed backup) left: the same cleaning as a
+    // backup's, under the same rule (everything under a held lock, else only old leftovers).
+    let cleaned = match &_lock {
+        Some(lock) => crate::layout::clean_leftovers(storage, job, lock.is_held()).await?,
+        None => Vec::new(),
+    };
     let decisions = plan(&listing, policy, now)?;
     let mut items = Vec::with_capacity(decisions.len());
     for d in decisions {
@@ -162,6 +219,7 @@ pub async fn prune(
         storage: target.name.clone(),
         items,
         broken: listing.broken,
+        cleaned,
     })
 }
 
@@ -181,13 +239,19 @@ async fn remove(storage: &dyn crate::Storage, job: &str, id: &str) -> Result<()>
             }
         }
     }
-    for o in storage.list(&backup_folder(job, id)).await? {
-        storage.delete(&o.key).await.map_err(|e| {
-            e.context(format!(
-                "the manifest is removed, {} is left for the next run's cleaning",
-                o.key
-            ))
-        })?;
+    let left = |what: &str| {
+        format!("the manifest is removed, {what} is left for the leftover cleaning of the next backup or prune")
+    };
+    let folder = backup_folder(job, id);
+    let objects = storage
+        .list(&folder)
+        .await
+        .map_err(|e| e.context(left(&format!("the rest of {folder}"))))?;
+    for o in objects {
+        storage
+            .delete(&o.key)
+            .await
+            .map_err(|e| e.context(left(&o.key)))?;
     }
     Ok(())
 }

@@ -73,6 +73,18 @@ impl BackupOutcome {
     pub fn is_suspect(&self) -> bool {
         self.manifest.suspect.is_some()
     }
+
+    /// How this backup ends a run: a storage that failed is a failure (it outranks a suspect
+    /// backup), a suspect backup is "unhealthy".
+    pub fn exit(&self) -> crate::Exit {
+        if !self.all_ok() {
+            crate::Exit::Failed
+        } else if self.is_suspect() {
+            crate::Exit::Unhealthy
+        } else {
+            crate::Exit::Ok
+        }
+    }
 }
 
 struct Lane {
@@ -121,10 +133,11 @@ pub async fn backup(
     }
     let started_at = Utc::now().trunc_subsecs(3);
     let id = new_backup_id(started_at, &mut rand::thread_rng());
-    let key = format!(
-        "{job}/{id}/data.{}{}",
+    let key = crate::layout::data_key(
+        job,
+        &id,
         source.extension(),
-        opts.compression.suffix()
+        opts.compression.suffix(),
     );
 
     let (mut lanes, baseline) = prepare_lanes(job, &key, targets, &opts.trust).await;
@@ -201,7 +214,8 @@ async fn prepare_lanes(
         };
         let prepared = async {
             let lock = t.storage.lock_job(job).await?;
-            let cleaned = t.storage.clean_leftovers(job, lock.is_held()).await?;
+            let cleaned =
+                crate::layout::clean_leftovers(t.storage.as_ref(), job, lock.is_held()).await?;
             let upload = t.storage.create(key).await?;
             Ok::<_, Error>((lock, cleaned, upload))
         }
@@ -363,25 +377,41 @@ fn suspect_reasons(
 
 /// Write the signature (when signing) and then the manifest on every live lane: the commit.
 ///
-/// A failed manifest write may have landed (the answer was lost). drkit then asks the
-/// storage: a manifest that is there with exactly the bytes written is a complete backup
-/// (ok, with a note); otherwise the lane failed. The archive is never deleted here: when the
-/// manifest is absent, the archive is a leftover that the next run's cleaning removes; when
-/// the storage cannot say, deleting it could leave a listed backup without data.
+/// A failed write may have landed (the answer was lost). drkit then asks the storage: a
+/// manifest (or signature) that is there with exactly the bytes written counts as written
+/// (for the manifest: a complete backup, ok, with a note); otherwise the lane failed, and
+/// without its signature the manifest is not written at all. The archive is never deleted
+/// here: when the manifest is absent, the archive is a leftover for the leftover cleaning of
+/// a later run (on storages that cannot lock, once older than their `leftover_age`: a 5xx
+/// answered write may still land); when the storage cannot say, deleting it could leave a
+/// listed backup without data.
 async fn write_manifests(manifest: &Manifest, signer: Option<&Signer>, lanes: &mut [Lane]) {
     let json = manifest.to_json();
     let key = manifest.key();
+    let (job, id) = (&manifest.job, &manifest.id);
     let sig = signer.map(|s| s.sign(Record::Manifest, &json));
     for lane in lanes.iter_mut().filter(|l| l.live()) {
         let name = lane.outcome.storage.clone();
         if let Some(sig) = &sig {
-            if let Err(e) = lane
-                .storage
-                .put(&format!("{key}{SIG_SUFFIX}"), sig.clone())
-                .await
-            {
-                lane.fail(e.context(format!("storage {name}: writing the manifest's signature")));
-                continue;
+            let sig_key = format!("{key}{SIG_SUFFIX}");
+            if let Err(e) = lane.storage.put(&sig_key, sig.clone()).await {
+                match landed(lane.storage.as_ref(), &sig_key, sig).await {
+                    Ok(true) => lane.outcome.notes.push(format!(
+                        "the signature write reported an error ({e}), but the signature is in the storage, byte for byte"
+                    )),
+                    Ok(false) => {
+                        lane.fail(Error::new(e.kind(), format!(
+                            "storage {name}: backup {id} failed: writing the manifest's signature failed ({e}) and it is not there, so the manifest was not written; the archive is kept for the leftover cleaning of a later run"
+                        )));
+                        continue;
+                    }
+                    Err(check) => {
+                        lane.fail(Error::new(e.kind(), format!(
+                            "storage {name}: backup {id} failed: writing the manifest's signature failed ({e}) and whether it landed is unknown ({check}), so the manifest was not written; the archive is kept for the leftover cleaning of a later run"
+                        )));
+                        continue;
+                    }
+                }
             }
         }
         let Err(e) = lane.storage.put(&key, json.clone()).await else {
@@ -395,11 +425,11 @@ async fn write_manifests(manifest: &Manifest, signer: Option<&Signer>, lanes: &m
                     "the manifest write reported an error ({e}), but the manifest is in the storage, byte for byte: the backup is complete"
                 ));
             }
-            Ok(false) => lane.fail(e.context(format!(
-                "storage {name}: writing the manifest (it is not there; the archive is left for the next run's cleaning)"
+            Ok(false) => lane.fail(Error::new(e.kind(), format!(
+                "storage {name}: backup {id} failed: writing its manifest failed ({e}) and the manifest is not there (asked after the error); the archive is kept for the leftover cleaning of a later run"
             ))),
-            Err(check) => lane.fail(e.context(format!(
-                "storage {name}: writing the manifest; whether it landed is unknown ({check}): the backup may be complete there, see `drkit list`"
+            Err(check) => lane.fail(Error::new(e.kind(), format!(
+                "storage {name}: backup {id}: writing its manifest failed ({e}) and whether it landed is unknown ({check}): the backup may be complete there, and its archive is kept; run `drkit list {job}` to see whether it is listed, and `drkit verify {job} --id {id}` to check it"
             ))),
         }
     }

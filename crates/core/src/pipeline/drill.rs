@@ -1,9 +1,12 @@
+//! Restore drills: restore a backup into a scratch place, check it, remove it, keep a report.
+
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{no_progress, restore};
-use crate::signing::{Record, Signer, SIG_SUFFIX};
-use crate::{Error, Manifest, RestoreOptions, Result, Source, Storage};
+use crate::layout::{drill_report_key, signature_key};
+use crate::signing::{Record, Signer};
+use crate::{Error, ErrorKind, Manifest, RestoreOptions, Result, Source, Storage};
 
 /// The record of one restore drill, kept in the storage at `<job>/drills/<report_id>.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,21 +31,20 @@ pub struct DrillReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Error kind when failed (`integrity`, `source`...).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<ErrorKind>,
 }
 
 impl DrillReport {
     /// The storage key this report is kept under.
     pub fn key(&self) -> String {
         if self.report_id.is_empty() {
-            format!(
-                "{}/drills/{}.json",
-                self.job,
-                self.started_at.format("%Y%m%dT%H%M%SZ")
+            drill_report_key(
+                &self.job,
+                &self.started_at.format("%Y%m%dT%H%M%SZ").to_string(),
             )
         } else {
-            format!("{}/drills/{}.json", self.job, self.report_id)
+            drill_report_key(&self.job, &self.report_id)
         }
     }
 }
@@ -81,7 +83,7 @@ pub async fn drill(
         ok: result.is_ok(),
         scratch,
         error: result.as_ref().err().map(|e| e.to_string()),
-        error_kind: result.as_ref().err().map(|e| e.kind().as_str().to_string()),
+        error_kind: result.as_ref().err().map(|e| e.kind()),
     };
     if let (true, Err(e)) = (report.ok, &cleanup) {
         report.error = Some(format!(
@@ -93,7 +95,7 @@ pub async fn drill(
     if let Some(signer) = signer {
         let sig = signer.sign(Record::Drill, &json);
         storage
-            .put(&format!("{}{SIG_SUFFIX}", report.key()), sig)
+            .put(&signature_key(&report.key()), sig)
             .await?;
     }
     storage.put(&report.key(), json).await?;

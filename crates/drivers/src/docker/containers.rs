@@ -208,3 +208,16 @@ fn from_inspect(c: ContainerInspectResponse) -> ContainerRef {
             .collect(),
     }
 }
+
+/// The volumes `rm --volumes` removes with the containers `references` names (each found as
+/// [`resolve`] finds it): their anonymous volumes. A reference that names no container adds
+/// none (the command fails on it by itself).
+pub async fn rm_volumes(engine: &Engine, references: &[String]) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for r in references {
+        if let Some(found) = resolve(engine, r).await? {
+            names.extend(found.volumes);
+        }
+    }
+    Ok(super::volumes::anonymous_among(engine, names).await)
+}

@@ -14,7 +14,6 @@ use bollard::Docker;
 use drkit_core::{Error, ErrorKind, Result};
 
 pub mod containers;
-pub mod guard;
 pub mod helper;
 pub mod lookalike;
 pub mod tar;

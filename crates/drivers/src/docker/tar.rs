@@ -182,69 +182,79 @@ impl Scanner {
         mut out: Option<&mut Vec<u8>>,
     ) -> Result<(), TarError> {
         while !input.is_empty() {
-            match &mut self.state {
-                State::Header => {
-                    let take = (BLOCK - self.block.len()).min(input.len());
-                    self.block.extend_from_slice(&input[..take]);
-                    input = &input[take..];
-                    if self.block.len() == BLOCK {
-                        let block = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
-                        self.held.extend_from_slice(&block);
-                        self.header(&block)?;
-                        if self.pending_is_clear() {
-                            if let Some(o) = out.as_deref_mut() {
-                                o.append(&mut self.held);
-                            } else {
-                                self.held.clear();
-                            }
-                        }
-                    }
-                }
-                State::Meta {
-                    kind,
-                    remaining,
-                    padding,
-                } => {
-                    let want = *remaining + *padding;
-                    let take = (want.min(input.len() as u64)) as usize;
-                    let data_take = (*remaining).min(take as u64) as usize;
-                    self.meta.extend_from_slice(&input[..data_take]);
-                    self.held.extend_from_slice(&input[..take]);
-                    *remaining -= data_take as u64;
-                    *padding -= (take - data_take) as u64;
-                    input = &input[take..];
-                    if *remaining == 0 && *padding == 0 {
-                        let kind = *kind;
-                        let body = std::mem::take(&mut self.meta);
-                        self.meta_done(kind, body)?;
-                        self.state = State::Header;
-                    }
-                }
-                State::Content { remaining, padding } => {
-                    let want = *remaining + *padding;
-                    let take = (want.min(input.len() as u64)) as usize;
-                    let data_take = (*remaining).min(take as u64) as usize;
-                    self.hasher.update(&input[..data_take]);
-                    *remaining -= data_take as u64;
-                    *padding -= (take - data_take) as u64;
-                    if let Some(o) = out.as_deref_mut() {
-                        o.extend_from_slice(&input[..take]);
-                    }
-                    input = &input[take..];
-                    if *remaining == 0 && *padding == 0 {
-                        self.state = State::Header;
-                    }
-                }
+            let taken = match self.state {
+                State::Header => self.take_header(input, out.as_deref_mut())?,
+                State::Meta { .. } => self.take_meta(input)?,
+                State::Content { .. } => self.take_content(input, out.as_deref_mut()),
                 State::End => {
                     // Whatever follows the end marker is never extracted; pass it on.
                     if let Some(o) = out.as_deref_mut() {
                         o.extend_from_slice(input);
                     }
-                    input = &[];
+                    input.len()
+                }
+            };
+            input = &input[taken..];
+        }
+        Ok(())
+    }
+
+    /// Collect header bytes. A whole block is parsed; the header bytes held so far are
+    /// released once no PAX or GNU long-name header waits for its entry. Returns the bytes
+    /// taken from `input`.
+    fn take_header(&mut self, input: &[u8], out: Option<&mut Vec<u8>>) -> Result<usize, TarError> {
+        let take = (BLOCK - self.block.len()).min(input.len());
+        self.block.extend_from_slice(&input[..take]);
+        if self.block.len() == BLOCK {
+            let block = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
+            self.held.extend_from_slice(&block);
+            self.header(&block)?;
+            if self.pending_is_clear() {
+                match out {
+                    Some(o) => o.append(&mut self.held),
+                    None => self.held.clear(),
                 }
             }
         }
-        Ok(())
+        Ok(take)
+    }
+
+    /// Collect a PAX or GNU long-name body, held back with the headers of its entry.
+    fn take_meta(&mut self, input: &[u8]) -> Result<usize, TarError> {
+        let State::Meta {
+            kind,
+            remaining,
+            padding,
+        } = &mut self.state
+        else {
+            unreachable!("take_meta runs in State::Meta");
+        };
+        let (take, data) = take_body(input.len(), remaining, padding);
+        let (kind, done) = (*kind, *remaining == 0 && *padding == 0);
+        self.meta.extend_from_slice(&input[..data]);
+        self.held.extend_from_slice(&input[..take]);
+        if done {
+            let body = std::mem::take(&mut self.meta);
+            self.meta_done(kind, body)?;
+            self.state = State::Header;
+        }
+        Ok(take)
+    }
+
+    /// Pass file content through, hashing it.
+    fn take_content(&mut self, input: &[u8], out: Option<&mut Vec<u8>>) -> usize {
+        let State::Content { remaining, padding } = &mut self.state else {
+            unreachable!("take_content runs in State::Content");
+        };
+        let (take, data) = take_body(input.len(), remaining, padding);
+        if *remaining == 0 && *padding == 0 {
+            self.state = State::Header;
+        }
+        self.hasher.update(&input[..data]);
+        if let Some(o) = out {
+            o.extend_from_slice(&input[..take]);
+        }
+        take
     }
 
     /// Entries (other than the root) whose headers were read so far.
@@ -301,224 +311,144 @@ impl Scanner {
         Ok(())
     }
 
+    /// One header block: the end marker, a PAX or GNU long-name header (whose body follows),
+    /// or an entry, which is checked against the entry policy, counted and hashed.
     fn header(&mut self, block: &[u8]) -> Result<(), TarError> {
         if block.iter().all(|&b| b == 0) {
             self.state = State::End;
             return Ok(());
         }
-        let stored = parse_number(&block[148..156])
-            .ok_or_else(|| TarError::Malformed("unreadable header checksum".into()))?;
-        let unsigned: u64 = block
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| {
-                if (148..156).contains(&i) {
-                    32
-                } else {
-                    b as u64
-                }
-            })
-            .sum();
-        let signed: i64 = block
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| {
-                if (148..156).contains(&i) {
-                    32
-                } else {
-                    b as i8 as i64
-                }
-            })
-            .sum();
-        if stored != unsigned && stored as i64 != signed {
-            return Err(TarError::Malformed("header checksum mismatch".into()));
+        let fields = HeaderFields::parse(block)?;
+        if matches!(fields.typeflag, b'x' | b'g' | b'L' | b'K') {
+            return self.start_meta(fields.typeflag, fields.size);
         }
-        let typeflag = block[156];
-        let magic = &block[257..263];
-        // As Go's reader: the name prefix field counts only for USTAR/PAX headers (magic and
-        // version both right).
-        let ustar = magic == b"ustar\0" && &block[263..265] == b"00";
-        let gnu = magic == b"ustar ";
-        if ustar && &block[508..512] == b"tar\0" {
-            return Err(TarError::Malformed(
-                "star-format archives are not supported".into(),
-            ));
-        }
-        let size_field = parse_number(&block[124..136])
-            .ok_or_else(|| TarError::Malformed("unreadable size".into()))?;
-
-        if matches!(typeflag, b'x' | b'g' | b'L' | b'K') {
-            if size_field > MAX_META {
-                return Err(TarError::Malformed(format!(
-                    "extended header of {size_field} bytes is too large"
-                )));
+        let entry = EntryInfo::resolve(fields, std::mem::take(&mut self.pending))?;
+        let normalized = self.admit(&entry)?;
+        self.count(&entry, &normalized);
+        self.hash_entry(&entry, normalized);
+        self.state = if entry.content > 0 {
+            State::Content {
+                remaining: entry.content,
+                padding: pad(entry.content),
             }
-            if typeflag == b'x' && !self.pending.pax.is_empty() {
-                // Go merges consecutive PAX headers; later keys win. Keep going.
-            }
-            self.state = State::Meta {
-                kind: typeflag,
-                remaining: size_field,
-                padding: pad(size_field),
-            };
-            if size_field == 0 {
-                self.state = State::Header;
-            }
-            return Ok(());
-        }
-
-        let pending = std::mem::take(&mut self.pending);
-        let mut name = trim_nul(&block[0..100]).to_vec();
-        if ustar {
-            let prefix = trim_nul(&block[345..500]);
-            if !prefix.is_empty() {
-                let mut full = prefix.to_vec();
-                full.push(b'/');
-                full.extend_from_slice(&name);
-                name = full;
-            }
-        }
-        let _ = gnu;
-        let mut link = trim_nul(&block[157..257]).to_vec();
-        let mut size = size_field;
-        let mut uid = parse_number(&block[108..116]).unwrap_or(0);
-        let mut gid = parse_number(&block[116..124]).unwrap_or(0);
-        let mut mtime = parse_number(&block[136..148]).unwrap_or(0).to_string();
-        let mode = parse_number(&block[100..108]).unwrap_or(0) & 0o7777;
-        let mut xattrs = Vec::new();
-        let mut sparse = false;
-        for (k, v) in &pending.pax {
-            match k.as_str() {
-                "path" => name = v.clone(),
-                "linkpath" => link = v.clone(),
-                "size" => {
-                    size =
-                        ascii_number(v).ok_or_else(|| TarError::Malformed("bad PAX size".into()))?
-                }
-                "uid" => uid = ascii_number(v).unwrap_or(uid),
-                "gid" => gid = ascii_number(v).unwrap_or(gid),
-                "mtime" => {
-                    let s = String::from_utf8_lossy(v);
-                    mtime = s.split('.').next().unwrap_or("0").to_string();
-                }
-                k if k.starts_with("SCHILY.xattr.") || k.starts_with("LIBARCHIVE.xattr.") => {
-                    xattrs.push((k.to_string(), v.clone()))
-                }
-                k if k.starts_with("GNU.sparse.") => sparse = true,
-                _ => {}
-            }
-        }
-        // As Go's reader: GNU long names win over PAX paths.
-        if let Some(n) = pending.long_name {
-            name = n;
-        }
-        if let Some(l) = pending.long_link {
-            link = l;
-        }
-        // Go's reader: a legacy regular entry (type NUL) whose final name ends in '/' is a
-        // directory, and so carries no content.
-        let typeflag = if typeflag == 0 && name.ends_with(b"/") {
-            b'5'
         } else {
-            typeflag
+            State::Header
         };
-        let header_only = matches!(typeflag, b'1' | b'2' | b'3' | b'4' | b'5' | b'6');
-        let content = if header_only { 0 } else { size };
-        let path_text = String::from_utf8_lossy(&name).into_owned();
-        let link_text = String::from_utf8_lossy(&link).into_owned();
+        Ok(())
+    }
 
-        // Safety checks. Whatever the archive claims, nothing may land outside the volume.
-        let checked = self.check(typeflag, &name, &link, sparse);
-        let normalized = match checked {
-            Ok(n) => n,
-            Err(reason) => {
-                let problem = Unsafe {
-                    path: path_text.clone(),
-                    reason,
-                };
-                if self.mode == Mode::Enforce {
-                    return Err(TarError::Unsafe(problem));
-                }
-                self.problems += 1;
-                if self.examples.len() < MAX_EXAMPLES {
-                    self.examples.push(problem);
-                }
-                normalize(&name).unwrap_or_else(|_| path_text.clone())
+    /// A PAX (`x`, `g`) or GNU long-name (`L`, `K`) header: its body of `size` bytes follows.
+    fn start_meta(&mut self, kind: u8, size: u64) -> Result<(), TarError> {
+        if size > MAX_META {
+            return Err(TarError::Malformed(format!(
+                "extended header of {size} bytes is too large"
+            )));
+        }
+        self.state = if size == 0 {
+            State::Header
+        } else {
+            State::Meta {
+                kind,
+                remaining: size,
+                padding: pad(size),
             }
         };
+        Ok(())
+    }
 
-        // Stats and digest.
-        let is_root = normalized.is_empty();
-        if is_root {
+    /// Apply the entry policy ([`Scanner::check`]; whatever the archive claims, nothing may
+    /// land outside the volume). In [`Mode::Enforce`] a refused entry stops the stream; in
+    /// [`Mode::Observe`] it is counted, and kept as an example. Returns the entry's
+    /// normalized path (`""` for the root).
+    fn admit(&mut self, e: &EntryInfo) -> Result<String, TarError> {
+        let reason = match self.check(e.typeflag, &e.name, &e.link, e.sparse) {
+            Ok(normalized) => return Ok(normalized),
+            Err(reason) => reason,
+        };
+        let path = String::from_utf8_lossy(&e.name).into_owned();
+        let problem = Unsafe {
+            path: path.clone(),
+            reason,
+        };
+        if self.mode == Mode::Enforce {
+            return Err(TarError::Unsafe(problem));
+        }
+        self.problems += 1;
+        if self.examples.len() < MAX_EXAMPLES {
+            self.examples.push(problem);
+        }
+        Ok(normalize(&e.name).unwrap_or(path))
+    }
+
+    /// Count the entry in the stats; for the root (`normalized` empty), keep its metadata.
+    fn count(&mut self, e: &EntryInfo, normalized: &str) {
+        if normalized.is_empty() {
             self.root_seen = true;
-            if typeflag == b'5' {
+            if e.typeflag == b'5' {
                 self.root = Some(RootMeta {
-                    mode: mode as u32,
-                    uid: uid.min(u32::MAX as u64) as u32,
-                    gid: gid.min(u32::MAX as u64) as u32,
-                    mtime: mtime.parse().unwrap_or(0),
+                    mode: e.mode as u32,
+                    uid: e.uid.min(u32::MAX as u64) as u32,
+                    gid: e.gid.min(u32::MAX as u64) as u32,
+                    mtime: e.mtime.parse().unwrap_or(0),
                 });
             }
-        } else {
-            self.stats.entries += 1;
-            match typeflag {
-                b'0' | 0 | b'7' => {
-                    self.stats.files += 1;
-                    self.stats.bytes += content;
-                }
-                b'5' => self.stats.dirs += 1,
-                b'2' => self.stats.symlinks += 1,
-                b'1' => self.stats.hardlinks += 1,
-                _ => self.stats.other += 1,
-            }
+            return;
         }
-        xattrs.sort();
-        let typ = if typeflag == 0 { b'0' } else { typeflag };
-        let record_link = if typeflag == b'1' {
-            normalize(&link).unwrap_or(link_text)
+        self.stats.entries += 1;
+        match e.typeflag {
+            b'0' | 0 | b'7' => {
+                self.stats.files += 1;
+                self.stats.bytes += e.content;
+            }
+            b'5' => self.stats.dirs += 1,
+            b'2' => self.stats.symlinks += 1,
+            b'1' => self.stats.hardlinks += 1,
+            _ => self.stats.other += 1,
+        }
+    }
+
+    /// Add the entry's record (type, path, mode, owner, mtime, size, link target, device,
+    /// xattrs) to the content digest; its content follows in [`Scanner::take_content`].
+    fn hash_entry(&mut self, e: &EntryInfo, normalized: String) {
+        let typ = if e.typeflag == 0 { b'0' } else { e.typeflag };
+        let link_text = String::from_utf8_lossy(&e.link).into_owned();
+        let link = if e.typeflag == b'1' {
+            normalize(&e.link).unwrap_or(link_text)
         } else {
             link_text
         };
-        let dev = if matches!(typeflag, b'3' | b'4') {
-            format!(
-                "{}:{}",
-                parse_number(&block[329..337]).unwrap_or(0),
-                parse_number(&block[337..345]).unwrap_or(0)
-            )
+        let dev = if matches!(e.typeflag, b'3' | b'4') {
+            format!("{}:{}", e.dev.0, e.dev.1)
         } else {
             String::new()
+        };
+        let path = if normalized.is_empty() {
+            ".".to_string()
+        } else {
+            normalized
         };
         self.hasher.update(b"E\0");
         self.hasher.update([typ]);
         for field in [
-            if is_root { ".".to_string() } else { normalized },
-            format!("{mode:o}"),
-            uid.to_string(),
-            gid.to_string(),
-            mtime,
-            content.to_string(),
-            record_link,
+            path,
+            format!("{:o}", e.mode),
+            e.uid.to_string(),
+            e.gid.to_string(),
+            e.mtime.clone(),
+            e.content.to_string(),
+            link,
             dev,
         ] {
             self.hasher.update(b"\0");
             self.hasher.update(field.as_bytes());
         }
-        for (k, v) in &xattrs {
+        for (k, v) in &e.xattrs {
             self.hasher.update(b"\0");
             self.hasher.update(k.as_bytes());
             self.hasher.update(b"=");
             self.hasher.update(v);
         }
         self.hasher.update(b"\n");
-        self.state = if content > 0 {
-            State::Content {
-                remaining: content,
-                padding: pad(content),
-            }
-        } else {
-            State::Header
-        };
-        Ok(())
     }
 
     /// THE entry policy of a volume archive: whether a restore accepts this entry. Used in
@@ -552,59 +482,8 @@ impl Scanner {
             ));
         }
         match typeflag {
-            b'1' => {
-                let target =
-                    normalize(link).map_err(|e| format!("is a hard link whose target {e}"))?;
-                if target.is_empty() {
-                    return Err("is a hard link to the volume's root".into());
-                }
-                if let Some(through) = self.through_symlink(&target) {
-                    return Err(format!(
-                        "is a hard link through the symbolic link {through:?}"
-                    ));
-                }
-            }
-            b'2' => {
-                let target = String::from_utf8_lossy(link).into_owned();
-                if target.starts_with('/') {
-                    return Err(format!(
-                        "is a symbolic link to the absolute path {target:?}, outside the volume"
-                    ));
-                }
-                if self.crossed.contains(&path) {
-                    return Err(
-                        "is a symbolic link at a path another link steps back out of with '..'"
-                            .into(),
-                    );
-                }
-                let mut stack: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
-                stack.pop();
-                let mut crossed = Vec::new();
-                for comp in target.split('/') {
-                    match comp {
-                        "" | "." => {}
-                        ".." => {
-                            if stack.is_empty() {
-                                return Err(format!(
-                                    "is a symbolic link to {target:?}, outside the volume"
-                                ));
-                            }
-                            let exited = stack.join("/");
-                            if self.symlinks.contains(&exited) {
-                                return Err(format!("is a symbolic link to {target:?}, which steps back out of the symbolic link {exited:?}"));
-                            }
-                            crossed.push(exited);
-                            stack.pop();
-                        }
-                        c => stack.push(c),
-                    }
-                }
-                self.crossed.extend(crossed);
-                if path.is_empty() {
-                    return Err("replaces the volume's root with a symbolic link".into());
-                }
-                self.symlinks.insert(path.clone());
-            }
+            b'1' => self.check_hard_link(link)?,
+            b'2' => self.check_symlink(&path, link)?,
             b'5' => {}
             _ => {
                 if path.is_empty() {
@@ -613,6 +492,65 @@ impl Scanner {
             }
         }
         Ok(path)
+    }
+
+    /// A hard link's target: inside the volume, not its root, not through a symbolic link.
+    fn check_hard_link(&self, link: &[u8]) -> Result<(), String> {
+        let target = normalize(link).map_err(|e| format!("is a hard link whose target {e}"))?;
+        if target.is_empty() {
+            return Err("is a hard link to the volume's root".into());
+        }
+        if let Some(through) = self.through_symlink(&target) {
+            return Err(format!(
+                "is a hard link through the symbolic link {through:?}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A symbolic link at `path`: its target stays inside the volume, and it neither steps
+    /// back out of an earlier link with `..` nor stands where a later one would; then it is
+    /// recorded, so that no later entry is written through it.
+    fn check_symlink(&mut self, path: &str, link: &[u8]) -> Result<(), String> {
+        let target = String::from_utf8_lossy(link).into_owned();
+        if target.starts_with('/') {
+            return Err(format!(
+                "is a symbolic link to the absolute path {target:?}, outside the volume"
+            ));
+        }
+        if self.crossed.contains(path) {
+            return Err(
+                "is a symbolic link at a path another link steps back out of with '..'".into(),
+            );
+        }
+        let mut stack: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+        stack.pop();
+        let mut crossed = Vec::new();
+        for comp in target.split('/') {
+            match comp {
+                "" | "." => {}
+                ".." => {
+                    if stack.is_empty() {
+                        return Err(format!(
+                            "is a symbolic link to {target:?}, outside the volume"
+                        ));
+                    }
+                    let exited = stack.join("/");
+                    if self.symlinks.contains(&exited) {
+                        return Err(format!("is a symbolic link to {target:?}, which steps back out of the symbolic link {exited:?}"));
+                    }
+                    crossed.push(exited);
+                    stack.pop();
+                }
+                c => stack.push(c),
+            }
+        }
+        self.crossed.extend(crossed);
+        if path.is_empty() {
+            return Err("replaces the volume's root with a symbolic link".into());
+        }
+        self.symlinks.insert(path.to_string());
+        Ok(())
     }
 
     fn through_symlink(&self, path: &str) -> Option<String> {
@@ -628,6 +566,144 @@ impl Scanner {
             end += pos + 1;
         }
         None
+    }
+}
+
+/// What a header block itself says about its entry, before PAX records and GNU long names.
+struct HeaderFields {
+    typeflag: u8,
+    /// The name field, after the USTAR name prefix when there is one.
+    name: Vec<u8>,
+    link: Vec<u8>,
+    size: u64,
+    /// Permission bits.
+    mode: u64,
+    uid: u64,
+    gid: u64,
+    mtime: u64,
+    /// Device major and minor numbers.
+    dev: (u64, u64),
+}
+
+impl HeaderFields {
+    /// Check a (non-zero) block's checksum and format, and read its fixed fields as Go's
+    /// reader does.
+    fn parse(block: &[u8]) -> Result<HeaderFields, TarError> {
+        let stored = parse_number(&block[148..156])
+            .ok_or_else(|| TarError::Malformed("unreadable header checksum".into()))?;
+        let (unsigned, signed) = checksums(block);
+        if stored != unsigned && stored as i64 != signed {
+            return Err(TarError::Malformed("header checksum mismatch".into()));
+        }
+        // As Go's reader: the name prefix field counts only for USTAR/PAX headers (magic and
+        // version both right).
+        let ustar = &block[257..263] == b"ustar\0" && &block[263..265] == b"00";
+        if ustar && &block[508..512] == b"tar\0" {
+            return Err(TarError::Malformed(
+                "star-format archives are not supported".into(),
+            ));
+        }
+        let size = parse_number(&block[124..136])
+            .ok_or_else(|| TarError::Malformed("unreadable size".into()))?;
+        let mut name = trim_nul(&block[0..100]).to_vec();
+        let prefix = trim_nul(&block[345..500]);
+        if ustar && !prefix.is_empty() {
+            name = [prefix, b"/", &name].concat();
+        }
+        let number = |at: std::ops::Range<usize>| parse_number(&block[at]).unwrap_or(0);
+        Ok(HeaderFields {
+            typeflag: block[156],
+            name,
+            link: trim_nul(&block[157..257]).to_vec(),
+            size,
+            mode: number(100..108) & 0o7777,
+            uid: number(108..116),
+            gid: number(116..124),
+            mtime: number(136..148),
+            dev: (number(329..337), number(337..345)),
+        })
+    }
+}
+
+/// An entry as Go's reader returns it (and so as the Engine extracts it): the header's
+/// fields, with the pending PAX records and GNU long names applied.
+struct EntryInfo {
+    typeflag: u8,
+    name: Vec<u8>,
+    link: Vec<u8>,
+    /// Content bytes after the header (none for header-only types, whatever the size says).
+    content: u64,
+    mode: u64,
+    uid: u64,
+    gid: u64,
+    /// Seconds, as text (the integer part of a PAX mtime).
+    mtime: String,
+    /// Extended attributes from PAX records, sorted.
+    xattrs: Vec<(String, Vec<u8>)>,
+    /// A PAX record marks it as a GNU sparse file.
+    sparse: bool,
+    dev: (u64, u64),
+}
+
+impl EntryInfo {
+    fn resolve(f: HeaderFields, pending: Pending) -> Result<EntryInfo, TarError> {
+        let mut e = EntryInfo {
+            typeflag: f.typeflag,
+            name: f.name,
+            link: f.link,
+            content: f.size,
+            mode: f.mode,
+            uid: f.uid,
+            gid: f.gid,
+            mtime: f.mtime.to_string(),
+            xattrs: Vec::new(),
+            sparse: false,
+            dev: f.dev,
+        };
+        e.apply_pax(&pending.pax)?;
+        // As Go's reader: GNU long names win over PAX paths.
+        if let Some(n) = pending.long_name {
+            e.name = n;
+        }
+        if let Some(l) = pending.long_link {
+            e.link = l;
+        }
+        // Go's reader: a legacy regular entry (type NUL) whose final name ends in '/' is a
+        // directory, and so carries no content.
+        if e.typeflag == 0 && e.name.ends_with(b"/") {
+            e.typeflag = b'5';
+        }
+        if matches!(e.typeflag, b'1' | b'2' | b'3' | b'4' | b'5' | b'6') {
+            e.content = 0;
+        }
+        e.xattrs.sort();
+        Ok(e)
+    }
+
+    /// The records of the PAX header before the entry, over the header's own fields.
+    fn apply_pax(&mut self, pax: &BTreeMap<String, Vec<u8>>) -> Result<(), TarError> {
+        for (k, v) in pax {
+            match k.as_str() {
+                "path" => self.name = v.clone(),
+                "linkpath" => self.link = v.clone(),
+                "size" => {
+                    self.content =
+                        ascii_number(v).ok_or_else(|| TarError::Malformed("bad PAX size".into()))?
+                }
+                "uid" => self.uid = ascii_number(v).unwrap_or(self.uid),
+                "gid" => self.gid = ascii_number(v).unwrap_or(self.gid),
+                "mtime" => {
+                    let s = String::from_utf8_lossy(v);
+                    self.mtime = s.split('.').next().unwrap_or("0").to_string();
+                }
+                k if k.starts_with("SCHILY.xattr.") || k.starts_with("LIBARCHIVE.xattr.") => {
+                    self.xattrs.push((k.to_string(), v.clone()))
+                }
+                k if k.starts_with("GNU.sparse.") => self.sparse = true,
+                _ => {}
+            }
+        }
+        Ok(())
     }
 }
 
@@ -687,6 +763,29 @@ pub fn normalize(name: &[u8]) -> Result<String, String> {
 
 fn pad(n: u64) -> u64 {
     (BLOCK as u64 - n % BLOCK as u64) % BLOCK as u64
+}
+
+/// Count off the bytes of `input` (its length) that belong to the body being read:
+/// `remaining` bytes of data, then `padding` up to the block boundary. Returns the bytes
+/// taken, and how many of them are data.
+fn take_body(input: usize, remaining: &mut u64, padding: &mut u64) -> (usize, usize) {
+    let take = (*remaining + *padding).min(input as u64) as usize;
+    let data = (*remaining).min(take as u64) as usize;
+    *remaining -= data as u64;
+    *padding -= (take - data) as u64;
+    (take, data)
+}
+
+/// A header block's checksum, counting its checksum field as spaces: the unsigned sum
+/// (POSIX), and the signed one some old tars wrote (Go's reader accepts either).
+fn checksums(block: &[u8]) -> (u64, i64) {
+    let (mut unsigned, mut signed) = (0u64, 0i64);
+    for (i, &b) in block.iter().enumerate() {
+        let b = if (148..156).contains(&i) { b' ' } else { b };
+        unsigned += b as u64;
+        signed += b as i8 as i64;
+    }
+    (unsigned, signed)
 }
 
 fn trim_nul(b: &[u8]) -> &[u8] {
@@ -755,21 +854,7 @@ pub fn looks_like_tar(head: &[u8]) -> bool {
     if block.iter().all(|&b| b == 0) {
         return true;
     }
-    let Some(stored) = parse_number(&block[148..156]) else {
-        return false;
-    };
-    let sum: u64 = block
-        .iter()
-        .enumerate()
-        .map(|(i, &b)| {
-            if (148..156).contains(&i) {
-                32
-            } else {
-                b as u64
-            }
-        })
-        .sum();
-    stored == sum
+    parse_number(&block[148..156]).is_some_and(|stored| stored == checksums(block).0)
 }
 
 /// Building archives, for the helper's own small uploads and for tests.
@@ -794,40 +879,36 @@ pub mod build {
         pub mtime: u64,
     }
 
-    fn octal(field: &mut [u8], v: u64) {
-        let s = format!("{:0width$o}", v, width = field.len() - 1);
-        field[..s.len()].copy_from_slice(s.as_bytes());
+    /// Copy `value` as it is into a header's name or link field: no normalization, so that
+    /// tests can build the hostile archives the scanner must refuse.
+    fn put(field: &mut [u8], value: &str, what: &str) {
+        assert!(
+            value.len() <= field.len(),
+            "{what} {value:?} is longer than {} bytes: build writes no long-name headers",
+            field.len()
+        );
+        field[..value.len()].copy_from_slice(value.as_bytes());
     }
 
-    /// A ustar header block for `e` (names up to 100 bytes).
+    /// A ustar header block for `e` (names and link targets up to 100 bytes).
     pub fn header(e: &Entry<'_>) -> [u8; 512] {
-        let mut h = [0u8; 512];
-        let name = e.path.as_bytes();
-        assert!(
-            name.len() <= 100,
-            "test archive names are at most 100 bytes"
-        );
-        h[..name.len()].copy_from_slice(name);
-        octal(&mut h[100..108], e.mode as u64);
-        octal(&mut h[108..116], e.uid as u64);
-        octal(&mut h[116..124], e.gid as u64);
+        let mut h = ::tar::Header::new_ustar();
+        put(&mut h.as_old_mut().name, e.path, "entry path");
+        put(&mut h.as_old_mut().linkname, e.link, "link target");
+        h.set_mode(e.mode);
+        h.set_uid(e.uid.into());
+        h.set_gid(e.gid.into());
         let size = if e.typeflag == b'0' {
             e.data.len() as u64
         } else {
             0
         };
-        octal(&mut h[124..136], size);
-        octal(&mut h[136..148], e.mtime);
-        h[156] = e.typeflag;
-        let link = e.link.as_bytes();
-        h[157..157 + link.len()].copy_from_slice(link);
-        h[257..263].copy_from_slice(b"ustar\0");
-        h[263..265].copy_from_slice(b"00");
-        h[148..156].copy_from_slice(b"        ");
-        let sum: u64 = h.iter().map(|&b| b as u64).sum();
-        let s = format!("{sum:06o}\0 ");
-        h[148..156].copy_from_slice(s.as_bytes());
-        h
+        h.set_size(size);
+        h.set_mtime(e.mtime);
+        // Raw, not `set_entry_type`: that writes a legacy NUL type as '0'.
+        h.as_old_mut().linkflag = [e.typeflag];
+        h.set_cksum();
+        *h.as_bytes()
     }
 
     /// A whole archive of `entries`, with the end marker.

@@ -275,3 +275,85 @@ pub async fn containers(engine: &Engine, filter: &[(&str, String)]) -> Result<Ve
 pub async fn users(engine: &Engine, volume: &str) -> Result<Vec<ContainerRef>> {
     containers(engine, &[("volume", volume.to_string())]).await
 }
+
+/// The names among `names` of anonymous volumes (named by the engine). A name that does not
+/// exist, or cannot be inspected, is left out.
+pub async fn anonymous_among(engine: &Engine, names: Vec<String>) -> Vec<String> {
+    let mut kept = Vec::new();
+    for n in names {
+        if inspect(engine, &n).await.is_ok_and(|v| v.is_anonymous()) {
+            kept.push(n);
+        }
+    }
+    kept
+}
+
+/// The volumes `compose down --volumes` removes for compose project `project`: the named
+/// volumes of the project (found by compose's labels) and the anonymous volumes of its
+/// containers, not external volumes that other projects own.
+pub async fn compose_down_volumes(engine: &Engine, project: &str) -> Result<Vec<String>> {
+    let filter = [("label", format!("{LABEL_PROJECT}={project}"))];
+    let mut names: Vec<String> = list(engine, &filter)
+        .await?
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    for c in containers(engine, &filter).await? {
+        names.extend(c.volumes);
+    }
+    let mut kept = Vec::new();
+    for n in names {
+        if let Ok(v) = inspect(engine, &n).await {
+            if v.project() == Some(project) || v.is_anonymous() {
+                kept.push(n);
+            }
+        }
+    }
+    Ok(kept)
+}
+
+/// The volumes `compose rm --volumes` removes for compose project `project`: the anonymous
+/// volumes of its stopped containers (and of running ones too with `running_too`), of the
+/// services in `services` (all when empty).
+pub async fn compose_rm_volumes(
+    engine: &Engine,
+    project: &str,
+    services: &[String],
+    running_too: bool,
+) -> Result<Vec<String>> {
+    // The services are a union: filtered here, not by the engine (whose label filters are
+    // ANDed).
+    let filter = [("label", format!("{LABEL_PROJECT}={project}"))];
+    let mut names = Vec::new();
+    for c in containers(engine, &filter).await? {
+        if (running_too || !c.running)
+            && (services.is_empty() || c.service.as_ref().is_some_and(|s| services.contains(s)))
+        {
+            names.extend(c.volumes);
+        }
+    }
+    Ok(anonymous_among(engine, names).await)
+}
+
+/// The volumes a volume prune would remove: the unused (dangling) ones matching `filter`
+/// (engine filter pairs, e.g. `("label", "k=v")`). From API 1.42 on the engine prunes only
+/// anonymous volumes unless `all`; before, named ones too.
+pub async fn prune_candidates(
+    engine: &Engine,
+    all: bool,
+    filter: &[(&str, String)],
+) -> Result<Vec<String>> {
+    let mut f: Vec<(&str, String)> = vec![("dangling", "true".to_string())];
+    f.extend(filter.iter().cloned());
+    let only_anonymous = !all && engine.api_at_least(1, 42);
+    Ok(list(engine, &f)
+        .await?
+        .into_iter()
+        .filter(|v| {
+            !only_anonymous
+                || v.labels.contains_key("com.docker.volume.anonymous")
+                || v.is_anonymous()
+        })
+        .map(|v| v.name)
+        .collect())
+}

@@ -2,7 +2,8 @@
 //!
 //! Writes go to `<key>.drkit-tmp-<pid>-<rand>` (mode 0600), are fsynced, renamed into place,
 //! and the folder is fsynced (restic's Save). A crash leaves at most temp files and backup
-//! folders without a manifest, which the next run of the job removes under the job's lock.
+//! folders without a manifest, which the next run of the job removes under the job's lock
+//! (`drkit_core::layout::clean_leftovers`: temp files are this storage's unfinished writes).
 
 use std::io::{ErrorKind as IoKind, SeekFrom};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -12,8 +13,9 @@ use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use drkit_core::catalog::incomplete_keys;
-use drkit_core::{BoxRead, DriverSpec, Error, JobLock, ObjectMeta, Result, Storage, Upload};
+use drkit_core::{
+    BoxRead, DriverSpec, Error, JobLock, ObjectMeta, Result, Storage, Unfinished, Upload,
+};
 use serde::Deserialize;
 use tokio::io::{AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 
@@ -329,7 +331,7 @@ impl Storage for LocalStorage {
         Ok(out)
     }
 
-    async fn delete(&self, key: &str) -> Result<()> {
+    async fn delete_object(&self, key: &str) -> Result<()> {
         let path = self.path_of(key)?;
         match tokio::fs::remove_file(&path).await {
             Ok(()) => {}
@@ -365,27 +367,23 @@ impl Storage for LocalStorage {
         }
     }
 
-    async fn clean_leftovers(&self, job: &str, locked: bool) -> Result<Vec<String>> {
-        let objects = self.list(&format!("{job}/")).await?;
-        let older_than = if locked {
-            None
-        } else {
-            Some(Utc::now() - chrono::Duration::hours(24))
-        };
-        let mut remove = incomplete_keys(&objects, job, older_than);
-        // Temp files of a manifest or report written inside a complete backup's folder.
-        for o in &objects {
-            if o.key.contains(TMP_MARK)
-                && !remove.contains(&o.key)
-                && (locked || older_than.is_some_and(|t| o.modified.is_some_and(|m| m < t)))
-            {
-                remove.push(o.key.clone());
-            }
-        }
-        for key in &remove {
-            self.delete(key).await?;
-        }
-        Ok(remove)
+    /// Temp files (`<key>.drkit-tmp-<pid>-<rand>`) of writes whose process died.
+    async fn unfinished(&self, prefix: &str) -> Result<Vec<Unfinished>> {
+        Ok(self
+            .list(prefix)
+            .await?
+            .into_iter()
+            .filter(|o| o.key.contains(TMP_MARK))
+            .map(|o| Unfinished {
+                handle: o.key.clone(),
+                key: o.key,
+                started: o.modified,
+            })
+            .collect())
+    }
+
+    async fn discard(&self, write: &Unfinished) -> Result<()> {
+        self.delete_object(&write.handle).await
     }
 }
 

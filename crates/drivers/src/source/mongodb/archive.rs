@@ -59,51 +59,35 @@ fn err<T>(msg: impl Into<String>) -> Result<T> {
 // ------------------------------------------------------------------------------ CRC-64 ------
 
 /// CRC-64/XZ (ECMA-182 polynomial, reflected, init and final XOR all ones), the checksum the
-/// archive keeps of each namespace's documents.
-#[derive(Debug, Clone, Copy)]
-pub struct Crc64(u64);
+/// archive keeps of each namespace's documents. Computed by the `crc` crate (`CRC_64_XZ`,
+/// slice-by-16 tables) instead of a hand-written table; `crc64_check_value` pins the check value.
+#[derive(Clone)]
+pub struct Crc64(crc::Digest<'static, u64, crc::Table<16>>);
 
-const CRC64_POLY_REFLECTED: u64 = 0xc96c_5795_d787_0f42;
-
-const CRC64_TABLE: [u64; 256] = {
-    let mut table = [0u64; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut crc = i as u64;
-        let mut bit = 0;
-        while bit < 8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ CRC64_POLY_REFLECTED
-            } else {
-                crc >> 1
-            };
-            bit += 1;
-        }
-        table[i] = crc;
-        i += 1;
-    }
-    table
-};
+static CRC64_XZ: crc::Crc<u64, crc::Table<16>> =
+    crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_XZ);
 
 impl Default for Crc64 {
     fn default() -> Self {
-        Crc64(u64::MAX)
+        Crc64(CRC64_XZ.digest())
+    }
+}
+
+impl std::fmt::Debug for Crc64 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Crc64").field(&self.value()).finish()
     }
 }
 
 impl Crc64 {
     /// Add bytes.
     pub fn update(&mut self, bytes: &[u8]) {
-        let mut crc = self.0;
-        for &b in bytes {
-            crc = CRC64_TABLE[((crc ^ b as u64) & 0xff) as usize] ^ (crc >> 8);
-        }
-        self.0 = crc;
+        self.0.update(bytes);
     }
 
     /// The checksum of everything added so far.
     pub fn value(&self) -> u64 {
-        self.0 ^ u64::MAX
+        self.0.clone().finalize()
     }
 }
 

@@ -117,13 +117,6 @@ pub fn split_part(name: &str) -> Option<(&str, u64)> {
     Some((file, part.parse().ok()?))
 }
 
-fn octal(field: &mut [u8], value: u64) {
-    let digits = field.len() - 1;
-    let s = format!("{value:0digits$o}");
-    field[..digits].copy_from_slice(s.as_bytes());
-    field[digits] = 0;
-}
-
 /// A ustar header for a regular file `name` of `size` bytes.
 pub fn header(name: &str, size: u64, mtime: u64) -> Result<[u8; BLOCK]> {
     if name.len() > 100 || size >= 1 << 33 {
@@ -131,34 +124,17 @@ pub fn header(name: &str, size: u64, mtime: u64) -> Result<[u8; BLOCK]> {
             "tar member {name:?} of {size} bytes does not fit a ustar header"
         )));
     }
-    let mut h = [0u8; BLOCK];
-    h[..name.len()].copy_from_slice(name.as_bytes());
-    octal(&mut h[100..108], 0o600);
-    octal(&mut h[108..116], 0);
-    octal(&mut h[116..124], 0);
-    octal(&mut h[124..136], size);
-    octal(&mut h[136..148], mtime);
-    h[156] = b'0';
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[263..265].copy_from_slice(b"00");
-    h[148..156].fill(b' ');
-    let sum: u32 = h.iter().map(|&b| b as u32).sum();
-    let s = format!("{sum:06o}\0 ");
-    h[148..156].copy_from_slice(s.as_bytes());
-    Ok(h)
-}
-
-fn parse_octal(field: &[u8]) -> Option<u64> {
-    let s: String = field
-        .iter()
-        .take_while(|&&b| b != 0)
-        .map(|&b| b as char)
-        .collect();
-    let s = s.trim();
-    if s.is_empty() {
-        return Some(0);
-    }
-    u64::from_str_radix(s, 8).ok()
+    let mut h = tar::Header::new_ustar();
+    // Written as it is: drkit's member names are plain file names ([`part_name`]).
+    h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.set_mode(0o600);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_size(size);
+    h.set_mtime(mtime);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    Ok(*h.as_bytes())
 }
 
 /// Read a header block: `None` for an end-of-archive (zero) block, else (name, size).
@@ -171,32 +147,30 @@ pub fn parse_header(h: &[u8; BLOCK]) -> Result<Option<(String, u64)>> {
             "the PostgreSQL archive's tar stream is damaged: {why}"
         ))
     };
-    let stored = parse_octal(&h[148..156]).ok_or_else(|| bad("unreadable header checksum"))?;
-    let sum: u64 = h
-        .iter()
-        .enumerate()
-        .map(|(i, &b)| {
-            if (148..156).contains(&i) {
-                b' ' as u64
-            } else {
-                b as u64
-            }
-        })
-        .sum();
-    if sum != stored {
+    let header = tar::Header::from_byte_slice(h);
+    let stored = header
+        .cksum()
+        .map_err(|_| bad("unreadable header checksum"))?;
+    // The checksum a tar writer would store for these bytes.
+    let mut recomputed = header.clone();
+    recomputed.set_cksum();
+    if recomputed.cksum().ok() != Some(stored) {
         return Err(bad("header checksum mismatch"));
     }
     if &h[257..262] != b"ustar" {
         return Err(bad("not a ustar header"));
     }
-    if h[156] != b'0' && h[156] != 0 {
+    if !header.entry_type().is_file() {
         return Err(bad("a member is not a regular file"));
     }
-    let name_len = h[..100].iter().position(|&b| b == 0).unwrap_or(100);
-    let name = std::str::from_utf8(&h[..name_len])
+    let field = &header.as_old().name;
+    let name_len = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    let name = std::str::from_utf8(&field[..name_len])
         .map_err(|_| bad("member name is not UTF-8"))?
         .to_string();
-    let size = parse_octal(&h[124..136]).ok_or_else(|| bad("unreadable member size"))?;
+    let size = header
+        .entry_size()
+        .map_err(|_| bad("unreadable member size"))?;
     Ok(Some((name, size)))
 }
 

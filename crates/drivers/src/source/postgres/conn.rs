@@ -30,30 +30,25 @@ pub enum PasswordSource {
     PgPass,
 }
 
+/// Strict `%XX` decoding of the URL part `what` (with the `percent-encoding` crate): every `%`
+/// must start an escape of two hex digits, and the bytes must be UTF-8. Errors name the part,
+/// never its value.
 fn percent_decode(s: &str, what: &str) -> Result<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3).filter(|h| h.len() == 2);
-            let byte = hex
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| {
-                    Error::config(format!("the postgres url has a bad %-escape in its {what}"))
-                })?;
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let b = s.as_bytes();
+    let hex = |i: usize| b.get(i).is_some_and(u8::is_ascii_hexdigit);
+    if (0..b.len()).any(|i| b[i] == b'%' && !(hex(i + 1) && hex(i + 2))) {
+        return Err(Error::config(format!(
+            "the postgres url has a bad %-escape in its {what}"
+        )));
     }
-    String::from_utf8(out).map_err(|_| {
-        Error::config(format!(
-            "the postgres url's {what} is not UTF-8 once %-decoded"
-        ))
-    })
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|text| text.into_owned())
+        .map_err(|_| {
+            Error::config(format!(
+                "the postgres url's {what} is not UTF-8 once %-decoded"
+            ))
+        })
 }
 
 /// Percent-encode a value for a URL path or user part.
@@ -609,6 +604,84 @@ mod tests {
             let e = ConnParams::parse_url(url, &no_env).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Config);
             assert!(!e.to_string().contains("pw@"), "{e}");
+        }
+    }
+
+    #[test]
+    fn url_parts_are_percent_decoded() {
+        let cases: &[(&str, &str, &str)] = &[
+            // A final escape is decoded.
+            ("postgres://u:pass%40@h/d", "password", "pass@"),
+            ("postgres://u:%40@h/d", "password", "@"),
+            ("postgres://u:caf%C3%A9@h/d", "password", "café"),
+            ("postgres://u:%c3%a9t%C3%A9@h/d", "password", "été"),
+            ("postgres://u:%25@h/d", "password", "%"),
+            ("postgres://us%65r@h/d", "user", "user"),
+            ("postgres://u@h/caf%C3%A9", "dbname", "café"),
+            (
+                "postgres://u@h/d?application_name=a%20b",
+                "application_name",
+                "a b",
+            ),
+        ];
+        for (url, key, want) in cases {
+            let p = ConnParams::parse_url(url, &no_env).unwrap();
+            assert_eq!(p.get(key), Some(*want), "{url}");
+        }
+    }
+
+    #[test]
+    fn bad_percent_escapes_are_config_errors_without_the_value() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "postgres://u:secret%4@h/d",
+                "bad %-escape in its password",
+                "secret",
+            ),
+            (
+                "postgres://u:secret%@h/d",
+                "bad %-escape in its password",
+                "secret",
+            ),
+            (
+                "postgres://u:secret%zz@h/d",
+                "bad %-escape in its password",
+                "secret",
+            ),
+            // A '%' before a multi-byte character: a clean error, no slicing inside it.
+            (
+                "postgres://u:secret%é1@h/d",
+                "bad %-escape in its password",
+                "secret",
+            ),
+            (
+                "postgres://u:secret%FF@h/d",
+                "password is not UTF-8",
+                "secret",
+            ),
+            (
+                "postgres://u:secret%C3@h/d",
+                "password is not UTF-8",
+                "secret",
+            ),
+            (
+                "postgres://us%zzer:secret@h/d",
+                "bad %-escape in its user",
+                "secret",
+            ),
+            (
+                "postgres://u:secret@h/d%FF",
+                "database name is not UTF-8",
+                "secret",
+            ),
+        ];
+        for (url, why, secret) in cases {
+            let e = ConnParams::parse_url(url, &no_env).unwrap_err();
+            let text = e.to_string();
+            assert_eq!(e.kind(), ErrorKind::Config, "{url}");
+            assert!(text.contains(why), "{url}: {text}");
+            assert!(!text.contains(secret), "{text}");
+            assert!(!text.contains('\n'), "{text}");
         }
     }
 

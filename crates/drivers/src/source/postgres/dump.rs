@@ -218,10 +218,37 @@ pub(super) async fn dump(src: &PostgresSource) -> Result<Dump> {
     let password = src.password_for(params)?;
     let client = conn::connect(params, password.as_deref()).await?;
     let server = server_version(&client, params).await?;
+    let pg_dump_text = check_dump_tools(src, &server).await?;
+    let existing = list_databases(&client, params).await?;
+    let databases = chosen_databases(src, &existing)?;
+    let source = json!({
+        "server": params.server(),
+        "user": params.user(),
+        "server_version": server.version_text,
+        "server_version_num": server.version.0,
+        "pg_dump_version": pg_dump_text,
+        "exec": src.tools.exec_label(),
+        "databases": databases,
+        "layout": if src.single_archive() { "pgdump" } else { "tar" },
+        "globals": src.globals,
+        "filters": src.filters.any(),
+    });
+    let all = src.databases == Databases::All;
+    if src.single_archive() {
+        let db = &databases[0];
+        let reuse = (db == params.dbname()).then_some(client);
+        return dump_single(src, db, reuse, source, all).await;
+    }
+    drop(client);
+    Ok(dump_several(src, databases, source, all))
+}
+
+/// pg_dump (and pg_dumpall, for the roles) can dump `server`. Returns pg_dump's version.
+async fn check_dump_tools(src: &PostgresSource, server: &Server) -> Result<String> {
     let server_what = format!(
         "the PostgreSQL {} server at {}",
         server.version_text,
-        params.server()
+        src.params.server()
     );
     let (pg_dump_version, pg_dump_text) = src.tools.version(Tool::PgDump).await?;
     check_version(
@@ -243,128 +270,149 @@ pub(super) async fn dump(src: &PostgresSource) -> Result<Dump> {
             &server_what,
         )?;
     }
-    let existing = list_databases(&client, params).await?;
-    let databases: Vec<String> = match &src.databases {
-        Databases::Url => vec![params.dbname().to_string()],
-        Databases::All => existing.clone(),
+    Ok(pg_dump_text)
+}
+
+/// The databases to dump, in order; those listed in `databases` must be in `existing`.
+fn chosen_databases(src: &PostgresSource, existing: &[String]) -> Result<Vec<String>> {
+    match &src.databases {
+        Databases::Url => Ok(vec![src.params.dbname().to_string()]),
+        Databases::All => Ok(existing.to_vec()),
         Databases::List(v) => {
-            for d in v {
-                if !existing.contains(d) {
-                    return Err(Error::config(format!(
-                        "database {d:?} (in `databases`) does not exist on {} (it has: {})",
-                        params.server(),
-                        existing.join(", ")
-                    )));
-                }
+            if let Some(d) = v.iter().find(|d| !existing.contains(d)) {
+                return Err(Error::config(format!(
+                    "database {d:?} (in `databases`) does not exist on {} (it has: {})",
+                    src.params.server(),
+                    existing.join(", ")
+                )));
             }
-            v.clone()
+            Ok(v.clone())
         }
-    };
-    let source = json!({
-        "server": params.server(),
-        "user": params.user(),
-        "server_version": server.version_text,
-        "server_version_num": server.version.0,
-        "pg_dump_version": pg_dump_text,
-        "exec": src.tools.exec_label(),
-        "databases": databases,
-        "layout": if src.single_archive() { "pgdump" } else { "tar" },
-        "globals": src.globals,
-        "filters": src.filters.any(),
-    });
-    let all = src.databases == Databases::All;
-    let mode = src.stats;
-
-    if src.single_archive() {
-        let db = &databases[0];
-        let reuse = (db == params.dbname()).then_some(client);
-        let prepared = prepare(src, db, reuse).await?;
-        let (reader, counting) = start(src, prepared, mode)?;
-        let finish = async move {
-            let (db_stats, client) = counting.await??;
-            drop(client);
-            Ok(summary(source, Stats::new(mode, vec![db_stats]), all))
-        };
-        return Ok(Dump {
-            reader: Box::new(reader),
-            finish: finish.boxed(),
-        });
     }
+}
 
-    drop(client);
-    let (mut w, r) = tokio::io::duplex(256 * 1024);
-    let src2 = src.clone();
-    let producer = Task::spawn(async move {
-        let mut streams = Vec::new();
-        if src2.globals {
-            streams.push(StreamEntry {
-                file: "globals.sql".into(),
-                kind: "globals".into(),
-                database: None,
-            });
-        }
-        for (i, db) in databases.iter().enumerate() {
-            streams.push(StreamEntry {
-                file: archive::database_file(i, db),
-                kind: "database".into(),
-                database: Some(db.clone()),
-            });
-        }
-        let index = Index::new(streams.clone());
-        let write_err =
-            |e: std::io::Error| from_io(e, ErrorKind::Source, "writing the PostgreSQL archive");
-        archive::write_member(
-            &mut w,
-            archive::INDEX_NAME,
-            &serde_json::to_vec_pretty(&index).expect("index serializes"),
-        )
-        .await
-        .map_err(write_err)?;
-        let mut buf = Vec::new();
-        let mut all_stats = Vec::new();
-        for entry in &streams {
-            match &entry.database {
-                None => {
-                    let child = src2.tools.child_params(&src2.params);
-                    let password = src2.password_for(&src2.params)?;
-                    let args = vec![
-                        "--globals-only".to_string(),
-                        "--no-password".to_string(),
-                        format!("--dbname={}", child.conninfo()),
-                        format!("--database={}", child.dbname()),
-                    ];
-                    let mut cmd =
-                        src2.tools
-                            .command(Tool::PgDumpall, &args, password.as_deref(), false);
-                    let mut reader = Process::reader(&mut cmd, "pg_dumpall --globals-only")?;
-                    archive::write_stream(&mut reader, &mut w, &entry.file, &mut buf)
-                        .await
-                        .map_err(write_err)?;
-                }
-                Some(db) => {
-                    let prepared = prepare(&src2, db, None).await?;
-                    let (mut reader, counting) = start(&src2, prepared, mode)?;
-                    archive::write_stream(&mut reader, &mut w, &entry.file, &mut buf)
-                        .await
-                        .map_err(write_err)?;
-                    let (db_stats, client) = counting.await??;
-                    drop(client);
-                    all_stats.push(db_stats);
-                }
-            }
-        }
-        archive::write_end(&mut w).await.map_err(write_err)?;
-        w.shutdown().await.map_err(write_err)?;
-        Ok::<_, Error>(all_stats)
-    });
+/// One database as a plain pg_dump archive. `reuse` is a connection to it, when open.
+async fn dump_single(
+    src: &PostgresSource,
+    db: &str,
+    reuse: Option<Client>,
+    source: serde_json::Value,
+    all: bool,
+) -> Result<Dump> {
+    let mode = src.stats;
+    let prepared = prepare(src, db, reuse).await?;
+    let (reader, counting) = start(src, prepared, mode)?;
+    let finish = async move {
+        let (db_stats, client) = counting.await??;
+        drop(client);
+        Ok(summary(source, Stats::new(mode, vec![db_stats]), all))
+    };
+    Ok(Dump {
+        reader: Box::new(reader),
+        finish: finish.boxed(),
+    })
+}
+
+/// Several streams in drkit's tar (see [`archive`]), written by a task as they are read.
+fn dump_several(
+    src: &PostgresSource,
+    databases: Vec<String>,
+    source: serde_json::Value,
+    all: bool,
+) -> Dump {
+    let mode = src.stats;
+    let (w, r) = tokio::io::duplex(256 * 1024);
+    let producer = Task::spawn(write_archive(src.clone(), databases, w));
     let finish = async move {
         let all_stats = producer.await??;
         Ok(summary(source, Stats::new(mode, all_stats), all))
     };
-    Ok(Dump {
+    Dump {
         reader: Box::new(r),
         finish: finish.boxed(),
-    })
+    }
+}
+
+/// The streams of a multi-stream archive: the roles first (when `globals`), then each
+/// database.
+fn streams(globals: bool, databases: &[String]) -> Vec<StreamEntry> {
+    let mut streams = Vec::new();
+    if globals {
+        streams.push(StreamEntry {
+            file: "globals.sql".into(),
+            kind: "globals".into(),
+            database: None,
+        });
+    }
+    for (i, db) in databases.iter().enumerate() {
+        streams.push(StreamEntry {
+            file: archive::database_file(i, db),
+            kind: "database".into(),
+            database: Some(db.clone()),
+        });
+    }
+    streams
+}
+
+/// Write the multi-stream archive into `w`: the index, then each stream, one dump at a
+/// time. Returns the databases' stats, each read in its dump's snapshot.
+async fn write_archive(
+    src: PostgresSource,
+    databases: Vec<String>,
+    mut w: tokio::io::DuplexStream,
+) -> Result<Vec<DbStats>> {
+    let streams = streams(src.globals, &databases);
+    let index = Index::new(streams.clone());
+    let write_err =
+        |e: std::io::Error| from_io(e, ErrorKind::Source, "writing the PostgreSQL archive");
+    archive::write_member(
+        &mut w,
+        archive::INDEX_NAME,
+        &serde_json::to_vec_pretty(&index).expect("index serializes"),
+    )
+    .await
+    .map_err(write_err)?;
+    let mut buf = Vec::new();
+    let mut all_stats = Vec::new();
+    for entry in &streams {
+        match &entry.database {
+            None => {
+                let mut reader = dump_globals(&src)?;
+                archive::write_stream(&mut reader, &mut w, &entry.file, &mut buf)
+                    .await
+                    .map_err(write_err)?;
+            }
+            Some(db) => {
+                let prepared = prepare(&src, db, None).await?;
+                let (mut reader, counting) = start(&src, prepared, src.stats)?;
+                archive::write_stream(&mut reader, &mut w, &entry.file, &mut buf)
+                    .await
+                    .map_err(write_err)?;
+                let (db_stats, client) = counting.await??;
+                drop(client);
+                all_stats.push(db_stats);
+            }
+        }
+    }
+    archive::write_end(&mut w).await.map_err(write_err)?;
+    w.shutdown().await.map_err(write_err)?;
+    Ok(all_stats)
+}
+
+/// Start `pg_dumpall --globals-only`: the roles and tablespaces, as SQL.
+fn dump_globals(src: &PostgresSource) -> Result<ProcessReader> {
+    let child = src.tools.child_params(&src.params);
+    let password = src.password_for(&src.params)?;
+    let args = vec![
+        "--globals-only".to_string(),
+        "--no-password".to_string(),
+        format!("--dbname={}", child.conninfo()),
+        format!("--database={}", child.dbname()),
+    ];
+    let mut cmd = src
+        .tools
+        .command(Tool::PgDumpall, &args, password.as_deref(), false);
+    Process::reader(&mut cmd, "pg_dumpall --globals-only")
 }
 
 fn summary(source: serde_json::Value, stats: Stats, all: bool) -> DumpSummary {

@@ -32,6 +32,13 @@ struct SourceInfo {
     globals: bool,
 }
 
+impl SourceInfo {
+    /// The archive is drkit's tar of several streams (else one pg_dump archive).
+    fn tar(&self) -> bool {
+        self.layout.as_deref() == Some("tar")
+    }
+}
+
 /// One database to restore.
 #[derive(Debug, Clone)]
 struct Target {
@@ -101,13 +108,97 @@ async fn try_connect(params: &ConnParams, password: Option<&str>) -> Result<Opti
     }
 }
 
+/// Passwords for the connections of a restore. The job's password_file belongs to the
+/// job's server: it is never sent elsewhere.
+struct Passwords<'a> {
+    file: Option<&'a std::path::Path>,
+}
+
+impl<'a> Passwords<'a> {
+    fn new(src: &'a PostgresSource, base: &ConnParams) -> Passwords<'a> {
+        let same_server = base.server() == src.params.server();
+        Passwords {
+            file: src.password_file.as_deref().filter(|_| same_server),
+        }
+    }
+
+    fn get(&self, p: &ConnParams) -> Result<Option<String>> {
+        let env = |k: &str| std::env::var(k).ok();
+        Ok(conn::resolve_password(p, self.file, &env)?.map(|(pw, _)| pw))
+    }
+}
+
 pub(super) async fn plan(
     src: &PostgresSource,
     manifest: &Manifest,
     opts: &RestoreOptions,
 ) -> Result<Plan> {
     let (info, stats) = manifest_info(manifest)?;
-    let tar = info.layout.as_deref() == Some("tar");
+    let tar = info.tar();
+    let base = destination_base(src, manifest, opts, &info, &stats)?;
+    let passwords = Passwords::new(src, &base);
+    check_jobs(src, opts)?;
+    check_archive(src, manifest, &info, &stats).await?;
+    let targets = find_targets(opts, &base, tar, &stats, &passwords).await?;
+    let replaces_existing = refuse_busy(&targets, opts.force)?;
+    let needs_maint = info.globals || targets.iter().any(|t| !t.exists);
+    let (maint, maint_password) = if needs_maint {
+        maintenance(&base, &passwords).await?
+    } else {
+        (base.clone(), passwords.get(&base)?)
+    };
+
+    let mut notes = target_notes(&targets, info.globals);
+    if let Some(role) = &src.restore_role {
+        // Asked on the connection the restore makes first.
+        let (cp, cpw) = if needs_maint {
+            (&maint, &maint_password)
+        } else {
+            (&targets[0].params, &targets[0].password)
+        };
+        notes.extend(check_restore_role(role, cp, cpw.as_deref(), info.globals).await?);
+    }
+    if stats.row_counts == StatsMode::Estimate {
+        notes.push("the backup recorded estimated row counts: the restore checks that its tables exist, not their counts".into());
+    }
+    let jobs = opts.jobs.filter(|n| *n > 1);
+    if let Some(n) = jobs {
+        notes.push(format!(
+            "the archive is staged in a temp folder ({}) for pg_restore --jobs {n}",
+            std::env::temp_dir().display()
+        ));
+    }
+    let report = RestoreReport {
+        destination: destination(&base, &targets, tar),
+        replaces_existing,
+        kept_previous: None,
+        stats_checked: false,
+        notes,
+    };
+    Ok(Plan {
+        report,
+        targets,
+        stats,
+        tar,
+        maint,
+        maint_password,
+        jobs,
+        backup: format!("{}/{}", manifest.job, manifest.id),
+        globals: info.globals,
+    })
+}
+
+/// Where `--to` sends the restore: the job's own server and database by default, a server
+/// url, or a database name (with a `*` standing for each archived name when the archive
+/// holds several databases).
+fn destination_base(
+    src: &PostgresSource,
+    manifest: &Manifest,
+    opts: &RestoreOptions,
+    info: &SourceInfo,
+    stats: &Stats,
+) -> Result<ConnParams> {
+    let tar = info.tar();
     let env = |k: &str| std::env::var(k).ok();
     let base = match opts.to.as_deref() {
         None => src.params.clone(),
@@ -123,26 +214,27 @@ pub(super) async fn plan(
         Some(name) => src.params.with_dbname(name),
     };
     base.tokio_config(None).map_err(|e| e.context("--to"))?;
-    // The job's password_file belongs to the job's server: never send it elsewhere.
-    let same_server = base.server() == src.params.server();
-    let password_for = |p: &ConnParams| -> Result<Option<String>> {
-        let file = if same_server {
-            src.password_file.as_deref()
-        } else {
-            None
-        };
-        Ok(conn::resolve_password(p, file, &env)?.map(|(pw, _)| pw))
-    };
+    Ok(base)
+}
 
+fn check_jobs(src: &PostgresSource, opts: &RestoreOptions) -> Result<()> {
     match opts.jobs {
-        Some(0) => return Err(Error::config("--jobs must be at least 1")),
-        Some(n) if n > 1 && matches!(src.tools.exec(), Exec::Docker { .. }) => {
-            return Err(Error::config(
-                "--jobs needs pg_restore to read a staged file, which a program inside a container cannot: restore without --jobs, or configure a local pg_restore",
-            ))
-        }
-        _ => {}
+        Some(0) => Err(Error::config("--jobs must be at least 1")),
+        Some(n) if n > 1 && matches!(src.tools.exec(), Exec::Docker { .. }) => Err(Error::config(
+            "--jobs needs pg_restore to read a staged file, which a program inside a container cannot: restore without --jobs, or configure a local pg_restore",
+        )),
+        _ => Ok(()),
     }
+}
+
+/// pg_restore reads archives of the pg_dump that wrote this one, and the manifest lists
+/// databases that fit its layout.
+async fn check_archive(
+    src: &PostgresSource,
+    manifest: &Manifest,
+    info: &SourceInfo,
+    stats: &Stats,
+) -> Result<()> {
     let (restore_version, restore_text) = src.tools.version(Tool::PgRestore).await?;
     if let Some(dumped) = info.pg_dump_version.as_deref().and_then(Version::parse) {
         check_version(
@@ -157,27 +249,31 @@ pub(super) async fn plan(
             ),
         )?;
     }
+    let backup = format!("backup {}/{}", manifest.job, manifest.id);
     if stats.databases.is_empty() {
         return Err(Error::integrity(format!(
-            "backup {}/{} lists no database in its manifest",
-            manifest.job, manifest.id
+            "{backup} lists no database in its manifest"
         )));
     }
-    check_database_names(stats.databases.iter().map(|d| d.name.as_str())).map_err(|why| {
-        Error::integrity(format!(
-            "backup {}/{}: its manifest is refused: {why}",
-            manifest.job, manifest.id
-        ))
-    })?;
-    if !tar && stats.databases.len() != 1 {
+    check_database_names(stats.databases.iter().map(|d| d.name.as_str()))
+        .map_err(|why| Error::integrity(format!("{backup}: its manifest is refused: {why}")))?;
+    if !info.tar() && stats.databases.len() != 1 {
         return Err(Error::integrity(format!(
-            "backup {}/{}: its manifest lists {} databases for a single pg_dump archive",
-            manifest.job,
-            manifest.id,
+            "{backup}: its manifest lists {} databases for a single pg_dump archive",
             stats.databases.len()
         )));
     }
+    Ok(())
+}
 
+/// Each archived database's destination, and whether it exists and holds tables.
+async fn find_targets(
+    opts: &RestoreOptions,
+    base: &ConnParams,
+    tar: bool,
+    stats: &Stats,
+    passwords: &Passwords<'_>,
+) -> Result<Vec<Target>> {
     let mut targets = Vec::new();
     for db in &stats.databases {
         // One database goes where --to says (or back to its own name); several keep their
@@ -190,7 +286,7 @@ pub(super) async fn plan(
             Some(_) if !tar => base.clone(),
             _ => base.with_dbname(&db.name),
         };
-        let password = password_for(&params)?;
+        let password = passwords.get(&params)?;
         let (exists, tables) = match try_connect(&params, password.as_deref()).await? {
             Some(client) => (true, count_tables(&client, &params).await?),
             None => (false, 0),
@@ -203,8 +299,14 @@ pub(super) async fn plan(
             tables,
         });
     }
+    Ok(targets)
+}
+
+/// Refuse to restore into databases that hold tables, unless `force`. Returns whether the
+/// restore replaces existing data.
+fn refuse_busy(targets: &[Target], force: bool) -> Result<bool> {
     let busy: Vec<&Target> = targets.iter().filter(|t| t.tables > 0).collect();
-    if !busy.is_empty() && !opts.force {
+    if !busy.is_empty() && !force {
         let what = busy
             .iter()
             .map(|t| {
@@ -221,39 +323,37 @@ pub(super) async fn plan(
             "{what}: restoring would mix the backup into existing data; pass --force to drop and recreate the backed-up objects (pg_restore --clean --if-exists), or restore elsewhere with --to"
         )));
     }
+    Ok(!busy.is_empty())
+}
 
-    // A connection for CREATE DATABASE and the roles: the url's database, else postgres.
-    let mut maint = base.clone();
-    let mut maint_password = password_for(&maint)?;
-    let needs_maint = info.globals || targets.iter().any(|t| !t.exists);
-    if needs_maint
-        && (maint.dbname().contains('*')
-            || try_connect(&maint, maint_password.as_deref())
-                .await?
-                .is_none())
-    {
-        let mut found = false;
-        for db in ["postgres", "template1"] {
-            let p = base.with_dbname(db);
-            let pw = password_for(&p)?;
-            if try_connect(&p, pw.as_deref()).await?.is_some() {
-                maint = p;
-                maint_password = pw;
-                found = true;
-                break;
-            }
-        }
-        if !found {
-            return Err(Error::source_error(format!(
-                "cannot reach a database on {} to create the missing ones from (tried {:?}, postgres, template1)",
-                base.server(),
-                base.dbname()
-            )));
+/// A connection for CREATE DATABASE and the roles: the destination's database, else
+/// postgres, else template1.
+async fn maintenance(
+    base: &ConnParams,
+    passwords: &Passwords<'_>,
+) -> Result<(ConnParams, Option<String>)> {
+    let password = passwords.get(base)?;
+    if !base.dbname().contains('*') && try_connect(base, password.as_deref()).await?.is_some() {
+        return Ok((base.clone(), password));
+    }
+    for db in ["postgres", "template1"] {
+        let p = base.with_dbname(db);
+        let pw = passwords.get(&p)?;
+        if try_connect(&p, pw.as_deref()).await?.is_some() {
+            return Ok((p, pw));
         }
     }
+    Err(Error::source_error(format!(
+        "cannot reach a database on {} to create the missing ones from (tried {:?}, postgres, template1)",
+        base.server(),
+        base.dbname()
+    )))
+}
 
+/// What the restore will do to each destination database, and to the roles.
+fn target_notes(targets: &[Target], globals: bool) -> Vec<String> {
     let mut notes = Vec::new();
-    for t in &targets {
+    for t in targets {
         if !t.exists {
             notes.push(format!(
                 "database {:?} does not exist on {}: it will be created",
@@ -264,62 +364,62 @@ pub(super) async fn plan(
             notes.push(format!("database {:?}: its {} tables are replaced where the backup has them (--clean --if-exists)", t.params.dbname(), t.tables));
         }
     }
-    if info.globals {
+    if globals {
         notes.push("roles and tablespaces of the backup are created where missing; existing ones are left as they are".into());
     }
-    if let Some(role) = &src.restore_role {
-        notes.push(format!(
-            "pg_restore runs as role {role:?} (--role){}",
-            if info.globals {
-                ", and the roles script after SET ROLE"
-            } else {
-                ""
-            }
-        ));
-        let (cp, cpw) = if needs_maint {
-            (&maint, &maint_password)
+    notes
+}
+
+/// `restore_role` exists on the destination and the url's user may SET ROLE to it. Returns
+/// the notes about it.
+async fn check_restore_role(
+    role: &str,
+    cp: &ConnParams,
+    password: Option<&str>,
+    globals: bool,
+) -> Result<Vec<String>> {
+    let mut notes = vec![format!(
+        "pg_restore runs as role {role:?} (--role){}",
+        if globals {
+            ", and the roles script after SET ROLE"
         } else {
-            (&targets[0].params, &targets[0].password)
-        };
-        let client = conn::connect(cp, cpw.as_deref()).await?;
-        let row = client
-            .query_opt(
-                "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), pg_has_role(current_user, oid, 'MEMBER') FROM pg_roles WHERE rolname = $1",
-                &[role],
-            )
-            .await
-            .map_err(|e| pg_error(&e, cp, "looking up restore_role"))?;
-        let Some(row) = row else {
-            return Err(Error::config(format!(
-                "restore_role {role:?} does not exist on {}",
-                cp.server()
-            )));
-        };
-        let (superuser, member): (Option<bool>, bool) = (row.get(0), row.get(1));
-        if !member {
-            return Err(Error::config(format!(
-                "restore_role {role:?}: user {:?} is not a member of that role on {}, so it cannot SET ROLE to it",
-                cp.user(),
-                cp.server()
-            )));
+            ""
         }
-        if superuser == Some(true) {
-            notes.push(format!(
-                "user {:?} of the url is a superuser: a forged archive can still RESET ROLE back to it; for restores of archives you cannot verify, connect as a user that is not a superuser",
-                cp.user()
-            ));
-        }
+    )];
+    let client = conn::connect(cp, password).await?;
+    let row = client
+        .query_opt(
+            "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), pg_has_role(current_user, oid, 'MEMBER') FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
+        .await
+        .map_err(|e| pg_error(&e, cp, "looking up restore_role"))?;
+    let Some(row) = row else {
+        return Err(Error::config(format!(
+            "restore_role {role:?} does not exist on {}",
+            cp.server()
+        )));
+    };
+    let (superuser, member): (Option<bool>, bool) = (row.get(0), row.get(1));
+    if !member {
+        return Err(Error::config(format!(
+            "restore_role {role:?}: user {:?} is not a member of that role on {}, so it cannot SET ROLE to it",
+            cp.user(),
+            cp.server()
+        )));
     }
-    if stats.row_counts == StatsMode::Estimate {
-        notes.push("the backup recorded estimated row counts: the restore checks that its tables exist, not their counts".into());
-    }
-    if let Some(n) = opts.jobs.filter(|n| *n > 1) {
+    if superuser == Some(true) {
         notes.push(format!(
-            "the archive is staged in a temp folder ({}) for pg_restore --jobs {n}",
-            std::env::temp_dir().display()
+            "user {:?} of the url is a superuser: a forged archive can still RESET ROLE back to it; for restores of archives you cannot verify, connect as a user that is not a superuser",
+            cp.user()
         ));
     }
-    let destination = if tar || targets.len() > 1 {
+    Ok(notes)
+}
+
+/// The report's destination: the server and its databases, or the one database's url.
+fn destination(base: &ConnParams, targets: &[Target], tar: bool) -> String {
+    if tar || targets.len() > 1 {
         format!(
             "postgres://{}@{} (databases {})",
             base.user(),
@@ -332,25 +432,7 @@ pub(super) async fn plan(
         )
     } else {
         targets[0].params.display()
-    };
-    let report = RestoreReport {
-        destination,
-        replaces_existing: !busy.is_empty(),
-        kept_previous: None,
-        stats_checked: false,
-        notes,
-    };
-    Ok(Plan {
-        report,
-        targets,
-        stats,
-        tar,
-        maint,
-        maint_password,
-        jobs: opts.jobs.filter(|n| *n > 1),
-        backup: format!("{}/{}", manifest.job, manifest.id),
-        globals: info.globals,
-    })
+    }
 }
 
 /// Drop the drill databases matching `scratch` (`drkit_drill_<hex>` or `drkit_drill_<hex>_*`)
@@ -731,36 +813,18 @@ pub(super) async fn restore(
     Ok(report)
 }
 
-/// Stream the archive into pg_restore (and psql for the roles).
+/// Stream the archive into pg_restore (and the roles script into drkit's own connection).
 async fn stream(
     src: &PostgresSource,
     plan: &Plan,
-    mut data: BoxRead,
+    data: BoxRead,
     force: bool,
     created: &mut Created,
     notes: &mut Vec<String>,
 ) -> Result<()> {
     if !plan.tar {
-        let t = &plan.targets[0];
-        if !t.exists {
-            created.create(t, notes).await?;
-        }
-        let mut feed = Feed::start(src, t, force)?;
-        let mut buf = vec![0u8; archive::PART_SIZE];
-        loop {
-            let n = archive::fill(&mut data, &mut buf)
-                .await
-                .map_err(read_error)?;
-            if n == 0 {
-                break;
-            }
-            feed.push(&buf[..n]).await?;
-        }
-        let db = feed.finish().await?;
-        created.keep(&db);
-        return Ok(());
+        return stream_single(src, plan, data, force, created, notes).await;
     }
-
     let mut tar = TarReader::new(data);
     let index = read_index(&mut tar, plan).await?;
     let mut seq = Sequence::new(&index);
@@ -807,7 +871,40 @@ async fn stream(
         run_globals(src, plan, &script, notes).await?;
     }
     pending.extend(current.take());
-    // The whole archive has been read and checked: let every pg_restore commit.
+    commit_all(pending, created).await
+}
+
+/// A single pg_dump archive, streamed into one pg_restore.
+async fn stream_single(
+    src: &PostgresSource,
+    plan: &Plan,
+    mut data: BoxRead,
+    force: bool,
+    created: &mut Created,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let t = &plan.targets[0];
+    if !t.exists {
+        created.create(t, notes).await?;
+    }
+    let mut feed = Feed::start(src, t, force)?;
+    let mut buf = vec![0u8; archive::PART_SIZE];
+    loop {
+        let n = archive::fill(&mut data, &mut buf)
+            .await
+            .map_err(read_error)?;
+        if n == 0 {
+            break;
+        }
+        feed.push(&buf[..n]).await?;
+    }
+    let db = feed.finish().await?;
+    created.keep(&db);
+    Ok(())
+}
+
+/// The whole archive has been read and checked: let every pg_restore commit, in order.
+async fn commit_all(pending: Vec<Feed>, created: &mut Created) -> Result<()> {
     let mut done: Vec<String> = Vec::new();
     for f in pending {
         let db = f.db.clone();
@@ -973,71 +1070,18 @@ async fn staged(
                 std::env::temp_dir().display()
             ))
         })?;
-    let stage_err = |e: std::io::Error| {
-        Error::source_error(format!(
-            "staging the archive in {}: {e}: set TMPDIR to a folder with room for the whole dump",
-            dir.path().display()
-        ))
-    };
-    // (path, database)
-    let mut files: Vec<(std::path::PathBuf, String)> = Vec::new();
-    // The roles script, read whole and checked before any of it runs.
-    let mut roles: Option<Vec<u8>> = None;
-    if !plan.tar {
+    let (files, roles) = if plan.tar {
+        stage_streams(plan, data, dir.path()).await?
+    } else {
         let path = dir.path().join("archive.pgdump");
+        let stage_err = stage_error(dir.path());
         let mut f = tokio::fs::File::create(&path).await.map_err(stage_err)?;
         copy_checked(&mut data, &mut f).await?;
         f.sync_all().await.map_err(stage_err)?;
-        files.push((path, plan.targets[0].stats.name.clone()));
-    } else {
-        let mut tar = TarReader::new(data);
-        let index = read_index(&mut tar, plan).await?;
-        let mut seq = Sequence::new(&index);
-        let mut file: Option<tokio::fs::File> = None;
-        while let Some(member) = tar.next().await? {
-            let (i, starts) = seq.next(&member.name)?;
-            let entry = &index.streams[i];
-            if starts {
-                if let Some(mut f) = file.take() {
-                    f.flush().await.map_err(stage_err)?;
-                }
-                match &entry.database {
-                    None => roles = Some(Vec::new()),
-                    Some(db) => {
-                        check_pgdmp(plan, db, &member.data)?;
-                        // read_index checked the name: one plain component.
-                        let path = dir.path().join(&entry.file);
-                        let f = tokio::fs::OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .open(&path)
-                            .await
-                            .map_err(stage_err)?;
-                        file = Some(f);
-                        files.push((path, db.clone()));
-                    }
-                }
-            }
-            match file.as_mut() {
-                Some(f) => f.write_all(&member.data).await.map_err(stage_err)?,
-                None => push_script(
-                    plan,
-                    roles.as_mut().expect("the roles stream was started"),
-                    &member.data,
-                )?,
-            }
-        }
-        if let Some(mut f) = file.take() {
-            f.flush().await.map_err(stage_err)?;
-        }
-        if seq.started() != index.streams.len() {
-            return Err(Error::integrity(
-                "the PostgreSQL archive is missing streams: it is truncated",
-            ));
-        }
-    }
+        (vec![(path, plan.targets[0].stats.name.clone())], None)
+    };
     // The archive was read to a clean end: restore the roles, then from the staged files.
-    if let Some(script) = roles.take() {
+    if let Some(script) = roles {
         run_globals(src, plan, &script, notes).await?;
     }
     for (path, db) in &files {
@@ -1062,6 +1106,74 @@ async fn staged(
         let _ = tokio::fs::remove_file(path).await;
     }
     Ok(())
+}
+
+/// Why staging in `dir` failed.
+fn stage_error(dir: &std::path::Path) -> impl Fn(std::io::Error) -> Error + Copy + '_ {
+    move |e| {
+        Error::source_error(format!(
+            "staging the archive in {}: {e}: set TMPDIR to a folder with room for the whole dump",
+            dir.display()
+        ))
+    }
+}
+
+/// Write each database stream of a multi-stream archive to its own file in `dir`. Returns
+/// the files with their (archived) databases, and the roles script, read whole.
+async fn stage_streams(
+    plan: &Plan,
+    data: BoxRead,
+    dir: &std::path::Path,
+) -> Result<(Vec<(std::path::PathBuf, String)>, Option<Vec<u8>>)> {
+    let stage_err = stage_error(dir);
+    let mut files = Vec::new();
+    let mut roles: Option<Vec<u8>> = None;
+    let mut tar = TarReader::new(data);
+    let index = read_index(&mut tar, plan).await?;
+    let mut seq = Sequence::new(&index);
+    let mut file: Option<tokio::fs::File> = None;
+    while let Some(member) = tar.next().await? {
+        let (i, starts) = seq.next(&member.name)?;
+        let entry = &index.streams[i];
+        if starts {
+            if let Some(mut f) = file.take() {
+                f.flush().await.map_err(stage_err)?;
+            }
+            match &entry.database {
+                None => roles = Some(Vec::new()),
+                Some(db) => {
+                    check_pgdmp(plan, db, &member.data)?;
+                    // read_index checked the name: one plain component.
+                    let path = dir.join(&entry.file);
+                    let f = tokio::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                        .await
+                        .map_err(stage_err)?;
+                    file = Some(f);
+                    files.push((path, db.clone()));
+                }
+            }
+        }
+        match file.as_mut() {
+            Some(f) => f.write_all(&member.data).await.map_err(stage_err)?,
+            None => push_script(
+                plan,
+                roles.as_mut().expect("the roles stream was started"),
+                &member.data,
+            )?,
+        }
+    }
+    if let Some(mut f) = file.take() {
+        f.flush().await.map_err(stage_err)?;
+    }
+    if seq.started() != index.streams.len() {
+        return Err(Error::integrity(
+            "the PostgreSQL archive is missing streams: it is truncated",
+        ));
+    }
+    Ok((files, roles))
 }
 
 async fn copy_checked(data: &mut BoxRead, f: &mut tokio::fs::File) -> Result<()> {

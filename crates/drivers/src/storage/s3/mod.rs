@@ -10,10 +10,11 @@
 //!   timeouts, resets); permanent errors (bad credentials, missing bucket, 403) fail at once
 //!   with one line naming the bucket and the endpoint.
 //! - S3 has no lock: [`Storage::lock_job`] holds nothing, and leftovers (backup folders
-//!   without a manifest, unfinished multipart uploads) are only removed once older than
-//!   `leftover_age`.
-//! - `object_lock` sets a retention date on every object written; [`Storage::delete`] refuses
-//!   objects whose retention has not ended, and [`Storage::locked_until`] says until when.
+//!   without a manifest, unfinished multipart uploads: [`Storage::unfinished`]) are only
+//!   removed once older than `leftover_age` (the rule is `drkit_core::layout::clean_leftovers`).
+//! - `object_lock` sets a retention date on every object written; [`Storage::locked_until`]
+//!   says until when an object is locked, so that `delete` on `dyn Storage` (in drkit-core)
+//!   refuses it instead of hiding it behind a delete marker.
 
 mod download;
 mod errors;
@@ -34,8 +35,9 @@ use aws_sdk_s3::types::{
 };
 use aws_sdk_s3::Client;
 use chrono::{DateTime, Utc};
-use drkit_core::catalog::incomplete_keys;
-use drkit_core::{BoxRead, DriverSpec, Error, JobLock, ObjectMeta, Result, Storage, Upload};
+use drkit_core::{
+    BoxRead, DriverSpec, Error, JobLock, ObjectMeta, Result, Storage, Unfinished, Upload,
+};
 use tokio::sync::OnceCell;
 
 use errors::{is_not_implemented, sdk_error, Failure};
@@ -139,13 +141,6 @@ impl S3Storage {
                 errors::to_error(&self.inner.place, "checking the bucket", f)
             })?;
         self.inner.ready().await.map(|_| ())
-    }
-
-    /// Delete many keys with batched DeleteObjects requests (no object-lock check: locked
-    /// objects get a delete marker on a versioned bucket, their data stays until retention
-    /// ends). Returns the keys deleted.
-    pub async fn delete_many(&self, keys: &[String]) -> Result<Vec<String>> {
-        self.inner.delete_many(keys).await
     }
 }
 
@@ -413,23 +408,20 @@ impl Inner {
         Ok(done)
     }
 
-    /// Abort the unfinished multipart uploads under `job/` initiated before `older_than`.
-    /// Servers that cannot list multipart uploads (s3s-fs) are skipped: nothing to do.
-    async fn abort_old_uploads(
-        &self,
-        job: &str,
-        older_than: Option<DateTime<Utc>>,
-    ) -> Result<Vec<String>> {
+    /// The unfinished multipart uploads under `prefix`, as [`Unfinished`] writes whose handle
+    /// is `<upload id>\n<full key>`. Servers that cannot list multipart uploads (s3s-fs) have
+    /// none to show.
+    async fn list_uploads(&self, prefix: &str) -> Result<Vec<Unfinished>> {
         let client = self.client().await?;
-        let prefix = format!("{}{job}/", self.root);
-        let mut aborted = Vec::new();
+        let full_prefix = format!("{}{prefix}", self.root);
+        let mut found = Vec::new();
         let mut key_marker: Option<String> = None;
         let mut id_marker: Option<String> = None;
         loop {
             let out = client
                 .list_multipart_uploads()
                 .bucket(&self.settings.bucket)
-                .prefix(&prefix)
+                .prefix(&full_prefix)
                 .set_key_marker(key_marker.clone())
                 .set_upload_id_marker(id_marker.clone())
                 .send()
@@ -439,11 +431,12 @@ impl Inner {
                 Err(e) => {
                     let f = Failure::of(&e);
                     if is_not_implemented(&f) {
-                        return Ok(aborted);
+                        return Ok(found);
                     }
+                    let what = prefix.strip_suffix('/').unwrap_or(prefix);
                     return Err(errors::to_error(
                         &self.place,
-                        &format!("listing unfinished uploads of {job}"),
+                        &format!("listing unfinished uploads of {what}"),
                         f,
                     ));
                 }
@@ -452,35 +445,11 @@ impl Inner {
                 let (Some(key), Some(id)) = (up.key(), up.upload_id()) else {
                     continue;
                 };
-                let old = match (older_than, up.initiated().and_then(to_chrono)) {
-                    (None, _) => true,
-                    (Some(limit), Some(t)) => t < limit,
-                    (Some(_), None) => false,
-                };
-                if !old {
-                    continue;
-                }
-                let res = client
-                    .abort_multipart_upload()
-                    .bucket(&self.settings.bucket)
-                    .key(key)
-                    .upload_id(id)
-                    .send()
-                    .await;
-                match res {
-                    Ok(_) => {}
-                    Err(e) => {
-                        let f = Failure::of(&e);
-                        if !matches!(&f, Failure::Service { status: 404, .. }) {
-                            return Err(errors::to_error(
-                                &self.place,
-                                &format!("aborting the unfinished upload of {key}"),
-                                f,
-                            ));
-                        }
-                    }
-                }
-                aborted.push(self.strip_root(key).unwrap_or(key).to_string());
+                found.push(Unfinished {
+                    key: self.strip_root(key).unwrap_or(key).to_string(),
+                    started: up.initiated().and_then(to_chrono),
+                    handle: format!("{id}\n{key}"),
+                });
             }
             if out.is_truncated() != Some(true) {
                 break;
@@ -491,7 +460,41 @@ impl Inner {
                 break;
             }
         }
-        Ok(aborted)
+        Ok(found)
+    }
+
+    /// Abort one unfinished multipart upload; one already gone is not an error.
+    async fn abort_upload(&self, write: &Unfinished) -> Result<()> {
+        let Some((id, key)) = write.handle.split_once('\n') else {
+            return Err(Error::storage(format!(
+                "{}: {:?} is not an unfinished upload of this storage",
+                self.place, write.handle
+            )));
+        };
+        let res = self
+            .client()
+            .await?
+            .abort_multipart_upload()
+            .bucket(&self.settings.bucket)
+            .key(key)
+            .upload_id(id)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let f = Failure::of(&e);
+                if matches!(&f, Failure::Service { status: 404, .. }) {
+                    Ok(())
+                } else {
+                    Err(errors::to_error(
+                        &self.place,
+                        &format!("aborting the unfinished upload of {key}"),
+                        f,
+                    ))
+                }
+            }
+        }
     }
 }
 
@@ -679,18 +682,7 @@ impl Storage for S3Storage {
         Ok(out)
     }
 
-    async fn delete(&self, key: &str) -> Result<()> {
-        if let Some(until) = self.locked_until(key).await? {
-            return Err(Error::refused(format!(
-                "{}: {key} is under object lock until {}: it cannot be deleted before then",
-                self.inner.place,
-                if until == DateTime::<Utc>::MAX_UTC {
-                    "its legal hold is removed".to_string()
-                } else {
-                    until.to_rfc3339()
-                }
-            )));
-        }
+    async fn delete_object(&self, key: &str) -> Result<()> {
         let full = self.inner.full_key(key)?;
         let client = self.inner.client().await?;
         match client
@@ -717,6 +709,24 @@ impl Storage for S3Storage {
         }
     }
 
+    async fn delete_objects(&self, keys: &[String]) -> Result<Vec<String>> {
+        self.inner.delete_many(keys).await
+    }
+
+    async fn unfinished(&self, prefix: &str) -> Result<Vec<Unfinished>> {
+        self.inner.list_uploads(prefix).await
+    }
+
+    async fn discard(&self, write: &Unfinished) -> Result<()> {
+        self.inner.abort_upload(write).await
+    }
+
+    /// Always: a bucket's default retention or a legal hold can lock objects that drkit
+    /// wrote without `object_lock`.
+    fn holds_object_locks(&self) -> bool {
+        true
+    }
+
     async fn locked_until(&self, key: &str) -> Result<Option<DateTime<Utc>>> {
         let Some(o) = self.inner.head_full(key).await? else {
             return Ok(None);
@@ -733,21 +743,8 @@ impl Storage for S3Storage {
         Ok(JobLock::none())
     }
 
-    async fn clean_leftovers(&self, job: &str, locked: bool) -> Result<Vec<String>> {
-        let now = Utc::now();
-        let older_than = if locked {
-            None
-        } else {
-            Some(
-                now - chrono::Duration::from_std(self.inner.settings.leftover_age)
-                    .unwrap_or(chrono::Duration::MAX),
-            )
-        };
-        let objects = self.list(&format!("{job}/")).await?;
-        let stale = incomplete_keys(&objects, job, older_than);
-        let mut removed = self.inner.delete_many(&stale).await?;
-        removed.extend(self.inner.abort_old_uploads(job, older_than).await?);
-        Ok(removed)
+    fn leftover_age(&self) -> std::time::Duration {
+        self.inner.settings.leftover_age
     }
 }
 

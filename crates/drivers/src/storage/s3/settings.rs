@@ -163,203 +163,238 @@ impl S3Settings {
     /// Read and check a `type = "s3"` table. `what` names it in errors (`storage.offsite`).
     pub fn from_spec(spec: &DriverSpec, what: &str) -> Result<Self> {
         let raw: RawConfig = spec.parse(what)?;
-        let bad = |key: &str, msg: String| Error::config(format!("{what}.{key}: {msg}"));
-
-        let bucket = raw.bucket.trim().to_string();
-        if bucket.is_empty() || bucket.contains('/') {
-            return Err(bad(
-                "bucket",
-                format!("{:?} is not a bucket name", raw.bucket),
-            ));
-        }
-        let endpoint = match raw
-            .endpoint
-            .map(|e| e.trim().trim_end_matches('/').to_string())
-        {
-            Some(e) if e.is_empty() => None,
-            Some(e) if !(e.starts_with("http://") || e.starts_with("https://")) => {
-                return Err(bad(
-                    "endpoint",
-                    format!(
-                        "{:?} is not a URL: write it as http://host:port or https://host",
-                        drkit_core::redact_url(&e)
-                    ),
-                ));
-            }
-            other => other,
-        };
-        let region = raw
-            .region
-            .map(|r| r.trim().to_string())
-            .filter(|r| !r.is_empty());
-        let prefix = raw.prefix.unwrap_or_default().trim_matches('/').to_string();
-        if prefix.split('/').any(|p| p == ".." || p == ".") || prefix.contains("//") {
-            return Err(bad(
-                "prefix",
-                format!("{prefix:?} has an empty, '.' or '..' part"),
-            ));
-        }
-        let credentials = match (raw.access_key_id, raw.secret_access_key) {
-            (Some(a), Some(s)) if !a.is_empty() && !s.is_empty() => Some((a, s, raw.session_token)),
-            (None, None) => {
-                if raw.session_token.is_some() {
-                    return Err(bad(
-                        "session_token",
-                        "needs access_key_id and secret_access_key".into(),
-                    ));
-                }
-                None
-            }
-            (Some(a), Some(_)) if a.is_empty() => {
-                return Err(bad(
-                    "access_key_id",
-                    "is empty (is the variable it comes from set?)".into(),
-                ))
-            }
-            (Some(_), Some(_)) => {
-                return Err(bad(
-                    "secret_access_key",
-                    "is empty (is the variable it comes from set?)".into(),
-                ))
-            }
-            (Some(_), None) => {
-                return Err(bad(
-                    "secret_access_key",
-                    "is missing: access_key_id is set, so it is needed too".into(),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(bad(
-                    "access_key_id",
-                    "is missing: secret_access_key is set, so it is needed too".into(),
-                ))
-            }
-        };
-        if credentials.is_some() && raw.profile.is_some() {
-            return Err(bad(
-                "profile",
-                "cannot be used together with access_key_id / secret_access_key".into(),
-            ));
-        }
-
-        let part_size = match raw.part_size {
-            None => 16 << 20,
-            Some(SizeValue::Bytes(n)) => n,
-            Some(SizeValue::Text(t)) => {
-                parse_size(&t).map_err(|e| e.context(format!("{what}.part_size")))?
-            }
-        };
-        if !(MIN_PART..=MAX_PART).contains(&part_size) {
-            return Err(bad(
-                "part_size",
-                format!("{part_size} bytes is outside what S3 accepts: use 5MiB to 5GiB"),
-            ));
-        }
-        let upload_concurrency = raw.upload_concurrency.unwrap_or(4);
-        if !(1..=64).contains(&upload_concurrency) {
-            return Err(bad(
-                "upload_concurrency",
-                format!("{upload_concurrency} is out of range: use 1 to 64"),
-            ));
-        }
-        let list_page_size = raw.list_page_size.unwrap_or(1000);
-        if !(1..=1000).contains(&list_page_size) {
-            return Err(bad(
-                "list_page_size",
-                format!("{list_page_size} is out of range: use 1 to 1000"),
-            ));
-        }
-        let max_attempts = raw.max_attempts.unwrap_or(8);
-        if !(1..=30).contains(&max_attempts) {
-            return Err(bad(
-                "max_attempts",
-                format!("{max_attempts} is out of range: use 1 to 30"),
-            ));
-        }
-        let timeout = match raw.timeout {
-            None => Duration::from_secs(300),
-            Some(t) => parse_duration(&t).map_err(|e| e.context(format!("{what}.timeout")))?,
-        };
-        if timeout < Duration::from_secs(1) {
-            return Err(bad("timeout", "must be at least 1s".into()));
-        }
-        let leftover_age = match raw.leftover_age {
-            None => Duration::from_secs(48 * 3600),
-            Some(t) => parse_duration(&t).map_err(|e| e.context(format!("{what}.leftover_age")))?,
-        };
-        let object_lock = match raw.object_lock {
-            None => None,
-            Some(l) => {
-                let mode = match l.mode.to_ascii_lowercase().as_str() {
-                    "governance" => LockMode::Governance,
-                    "compliance" => LockMode::Compliance,
-                    other => {
-                        return Err(bad(
-                            "object_lock.mode",
-                            format!(
-                                "{other:?} is not a mode: use \"governance\" or \"compliance\""
-                            ),
-                        ))
-                    }
-                };
-                if !(1..=36_500).contains(&l.days) {
-                    return Err(bad(
-                        "object_lock.days",
-                        format!("{} is out of range: use 1 to 36500", l.days),
-                    ));
-                }
-                Some(ObjectLock { mode, days: l.days })
-            }
-        };
-        let sse = match raw.sse.as_deref().map(str::trim) {
-            None | Some("") => {
-                if raw.sse_kms_key_id.is_some() {
-                    return Err(bad("sse_kms_key_id", "needs sse = \"aws:kms\"".into()));
-                }
-                None
-            }
-            Some(s) if s.eq_ignore_ascii_case("AES256") => {
-                if raw.sse_kms_key_id.is_some() {
-                    return Err(bad("sse_kms_key_id", "needs sse = \"aws:kms\"".into()));
-                }
-                Some(Sse::S3)
-            }
-            Some(s) if s.eq_ignore_ascii_case("aws:kms") => Some(Sse::Kms(raw.sse_kms_key_id)),
-            Some(other) => {
-                return Err(bad(
-                    "sse",
-                    format!("{other:?} is not known: use \"AES256\" or \"aws:kms\""),
-                ))
-            }
-        };
-        let storage_class = raw
-            .storage_class
-            .map(|c| c.trim().to_ascii_uppercase())
-            .filter(|c| !c.is_empty());
-
+        // Checked in this order (the struct's fields too): the first wrong key is reported.
+        let bucket = bucket(&raw.bucket, what)?;
+        let endpoint = endpoint(raw.endpoint, what)?;
+        let prefix = prefix(raw.prefix, what)?;
+        let keys = (raw.access_key_id, raw.secret_access_key, raw.session_token);
+        let credentials = credentials(keys, raw.profile.is_some(), what)?;
         Ok(S3Settings {
             bucket,
             endpoint,
-            region,
+            region: raw
+                .region
+                .map(|r| r.trim().to_string())
+                .filter(|r| !r.is_empty()),
             prefix,
             force_path_style: raw.force_path_style,
             credentials,
             profile: raw.profile,
-            part_size,
-            upload_concurrency,
-            list_page_size,
-            max_attempts,
-            timeout,
-            leftover_age,
-            object_lock,
-            sse,
-            storage_class,
+            part_size: part_size(raw.part_size, what)?,
+            upload_concurrency: in_range(
+                raw.upload_concurrency.unwrap_or(4),
+                1..=64,
+                "upload_concurrency",
+                what,
+            )?,
+            list_page_size: in_range(
+                raw.list_page_size.unwrap_or(1000),
+                1..=1000,
+                "list_page_size",
+                what,
+            )?,
+            max_attempts: in_range(raw.max_attempts.unwrap_or(8), 1..=30, "max_attempts", what)?,
+            timeout: timeout(raw.timeout, what)?,
+            leftover_age: duration(
+                raw.leftover_age,
+                Duration::from_secs(48 * 3600),
+                "leftover_age",
+                what,
+            )?,
+            object_lock: raw.object_lock.map(|l| object_lock(l, what)).transpose()?,
+            sse: sse(raw.sse.as_deref(), raw.sse_kms_key_id, what)?,
+            storage_class: raw
+                .storage_class
+                .map(|c| c.trim().to_ascii_uppercase())
+                .filter(|c| !c.is_empty()),
         })
     }
 
     /// The largest object a multipart upload with these settings can hold.
     pub fn max_object_size(&self) -> u64 {
         self.part_size.saturating_mul(MAX_PARTS)
+    }
+}
+
+/// A configuration error about key `key` of table `what`.
+fn bad(what: &str, key: &str, msg: impl std::fmt::Display) -> Error {
+    Error::config(format!("{what}.{key}: {msg}"))
+}
+
+fn bucket(raw: &str, what: &str) -> Result<String> {
+    let bucket = raw.trim().to_string();
+    if bucket.is_empty() || bucket.contains('/') {
+        return Err(bad(what, "bucket", format!("{raw:?} is not a bucket name")));
+    }
+    Ok(bucket)
+}
+
+/// An http(s) URL without a trailing `/`; `None` (AWS) when unset or empty.
+fn endpoint(raw: Option<String>, what: &str) -> Result<Option<String>> {
+    match raw.map(|e| e.trim().trim_end_matches('/').to_string()) {
+        Some(e) if e.is_empty() => Ok(None),
+        Some(e) if !(e.starts_with("http://") || e.starts_with("https://")) => Err(bad(
+            what,
+            "endpoint",
+            format!(
+                "{:?} is not a URL: write it as http://host:port or https://host",
+                drkit_core::redact_url(&e)
+            ),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// The key prefix without slashes at either end, refused with an empty, `.` or `..` part.
+fn prefix(raw: Option<String>, what: &str) -> Result<String> {
+    let prefix = raw.unwrap_or_default().trim_matches('/').to_string();
+    if prefix.split('/').any(|p| p == ".." || p == ".") || prefix.contains("//") {
+        return Err(bad(
+            what,
+            "prefix",
+            format!("{prefix:?} has an empty, '.' or '..' part"),
+        ));
+    }
+    Ok(prefix)
+}
+
+/// Static credentials (access key id, secret, session token): both keys or neither (then
+/// no session token either), never empty, and not with a `profile`.
+fn credentials(
+    (access_key_id, secret_access_key, session_token): (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ),
+    profile: bool,
+    what: &str,
+) -> Result<Option<(String, String, Option<String>)>> {
+    let empty = "is empty (is the variable it comes from set?)";
+    let credentials = match (access_key_id, secret_access_key) {
+        (Some(a), Some(s)) if !a.is_empty() && !s.is_empty() => (a, s, session_token),
+        (None, None) if session_token.is_some() => {
+            return Err(bad(
+                what,
+                "session_token",
+                "needs access_key_id and secret_access_key",
+            ))
+        }
+        (None, None) => return Ok(None),
+        (Some(a), Some(_)) if a.is_empty() => return Err(bad(what, "access_key_id", empty)),
+        (Some(_), Some(_)) => return Err(bad(what, "secret_access_key", empty)),
+        (Some(_), None) => {
+            return Err(bad(
+                what,
+                "secret_access_key",
+                "is missing: access_key_id is set, so it is needed too",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(bad(
+                what,
+                "access_key_id",
+                "is missing: secret_access_key is set, so it is needed too",
+            ))
+        }
+    };
+    if profile {
+        return Err(bad(
+            what,
+            "profile",
+            "cannot be used together with access_key_id / secret_access_key",
+        ));
+    }
+    Ok(Some(credentials))
+}
+
+/// Bytes per part (16 MiB by default), within what S3 accepts.
+fn part_size(raw: Option<SizeValue>, what: &str) -> Result<u64> {
+    let part_size = match raw {
+        None => 16 << 20,
+        Some(SizeValue::Bytes(n)) => n,
+        Some(SizeValue::Text(t)) => {
+            parse_size(&t).map_err(|e| e.context(format!("{what}.part_size")))?
+        }
+    };
+    if !(MIN_PART..=MAX_PART).contains(&part_size) {
+        return Err(bad(
+            what,
+            "part_size",
+            format!("{part_size} bytes is outside what S3 accepts: use 5MiB to 5GiB"),
+        ));
+    }
+    Ok(part_size)
+}
+
+/// `value` of key `key`, refused outside `range`.
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+    key: &str,
+    what: &str,
+) -> Result<T> {
+    if !range.contains(&value) {
+        return Err(bad(
+            what,
+            key,
+            format!(
+                "{value} is out of range: use {} to {}",
+                range.start(),
+                range.end()
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+/// The limit on one request (300 s by default), at least a second.
+fn timeout(raw: Option<String>, what: &str) -> Result<Duration> {
+    let timeout = duration(raw, Duration::from_secs(300), "timeout", what)?;
+    if timeout < Duration::from_secs(1) {
+        return Err(bad(what, "timeout", "must be at least 1s"));
+    }
+    Ok(timeout)
+}
+
+/// A duration (`30s`, `2h`, ...) of key `key`, `default` when unset.
+fn duration(raw: Option<String>, default: Duration, key: &str, what: &str) -> Result<Duration> {
+    match raw {
+        None => Ok(default),
+        Some(t) => parse_duration(&t).map_err(|e| e.context(format!("{what}.{key}"))),
+    }
+}
+
+fn object_lock(raw: RawObjectLock, what: &str) -> Result<ObjectLock> {
+    let mode = match raw.mode.to_ascii_lowercase().as_str() {
+        "governance" => LockMode::Governance,
+        "compliance" => LockMode::Compliance,
+        other => {
+            return Err(bad(
+                what,
+                "object_lock.mode",
+                format!("{other:?} is not a mode: use \"governance\" or \"compliance\""),
+            ))
+        }
+    };
+    let days = in_range(raw.days, 1..=36_500, "object_lock.days", what)?;
+    Ok(ObjectLock { mode, days })
+}
+
+/// `sse = "AES256"` (SSE-S3) or `"aws:kms"` (SSE-KMS, with `sse_kms_key_id` or the
+/// bucket's default key); a key id needs `aws:kms`.
+fn sse(raw: Option<&str>, kms_key_id: Option<String>, what: &str) -> Result<Option<Sse>> {
+    let needs_kms = || bad(what, "sse_kms_key_id", "needs sse = \"aws:kms\"");
+    match raw.map(str::trim) {
+        None | Some("") if kms_key_id.is_some() => Err(needs_kms()),
+        None | Some("") => Ok(None),
+        Some(s) if s.eq_ignore_ascii_case("AES256") && kms_key_id.is_some() => Err(needs_kms()),
+        Some(s) if s.eq_ignore_ascii_case("AES256") => Ok(Some(Sse::S3)),
+        Some(s) if s.eq_ignore_ascii_case("aws:kms") => Ok(Some(Sse::Kms(kms_key_id))),
+        Some(other) => Err(bad(
+            what,
+            "sse",
+            format!("{other:?} is not known: use \"AES256\" or \"aws:kms\""),
+        )),
     }
 }
 

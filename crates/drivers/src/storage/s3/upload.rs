@@ -338,175 +338,234 @@ async fn drive(
     first: (Bytes, OwnedSemaphorePermit),
     rx: &mut mpsc::Receiver<Msg>,
 ) -> Result<ObjectMeta> {
-    let (inner, key, full, created) = (
-        &dest.inner,
-        dest.key.as_str(),
-        dest.full.as_str(),
-        dest.created,
-    );
-    let client = inner.ready().await?.clone();
-    let bucket = inner.settings.bucket.clone();
-    let mut req = client.create_multipart_upload().bucket(&bucket).key(full);
-    if let Some((mode, until)) = inner.retention(created) {
-        req = req
-            .object_lock_mode(mode)
-            .object_lock_retain_until_date(until);
-    }
-    match &inner.settings.sse {
-        Some(Sse::S3) => {
-            req = req.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256)
-        }
-        Some(Sse::Kms(id)) => {
-            req = req
-                .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
-                .set_ssekms_key_id(id.clone())
-        }
-        None => {}
-    }
-    if let Some(class) = &inner.settings.storage_class {
-        req = req.storage_class(aws_sdk_s3::types::StorageClass::from(class.as_str()));
-    }
-    let started = req
-        .send()
-        .await
-        .map_err(|e| sdk_error(&inner.place, &format!("starting the upload of {key}"), e))?;
-    let upload_id = started
-        .upload_id()
-        .ok_or_else(|| {
-            Error::storage(format!(
-                "{}: starting the upload of {key}: the server gave no upload id",
-                inner.place
-            ))
-        })?
-        .to_string();
-
-    let mut running: JoinSet<Result<(CompletedPart, u64)>> = JoinSet::new();
-    let spawn_part = |running: &mut JoinSet<_>,
-                      number: i32,
-                      data: Bytes,
-                      permit: OwnedSemaphorePermit| {
-        let client = client.clone();
-        let (bucket, full, upload_id) = (bucket.clone(), full.to_string(), upload_id.clone());
-        let (place, key) = (inner.place.clone(), key.to_string());
-        running.spawn(async move {
-            let len = data.len() as u64;
-            let out = client
-                .upload_part()
-                .bucket(bucket)
-                .key(full)
-                .upload_id(upload_id)
-                .part_number(number)
-                .content_length(len as i64)
-                .body(ByteStream::from(data))
-                .send()
-                .await
-                .map_err(|e| sdk_error(&place, &format!("writing part {number} of {key}"), e))?;
-            drop(permit);
-            let part = CompletedPart::builder()
-                .part_number(number)
-                .set_e_tag(out.e_tag().map(str::to_string))
-                .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
-                .set_checksum_crc32_c(out.checksum_crc32_c().map(str::to_string))
-                .set_checksum_sha1(out.checksum_sha1().map(str::to_string))
-                .set_checksum_sha256(out.checksum_sha256().map(str::to_string))
-                .build();
-            Ok((part, len))
-        });
-    };
-
-    let mut next = 1;
-    spawn_part(&mut running, next, first.0, first.1);
-    next += 1;
-    let mut done: Vec<CompletedPart> = Vec::new();
-    let mut total = 0u64;
-    let mut finishing = false;
-    let outcome: Result<()> = loop {
-        if finishing && running.is_empty() {
-            break Ok(());
-        }
-        tokio::select! {
-            msg = rx.recv(), if !finishing => match msg {
-                Some(Msg::Part(data, permit)) => {
-                    spawn_part(&mut running, next, data, permit);
-                    next += 1;
-                }
-                Some(Msg::Finish) => finishing = true,
-                None => break Err(Error::cancelled(format!("{}: the upload of {key} was abandoned", inner.place))),
-            },
-            Some(joined) = running.join_next(), if !running.is_empty() => match joined {
-                Ok(Ok((part, len))) => {
-                    done.push(part);
-                    total += len;
-                }
-                Ok(Err(e)) => break Err(e),
-                Err(e) => break Err(Error::storage(format!("{}: writing {key}: a part upload failed: {e}", inner.place))),
-            },
-        }
-    };
-    if let Err(e) = outcome {
-        running.shutdown().await;
-        return Err(match abort(inner, &client, key, full, &upload_id).await {
-            Ok(()) => e,
-            Err(abort_err) if e.kind() == ErrorKind::Cancelled => abort_err,
-            Err(_) => e,
-        });
-    }
-
-    done.sort_by_key(|p| p.part_number());
-    let completed = client
-        .complete_multipart_upload()
-        .bucket(&bucket)
-        .key(full)
-        .upload_id(&upload_id)
-        .multipart_upload(
-            CompletedMultipartUpload::builder()
-                .set_parts(Some(done))
-                .build(),
-        )
-        .send()
-        .await;
-    if let Err(e) = completed {
-        let f = SdkFailure::of(&e);
-        // A 200 whose body could not be read (moto answers with another XML root than
-        // S3's): the HEAD below says whether the object is there, whole.
-        let unreadable_success =
-            matches!(&f, SdkFailure::Service { status: 200, code, .. } if code.is_empty());
-        if !unreadable_success {
-            let err = to_error(&inner.place, &format!("completing the upload of {key}"), f);
-            let _ = abort(inner, &client, key, full, &upload_id).await;
-            return Err(err);
-        }
-    }
-    match inner.confirm(key, full, total, created).await {
-        Ok(meta) => Ok(meta),
+    let upload = Multipart::create(dest).await?;
+    let (parts, total) = match upload.send_parts(first, rx).await {
+        Ok(sent) => sent,
         Err(e) => {
-            // Not completed after all: make sure no upload is left running.
-            let _ = abort(inner, &client, key, full, &upload_id).await;
-            Err(e)
+            return Err(match upload.abort().await {
+                Ok(()) => e,
+                Err(abort_err) if e.kind() == ErrorKind::Cancelled => abort_err,
+                Err(_) => e,
+            })
         }
-    }
+    };
+    upload.complete(parts, total).await
 }
 
-async fn abort(
-    inner: &Inner,
-    client: &aws_sdk_s3::Client,
-    key: &str,
-    full: &str,
-    upload_id: &str,
-) -> Result<()> {
-    client
-        .abort_multipart_upload()
-        .bucket(&inner.settings.bucket)
-        .key(full)
-        .upload_id(upload_id)
-        .send()
-        .await
-        .map(|_| ())
-        .map_err(|e| {
-            sdk_error(
-                &inner.place,
-                &format!("aborting the unfinished upload of {key}"),
-                e,
-            )
+/// A multipart upload once created: what each of its requests names.
+#[derive(Clone)]
+struct Multipart {
+    inner: Arc<Inner>,
+    client: aws_sdk_s3::Client,
+    key: String,
+    full: String,
+    upload_id: String,
+    created: DateTime<Utc>,
+}
+
+type PartUploads = JoinSet<Result<(CompletedPart, u64)>>;
+
+impl Multipart {
+    /// Create the multipart upload of `dest`, with its retention, encryption and class.
+    async fn create(dest: &Dest) -> Result<Multipart> {
+        let inner = &dest.inner;
+        let client = inner.ready().await?.clone();
+        let mut req = client
+            .create_multipart_upload()
+            .bucket(&inner.settings.bucket)
+            .key(&dest.full);
+        if let Some((mode, until)) = inner.retention(dest.created) {
+            req = req
+                .object_lock_mode(mode)
+                .object_lock_retain_until_date(until);
+        }
+        match &inner.settings.sse {
+            Some(Sse::S3) => {
+                req = req.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256)
+            }
+            Some(Sse::Kms(id)) => {
+                req = req
+                    .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
+                    .set_ssekms_key_id(id.clone())
+            }
+            None => {}
+        }
+        if let Some(class) = &inner.settings.storage_class {
+            req = req.storage_class(aws_sdk_s3::types::StorageClass::from(class.as_str()));
+        }
+        let key = &dest.key;
+        let started = req
+            .send()
+            .await
+            .map_err(|e| sdk_error(&inner.place, &format!("starting the upload of {key}"), e))?;
+        let upload_id = started
+            .upload_id()
+            .ok_or_else(|| {
+                Error::storage(format!(
+                    "{}: starting the upload of {key}: the server gave no upload id",
+                    inner.place
+                ))
+            })?
+            .to_string();
+        Ok(Multipart {
+            inner: inner.clone(),
+            client,
+            key: dest.key.clone(),
+            full: dest.full.clone(),
+            upload_id,
+            created: dest.created,
         })
+    }
+
+    /// Upload `first`, then every part the writer sends, several at once (the writer's
+    /// memory permits bound how many), until the writer says [`Msg::Finish`] and every part
+    /// is in. Returns the parts and their total size; on failure, no part upload is left
+    /// running.
+    async fn send_parts(
+        &self,
+        first: (Bytes, OwnedSemaphorePermit),
+        rx: &mut mpsc::Receiver<Msg>,
+    ) -> Result<(Vec<CompletedPart>, u64)> {
+        let (place, key) = (&self.inner.place, &self.key);
+        let mut running = PartUploads::new();
+        let mut next = 1;
+        self.spawn_part(&mut running, next, first.0, first.1);
+        next += 1;
+        let mut done: Vec<CompletedPart> = Vec::new();
+        let mut total = 0u64;
+        let mut finishing = false;
+        let outcome: Result<()> = loop {
+            if finishing && running.is_empty() {
+                break Ok(());
+            }
+            tokio::select! {
+                msg = rx.recv(), if !finishing => match msg {
+                    Some(Msg::Part(data, permit)) => {
+                        self.spawn_part(&mut running, next, data, permit);
+                        next += 1;
+                    }
+                    Some(Msg::Finish) => finishing = true,
+                    None => break Err(Error::cancelled(format!("{place}: the upload of {key} was abandoned"))),
+                },
+                Some(joined) = running.join_next(), if !running.is_empty() => match joined {
+                    Ok(Ok((part, len))) => {
+                        done.push(part);
+                        total += len;
+                    }
+                    Ok(Err(e)) => break Err(e),
+                    Err(e) => break Err(Error::storage(format!("{place}: writing {key}: a part upload failed: {e}"))),
+                },
+            }
+        };
+        if let Err(e) = outcome {
+            running.shutdown().await;
+            return Err(e);
+        }
+        Ok((done, total))
+    }
+
+    fn spawn_part(
+        &self,
+        running: &mut PartUploads,
+        number: i32,
+        data: Bytes,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let upload = self.clone();
+        running.spawn(async move { upload.upload_part(number, data, permit).await });
+    }
+
+    /// Upload part `number`; its memory permit is released once the part is sent.
+    async fn upload_part(
+        &self,
+        number: i32,
+        data: Bytes,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(CompletedPart, u64)> {
+        let len = data.len() as u64;
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.inner.settings.bucket)
+            .key(&self.full)
+            .upload_id(&self.upload_id)
+            .part_number(number)
+            .content_length(len as i64)
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| {
+                let op = format!("writing part {number} of {}", self.key);
+                sdk_error(&self.inner.place, &op, e)
+            })?;
+        drop(permit);
+        let part = CompletedPart::builder()
+            .part_number(number)
+            .set_e_tag(out.e_tag().map(str::to_string))
+            .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
+            .set_checksum_crc32_c(out.checksum_crc32_c().map(str::to_string))
+            .set_checksum_sha1(out.checksum_sha1().map(str::to_string))
+            .set_checksum_sha256(out.checksum_sha256().map(str::to_string))
+            .build();
+        Ok((part, len))
+    }
+
+    /// Complete the upload of `parts` (`total` bytes), and check that the object is there,
+    /// whole; when it is not, abort the upload.
+    async fn complete(&self, mut parts: Vec<CompletedPart>, total: u64) -> Result<ObjectMeta> {
+        let inner = &self.inner;
+        parts.sort_by_key(|p| p.part_number());
+        let completed = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&inner.settings.bucket)
+            .key(&self.full)
+            .upload_id(&self.upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await;
+        if let Err(e) = completed {
+            let f = SdkFailure::of(&e);
+            // A 200 whose body could not be read (moto answers with another XML root than
+            // S3's): the HEAD below says whether the object is there, whole.
+            let unreadable_success =
+                matches!(&f, SdkFailure::Service { status: 200, code, .. } if code.is_empty());
+            if !unreadable_success {
+                let op = format!("completing the upload of {}", self.key);
+                let err = to_error(&inner.place, &op, f);
+                let _ = self.abort().await;
+                return Err(err);
+            }
+        }
+        match inner
+            .confirm(&self.key, &self.full, total, self.created)
+            .await
+        {
+            Ok(meta) => Ok(meta),
+            Err(e) => {
+                // Not completed after all: make sure no upload is left running.
+                let _ = self.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn abort(&self) -> Result<()> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.inner.settings.bucket)
+            .key(&self.full)
+            .upload_id(&self.upload_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                let op = format!("aborting the unfinished upload of {}", self.key);
+                sdk_error(&self.inner.place, &op, e)
+            })
+    }
 }

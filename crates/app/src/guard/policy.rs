@@ -1,136 +1,66 @@
-//! The guard's engine half: which volumes a destructive command would destroy (asked of the
-//! engine), and whether each has a complete, verified backup newer than the allowed age.
+//! The guard's policy: which volumes a destructive command destroys (the engine is asked),
+//! and whether each has a complete, verified backup newer than the allowed age; backing one
+//! up now.
 //!
 //! "Verified" means: the newest complete backup of the volume is re-read from its storage
 //! right now and its checksums, tar structure and every entry checked (`drkit verify`, which
 //! applies the restore's own entry policy: a backup a restore would refuse does not count),
-//! and it is not an empty backup of a volume that holds data. Checking at guard time, rather than trusting a
-//! mark left by an earlier verify, also catches an archive damaged since.
+//! and it is not an empty backup of a volume that holds data. Checking at guard time, rather
+//! than trusting a mark left by an earlier verify, also catches an archive damaged since.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use drkit_core::guard::Doomed;
+use drkit_core::ops::health::human_age;
 use drkit_core::pipeline::{self, BackupOptions, Target};
-use drkit_core::{catalog, Config, Error, Manifest, Result, Source, Storage};
+use drkit_core::units::human_bytes;
+use drkit_core::{catalog, Config, Error, ErrorKind, Manifest, Result, Source, Storage};
+use drkit_drivers::docker::volumes::{self, VolumeInfo};
+use drkit_drivers::docker::{containers, Engine};
+use drkit_drivers::source::docker_volume::DockerVolumeSource;
 
-use super::containers;
-use super::volumes::{self, VolumeInfo};
-use super::{human_size, Engine};
-use crate::source::docker_volume::DockerVolumeSource;
+use super::argv::Doomed;
+use super::shell::shell_words;
 
 /// A volume the command would destroy.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DoomedVolume {
     /// The volume.
     pub info: VolumeInfo,
-    /// Its size in bytes (-1 unknown).
-    pub size: i64,
+    /// Its size in bytes as the engine computes it; `None` when the engine cannot tell
+    /// (volumes of other drivers than `local`).
+    pub size: Option<u64>,
 }
 
-/// Ask the engine which volumes `doomed` means.
+impl DoomedVolume {
+    /// Its size in words: `68.0 KiB`, or `size unknown`.
+    pub fn size_words(&self) -> String {
+        match self.size {
+            Some(n) => human_bytes(n),
+            None => "size unknown".into(),
+        }
+    }
+}
+
+/// Ask the engine which volumes `doomed` means: those that exist, each with its size.
 pub async fn resolve(engine: &Engine, doomed: &Doomed) -> Result<Vec<DoomedVolume>> {
-    let mut names: Vec<String> = Vec::new();
-    match doomed {
+    let mut names = match doomed {
         Doomed::ProjectVolumes { project } => {
-            for v in volumes::list(
-                engine,
-                &[("label", format!("{}={project}", super::LABEL_PROJECT))],
-            )
-            .await?
-            {
-                names.push(v.name);
-            }
-            for c in volumes::containers(
-                engine,
-                &[("label", format!("{}={project}", super::LABEL_PROJECT))],
-            )
-            .await?
-            {
-                names.extend(c.volumes);
-            }
-            // down -v removes the named volumes of the project and the anonymous volumes
-            // of its containers, not external volumes that other projects own.
-            let mut kept = Vec::new();
-            for n in names {
-                if let Ok(v) = volumes::inspect(engine, &n).await {
-                    if v.project() == Some(project.as_str()) || v.is_anonymous() {
-                        kept.push(n);
-                    }
-                }
-            }
-            names = kept;
+            volumes::compose_down_volumes(engine, project).await?
         }
         Doomed::ProjectAnonymous {
             project,
             services,
             running_too,
-        } => {
-            // The services named are a union: filtered here, not by the engine (whose label
-            // filters are ANDed).
-            let filter = [("label", format!("{}={project}", super::LABEL_PROJECT))];
-            let ctrs = volumes::containers(engine, &filter).await?;
-            for c in ctrs.into_iter().filter(|c| *running_too || !c.running) {
-                if services.is_empty() || c.service.as_ref().is_some_and(|s| services.contains(s)) {
-                    names.extend(c.volumes);
-                }
-            }
-            let mut kept = Vec::new();
-            for n in names {
-                if volumes::inspect(engine, &n)
-                    .await
-                    .is_ok_and(|v| v.is_anonymous())
-                {
-                    kept.push(n);
-                }
-            }
-            names = kept;
-        }
-        Doomed::Named(list) => names.extend(list.iter().cloned()),
+        } => volumes::compose_rm_volumes(engine, project, services, *running_too).await?,
+        Doomed::Named(list) => list.clone(),
         Doomed::Unused { all, filters } => {
-            let mut f: Vec<(&str, String)> = vec![("dangling", "true".to_string())];
-            for flt in filters {
-                if let Some((k, v)) = flt.split_once('=') {
-                    f.push((
-                        if k == "label" || k == "label!" {
-                            k
-                        } else {
-                            "label"
-                        },
-                        v.to_string(),
-                    ));
-                }
-            }
-            let only_anonymous = !all && engine.api_at_least(1, 42);
-            for v in volumes::list(engine, &f).await? {
-                if !only_anonymous
-                    || v.labels.contains_key("com.docker.volume.anonymous")
-                    || v.is_anonymous()
-                {
-                    names.push(v.name);
-                }
-            }
+            volumes::prune_candidates(engine, *all, &engine_filters(filters)).await?
         }
-        Doomed::ContainerAnonymous(ctrs) => {
-            // Each as the engine resolves it for `docker rm`: full id, unique id prefix, name.
-            for c in ctrs {
-                if let Some(found) = containers::resolve(engine, c).await? {
-                    names.extend(found.volumes);
-                }
-            }
-            let mut kept = Vec::new();
-            for n in names {
-                if volumes::inspect(engine, &n)
-                    .await
-                    .is_ok_and(|v| v.is_anonymous())
-                {
-                    kept.push(n);
-                }
-            }
-            names = kept;
-        }
-    }
+        Doomed::ContainerAnonymous(refs) => containers::rm_volumes(engine, refs).await?,
+    };
     names.sort();
     names.dedup();
     let sizes = if names.is_empty() {
@@ -142,14 +72,28 @@ pub async fn resolve(engine: &Engine, doomed: &Doomed) -> Result<Vec<DoomedVolum
     for n in names {
         match volumes::inspect(engine, &n).await {
             Ok(info) => out.push(DoomedVolume {
-                size: sizes.get(&n).copied().unwrap_or(-1),
+                size: sizes.get(&n).and_then(|s| u64::try_from(*s).ok()),
                 info,
             }),
-            Err(e) if super::is_not_found(&e) => {} // the command will fail on it by itself
+            // The command will fail on it by itself.
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
     }
     Ok(out)
+}
+
+/// The `--filter` values of a prune as engine filters: `label=...` and `label!=...` as
+/// they are, any other `KEY=VALUE` as a label filter on VALUE.
+pub(super) fn engine_filters(filters: &[String]) -> Vec<(&'static str, String)> {
+    filters
+        .iter()
+        .filter_map(|f| f.split_once('='))
+        .map(|(k, v)| {
+            let key = if k == "label!" { "label!" } else { "label" };
+            (key, v.to_string())
+        })
+        .collect()
 }
 
 /// The job name `--backup-first` uses for a volume that no job names.
@@ -190,10 +134,9 @@ pub fn jobs_for(
 ) -> Result<Vec<VolumeJob>> {
     let mut out = Vec::new();
     for (name, job) in &config.job {
-        if job.source.kind != "docker-volume" {
+        let Some(src) = drkit_drivers::docker_volume_source(name, &job.source)? else {
             continue;
-        }
-        let src = DockerVolumeSource::from_spec(&job.source, &format!("job.{name}.source"))?;
+        };
         if src.names(volume) {
             out.push(VolumeJob {
                 name: name.clone(),
@@ -204,7 +147,7 @@ pub fn jobs_for(
                     compression: job.compression,
                     level: job.compression_level,
                     suspect: job.suspect.clone(),
-                    signer: job.signer(name)?.map(std::sync::Arc::new),
+                    signer: job.signer(name)?.map(Arc::new),
                     trust: job.trust(name)?,
                 },
             });
@@ -231,40 +174,83 @@ pub struct Newest {
     pub manifest: Manifest,
 }
 
+/// Why a volume is not protected.
+#[derive(Debug)]
+pub enum Problem {
+    /// No complete, good backup of the volume (and it holds data, or its size is unknown).
+    NoBackup,
+    /// The newest backup finished longer than the allowed age ago.
+    TooOld {
+        /// The backup's id.
+        id: String,
+        /// The allowed age.
+        max_age: Duration,
+    },
+    /// The newest backup is of an empty volume, and the volume holds data now.
+    Empty {
+        /// The backup's id.
+        id: String,
+        /// What the volume holds, in bytes.
+        holds: u64,
+    },
+    /// The newest backup, re-read now, failed verification.
+    FailedVerification {
+        /// The backup's id.
+        id: String,
+        /// What verification found.
+        error: Error,
+    },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::NoBackup => f.write_str("no backup"),
+            Problem::TooOld { id, max_age } => write!(
+                f,
+                "newest backup {id} is older than {}",
+                fmt_duration(*max_age)
+            ),
+            Problem::Empty { id, holds } => write!(
+                f,
+                "newest backup {id} is empty, but the volume holds {}",
+                human_bytes(*holds)
+            ),
+            Problem::FailedVerification { id, error } => {
+                write!(f, "newest backup {id} failed verification: {error}")
+            }
+        }
+    }
+}
+
 /// A doomed volume's protection.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Protection {
     /// The volume.
     pub volume: DoomedVolume,
-    /// The newest complete backup, if any.
+    /// The newest complete, good backup, if any.
     pub newest: Option<Newest>,
+    /// How long before the check the newest backup finished.
+    pub age: Option<Duration>,
     /// Why the volume is not protected; `None` when it is.
-    pub problem: Option<String>,
+    pub problem: Option<Problem>,
     /// The configured jobs that back it up.
     pub jobs: Vec<String>,
 }
 
 impl Protection {
-    /// The age of the newest backup in words, or `never`.
-    pub fn age(&self, now: DateTime<Utc>) -> String {
-        match &self.newest {
-            None => "never".into(),
-            Some(n) => human_age((now - n.manifest.finished_at).num_seconds()),
-        }
+    /// Whether the volume may be destroyed: its newest backup is fresh and verified (or the
+    /// volume is empty and has none).
+    pub fn protected(&self) -> bool {
+        self.problem.is_none()
     }
-}
 
-/// `90s`, `15m`, `6h`, `3d`.
-pub fn human_age(secs: i64) -> String {
-    let s = secs.max(0);
-    if s < 120 {
-        format!("{s}s ago")
-    } else if s < 7200 {
-        format!("{}m ago", s / 60)
-    } else if s < 172_800 {
-        format!("{}h ago", s / 3600)
-    } else {
-        format!("{}d ago", s / 86_400)
+    /// The age of the newest backup in words (`5m ago`), or `never`.
+    pub fn age_words(&self) -> String {
+        match (&self.newest, self.age) {
+            (Some(_), Some(age)) => format!("{} ago", human_age(age)),
+            _ => "never".into(),
+        }
     }
 }
 
@@ -277,7 +263,7 @@ fn open_storages(config: &Config, names: &[String]) -> Result<Vec<Target>> {
             })?;
             Ok(Target {
                 name: n.clone(),
-                storage: crate::open_storage(n, spec)?,
+                storage: drkit_drivers::open_storage(n, spec)?,
             })
         })
         .collect()
@@ -302,7 +288,7 @@ pub fn adhoc_storages(config: &Config, chosen: &[String]) -> Result<Vec<String>>
 /// For each volume, find its newest good backup and decide whether it protects the volume:
 /// complete, not suspect (or accepted), signed when the job checks signatures, finished
 /// within `max_age` of `now`, verified now, and not empty when the volume holds data.
-pub async fn check(
+pub async fn protections(
     config: &Config,
     doomed: &[DoomedVolume],
     adhoc: &[String],
@@ -324,15 +310,12 @@ pub async fn check(
                         .as_ref()
                         .is_none_or(|(n, _, _)| m.finished_at > n.manifest.finished_at)
                     {
-                        newest = Some((
-                            Newest {
-                                job: job.name.clone(),
-                                storage: target.name.clone(),
-                                manifest: m,
-                            },
-                            target.storage.clone(),
-                            ji,
-                        ));
+                        let n = Newest {
+                            job: job.name.clone(),
+                            storage: target.name.clone(),
+                            manifest: m,
+                        };
+                        newest = Some((n, target.storage.clone(), ji));
                     }
                 }
             }
@@ -342,45 +325,39 @@ pub async fn check(
             .filter(|j| j.configured)
             .map(|j| j.name.clone())
             .collect();
-        let problem = match &newest {
-            None if d.size == 0 => None,
-            None => Some("no backup".to_string()),
-            Some((n, storage, ji)) => {
-                let age = (now - n.manifest.finished_at).to_std().unwrap_or_default();
+        let age = newest
+            .as_ref()
+            .map(|(n, _, _)| (now - n.manifest.finished_at).to_std().unwrap_or_default());
+        let problem = match (&newest, age) {
+            (Some((n, storage, ji)), Some(age)) => {
+                let id = n.manifest.id.clone();
                 if age > max_age {
-                    Some(format!(
-                        "newest backup {} is older than {}",
-                        n.manifest.id,
-                        fmt_duration(max_age)
-                    ))
-                } else if n.manifest.is_empty_source() && d.size > 0 {
-                    Some(format!(
-                        "newest backup {} is empty, but the volume holds {}",
-                        n.manifest.id,
-                        human_size(d.size)
-                    ))
+                    Some(Problem::TooOld { id, max_age })
+                } else if let Some(holds) =
+                    d.size.filter(|s| *s > 0 && n.manifest.is_empty_source())
+                {
+                    Some(Problem::Empty { id, holds })
                 } else {
                     let src: &dyn Source = &jobs[*ji].source;
-                    match pipeline::verify(
+                    let verified = pipeline::verify(
                         storage.as_ref(),
                         &n.manifest,
                         Some(src),
                         pipeline::no_progress(),
                     )
-                    .await
-                    {
-                        Ok(_) => None,
-                        Err(e) => Some(format!(
-                            "newest backup {} failed verification: {e}",
-                            n.manifest.id
-                        )),
-                    }
+                    .await;
+                    verified
+                        .err()
+                        .map(|error| Problem::FailedVerification { id, error })
                 }
             }
+            _ if d.size == Some(0) => None,
+            _ => Some(Problem::NoBackup),
         };
         out.push(Protection {
             volume: d.clone(),
             newest: newest.map(|(n, _, _)| n),
+            age,
             problem,
             jobs: configured,
         });
@@ -388,7 +365,8 @@ pub async fn check(
     Ok(out)
 }
 
-fn fmt_duration(d: Duration) -> String {
+/// A configured age limit in its largest whole unit: `1h`, `90m`, `7d`, `45s`.
+pub(super) fn fmt_duration(d: Duration) -> String {
     let s = d.as_secs();
     if s.is_multiple_of(86_400) && s > 0 {
         format!("{}d", s / 86_400)
@@ -403,7 +381,7 @@ fn fmt_duration(d: Duration) -> String {
 
 /// Back up one volume now: with the first configured job that names it, else ad hoc (job
 /// [`adhoc_job`], containers stopped during the copy) into `adhoc` storages. The new backup
-/// is verified before this returns.
+/// is verified before this returns. Returns the job's name and the new backup's manifest.
 pub async fn backup_now(
     config: &Config,
     volume: &VolumeInfo,
@@ -456,7 +434,7 @@ pub async fn backup_now(
 }
 
 /// The command that backs up the unprotected volumes: `drkit backup JOB...` when jobs name
-/// them all, else the guard with `--backup-first`.
+/// them all, else the guard with `--backup-first` on the `original` command.
 pub fn backup_hint(unprotected: &[&Protection], original: &[String]) -> String {
     let mut jobs: Vec<&str> = Vec::new();
     for p in unprotected {
@@ -470,45 +448,4 @@ pub fn backup_hint(unprotected: &[&Protection], original: &[String]) -> String {
     jobs.sort();
     jobs.dedup();
     format!("drkit backup {}", jobs.join(" "))
-}
-
-fn shell_words(words: &[String]) -> String {
-    words
-        .iter()
-        .map(|w| {
-            if !w.is_empty()
-                && w.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:@%+,".contains(c))
-            {
-                w.clone()
-            } else {
-                format!("'{}'", w.replace('\'', "'\\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn adhoc_names_and_ages() {
-        assert_eq!(adhoc_job("myapp_pgdata"), "volume-myapp_pgdata");
-        assert_eq!(adhoc_job(".x/y"), "volume-x-y");
-        assert_eq!(human_age(30), "30s ago");
-        assert_eq!(human_age(3600), "60m ago");
-        assert_eq!(human_age(3 * 86_400), "3d ago");
-        assert_eq!(fmt_duration(Duration::from_secs(3600)), "1h");
-        assert_eq!(
-            shell_words(&[
-                "docker".into(),
-                "compose".into(),
-                "-p".into(),
-                "my app".into()
-            ]),
-            "docker compose -p 'my app'"
-        );
-    }
 }

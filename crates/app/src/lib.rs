@@ -1,0 +1,364 @@
+//! drkit-app: drkit for programs that embed it.
+//!
+//! [`Drkit`] is the one handle: open it with a config file or a built
+//! [`Config`], then back up, list, verify, restore, prune, ask for health, drill, run what
+//! the daemon runs on a tick, and check a docker command line with the [`guard`]. Every call
+//! returns a typed report and prints nothing; the rules live in [`drkit_core::ops`], the
+//! systems in [`drkit_drivers`].
+//!
+//! ```no_run
+//! # async fn demo() -> drkit_core::Result<()> {
+//! use drkit_app::Drkit;
+//! use drkit_core::pipeline::no_progress;
+//! let drkit = Drkit::open(std::path::Path::new("drkit.toml"), &[])?;
+//! let outcome = drkit.backup("app-db", no_progress()).await?;
+//! println!("backup {} written", outcome.manifest.id);
+//! for row in drkit.status(None, chrono::Utc::now()).await? {
+//!     println!("{} on {}: {:?} ({})", row.job, row.storage, row.state, row.detail);
+//! }
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+pub mod guard;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use drkit_core::catalog::Selector;
+use drkit_core::config::parse_env_file;
+use drkit_core::ops::daemon::Task;
+use drkit_core::ops::drill::DrillRun;
+use drkit_core::ops::health::{self, JobHealth};
+use drkit_core::ops::prune::StoragePrune;
+use drkit_core::ops::restore::RestoreRun;
+use drkit_core::ops::verify::{Verified, Which};
+use drkit_core::ops::{self, StorageListing};
+use drkit_core::pipeline::{self, BackupOutcome, Progress, Target};
+use drkit_core::signing::{Signer, Trust};
+use drkit_core::{
+    Config, Error, Exit, JobConfig, Manifest, RestoreOptions, Result, Source, Storage,
+};
+
+/// A loaded, validated config and the way to every use case of drkit.
+#[derive(Debug, Clone)]
+pub struct Drkit {
+    config: Config,
+    path: Option<PathBuf>,
+}
+
+/// What to restore, from where, and how.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreRequest {
+    /// Which backup: the newest good one, one by id, or the newest good one as of a time.
+    pub selector: Selector,
+    /// Read from this storage only (default: the first of the job's storages that has it,
+    /// falling back to the next copy when one fails its checksums).
+    pub storage: Option<String>,
+    /// Destination, `--force`, parallel workers.
+    pub options: RestoreOptions,
+    /// Check everything and say what would happen; change nothing.
+    pub dry_run: bool,
+}
+
+/// What one scheduled task of the daemon did.
+#[derive(Debug)]
+pub struct TaskRun {
+    /// The task.
+    pub task: Task,
+    /// The backup, for a backup task.
+    pub backup: Option<Result<BackupOutcome>>,
+    /// The prune that follows a successful backup when the job has a `keep` policy.
+    pub prune: Option<Result<Vec<StoragePrune>>>,
+    /// The drills, for a drill task.
+    pub drill: Option<Result<Vec<DrillRun>>>,
+}
+
+impl TaskRun {
+    /// How the task ended.
+    pub fn exit(&self) -> Exit {
+        let mut exit = Exit::Ok;
+        match &self.backup {
+            Some(Ok(o)) => exit.note(o.exit()),
+            Some(Err(e)) => exit.note(e),
+            None => {}
+        }
+        match &self.prune {
+            Some(Ok(p)) => p.iter().for_each(|p| exit.note(p.exit())),
+            Some(Err(e)) => exit.note(e),
+            None => {}
+        }
+        match &self.drill {
+            Some(Ok(runs)) => runs.iter().for_each(|r| exit.note(r.exit())),
+            Some(Err(e)) => exit.note(e),
+            None => {}
+        }
+        exit
+    }
+}
+
+impl Drkit {
+    /// The config file to use when none is given: `$DRKIT_CONFIG`, else `./drkit.toml`.
+    pub fn default_path() -> PathBuf {
+        match std::env::var_os("DRKIT_CONFIG") {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
+            _ => PathBuf::from("drkit.toml"),
+        }
+    }
+
+    /// Read, interpolate and validate a config file. `env_files` hold `KEY=VALUE` lines that
+    /// `${VAR}` sees before the process environment (later files win).
+    pub fn open(path: &Path, env_files: &[PathBuf]) -> Result<Drkit> {
+        let mut vars: HashMap<String, String> = HashMap::new();
+        for file in env_files {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                Error::config(format!("cannot read env file {}: {e}", file.display()))
+            })?;
+            vars.extend(parse_env_file(&text, &file.display().to_string())?);
+        }
+        let lookup = |name: &str| vars.get(name).cloned().or_else(|| std::env::var(name).ok());
+        let config = Config::load(path, &lookup)?;
+        let mut drkit = Drkit::from_config(config)?;
+        drkit.path = Some(path.to_path_buf());
+        Ok(drkit)
+    }
+
+    /// Use a config built in code (its drivers' settings are checked now; nothing is
+    /// contacted).
+    pub fn from_config(config: Config) -> Result<Drkit> {
+        drkit_drivers::validate(&config)?;
+        Ok(Drkit { config, path: None })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The file the config came from, if it came from one.
+    pub fn config_path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The jobs named, or all jobs (in name order) when none is.
+    pub fn jobs(&self, names: &[String]) -> Result<Vec<(String, &JobConfig)>> {
+        if names.is_empty() {
+            if self.config.job.is_empty() {
+                return Err(Error::config(format!(
+                    "{} defines no [job.NAME]: add one (see examples/)",
+                    self.path
+                        .as_deref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "the config".into())
+                )));
+            }
+            return Ok(self
+                .config
+                .job
+                .iter()
+                .map(|(n, j)| (n.clone(), j))
+                .collect());
+        }
+        names
+            .iter()
+            .map(|n| Ok((n.clone(), self.config.job(n)?)))
+            .collect()
+    }
+
+    /// The source of a job (nothing is contacted yet).
+    pub fn source(&self, job: &str) -> Result<Box<dyn Source>> {
+        drkit_drivers::open_source(job, &self.config.job(job)?.source)
+    }
+
+    /// The storages of a job, in the job's order.
+    pub fn targets(&self, job: &str) -> Result<Vec<Target>> {
+        self.config
+            .job(job)?
+            .storage
+            .iter()
+            .map(|name| {
+                Ok(Target {
+                    name: name.clone(),
+                    storage: self.storage(name)?,
+                })
+            })
+            .collect()
+    }
+
+    /// One storage by name.
+    pub fn storage(&self, name: &str) -> Result<Arc<dyn Storage>> {
+        let spec = self
+            .config
+            .storage
+            .get(name)
+            .ok_or_else(|| Error::config(format!("storage {name:?} is not defined")))?;
+        drkit_drivers::open_storage(name, spec)
+    }
+
+    /// What the job's readers trust (its signing public key, or nothing).
+    pub fn trust(&self, job: &str) -> Result<Trust> {
+        self.config.job(job)?.trust(job)
+    }
+
+    /// The job's signer, when this host has its key file.
+    pub fn signer(&self, job: &str) -> Result<Option<Arc<Signer>>> {
+        Ok(self.config.job(job)?.signer(job)?.map(Arc::new))
+    }
+
+    /// Back up `job` to each of its storages. A storage that fails is in the outcome (the
+    /// others still commit); an error means no storage has the backup.
+    pub async fn backup(&self, job: &str, progress: Progress) -> Result<BackupOutcome> {
+        let source = self.source(job)?;
+        let targets = self.targets(job)?;
+        let opts = self.config.job(job)?.backup_options(job)?;
+        pipeline::backup(job, source.as_ref(), &targets, &opts, progress)
+            .await
+            .map_err(|e| e.context(job))
+    }
+
+    /// The backups of `job` on each of its storages (valid, suspect, accepted and broken).
+    pub async fn list(&self, job: &str) -> Result<Vec<StorageListing>> {
+        Ok(ops::list_job(job, &self.targets(job)?, &self.trust(job)?).await)
+    }
+
+    /// Re-read `which` backups of `job` and check checksums and structure.
+    pub async fn verify(
+        &self,
+        job: &str,
+        which: &Which,
+        progress: &(dyn Fn(&Manifest) -> Progress + Send + Sync),
+    ) -> Result<Vec<Verified>> {
+        let source = self.source(job)?;
+        let targets = self.targets(job)?;
+        let trust = self.trust(job)?;
+        Ok(ops::verify::verify(job, &targets, &trust, which, Some(source.as_ref()), progress).await)
+    }
+
+    /// Choose a backup of `job` across its storages and restore it.
+    pub async fn restore(
+        &self,
+        job: &str,
+        request: &RestoreRequest,
+        progress: Progress,
+    ) -> Result<RestoreRun> {
+        let source = self.source(job)?;
+        let mut targets = self.targets(job)?;
+        if let Some(name) = &request.storage {
+            targets.retain(|t| &t.name == name);
+            if targets.is_empty() {
+                return Err(Error::config(format!(
+                    "job {job} does not use storage {name:?}"
+                )));
+            }
+        }
+        ops::restore::restore(
+            job,
+            &targets,
+            &self.trust(job)?,
+            &request.selector,
+            source.as_ref(),
+            &request.options,
+            request.dry_run,
+            progress,
+        )
+        .await
+    }
+
+    /// Apply `job`'s `keep` policy on each of its storages; `None` when it has no policy.
+    pub async fn prune(
+        &self,
+        job: &str,
+        dry_run: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Vec<StoragePrune>>> {
+        let Some(policy) = &self.config.job(job)?.keep else {
+            return Ok(None);
+        };
+        let targets = self.targets(job)?;
+        let trust = self.trust(job)?;
+        Ok(Some(
+            ops::prune::prune_job(job, &targets, policy, &trust, now, dry_run).await,
+        ))
+    }
+
+    /// The health of every job on every storage. `max_age` overrides each job's `max_age`
+    /// (default [`health::DEFAULT_MAX_AGE`]).
+    pub async fn status(
+        &self,
+        max_age: Option<Duration>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<JobHealth>> {
+        let mut out = Vec::new();
+        for (name, job) in self.jobs(&[])? {
+            let limit = max_age
+                .or(job.max_age.as_ref().map(|s| s.duration()))
+                .unwrap_or(health::DEFAULT_MAX_AGE);
+            let targets = self.targets(&name)?;
+            out.extend(health::health(&name, &targets, &self.trust(&name)?, now, limit).await);
+        }
+        Ok(out)
+    }
+
+    /// Mark suspect backup `id` of `job` as good on each storage that holds it (an
+    /// `accepted.json` beside it, signed when the job signs; the manifest is never rewritten).
+    pub async fn accept(
+        &self,
+        job: &str,
+        id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ops::accept::AcceptOutcome>> {
+        let signer = self.signer(job)?;
+        ops::accept::accept(
+            job,
+            id,
+            &self.targets(job)?,
+            &self.trust(job)?,
+            signer.as_deref(),
+            &ops::accept::current_user(),
+            reason,
+            now,
+        )
+        .await
+    }
+
+    /// Drill `job` on each of its storages.
+    pub async fn drill(&self, job: &str) -> Result<Vec<DrillRun>> {
+        let source = self.source(job)?;
+        let targets = self.targets(job)?;
+        let signer = self.signer(job)?;
+        ops::drill::drill(
+            job,
+            &targets,
+            &self.trust(job)?,
+            source.as_ref(),
+            signer.as_deref(),
+        )
+        .await
+    }
+
+    /// Run one scheduled task as the daemon does on a tick: a backup (then a prune when the
+    /// job has a `keep` policy and the backup succeeded everywhere), or a drill.
+    pub async fn run_task(&self, task: &Task, progress: Progress) -> TaskRun {
+        let mut run = TaskRun {
+            task: task.clone(),
+            backup: None,
+            prune: None,
+            drill: None,
+        };
+        match task {
+            Task::Backup(job) => {
+                let backup = self.backup(job, progress).await;
+                if matches!(&backup, Ok(o) if o.exit() == Exit::Ok) {
+                    run.prune = self.prune(job, false, Utc::now()).await.transpose();
+                }
+                run.backup = Some(backup);
+            }
+            Task::Drill(job) => run.drill = Some(self.drill(job).await),
+        }
+        run
+    }
+}

@@ -1,0 +1,144 @@
+//! How the reports of the library read on a terminal and in `--json`, for the reports that
+//! more than one command shows (a backup: `backup` and `daemon`; a drill: `drill` and
+//! `daemon`; health: `status` and `doctor`). Commands never call each other; they share this.
+
+use std::time::Duration;
+
+use drkit_core::ops::drill::{DrillResult, DrillRun};
+use drkit_core::ops::health::{Health, JobHealth};
+use drkit_core::pipeline::BackupOutcome;
+use drkit_core::Error;
+use serde_json::{json, Value};
+
+use crate::output::{human_bytes, table, Output};
+
+/// An error as `{"kind": ..., "message": ...}`.
+pub fn error_json(e: &Error) -> Value {
+    json!({"kind": e.kind().as_str(), "message": e.to_string()})
+}
+
+/// Print what a backup of `name` did (leftovers, where it went, warnings, suspect, failed
+/// storages) and return its `--json` document.
+pub fn backup(out: &Output, name: &str, o: &BackupOutcome, took: Duration) -> Value {
+    let m = &o.manifest;
+    for s in &o.storages {
+        for key in &s.cleaned {
+            out.detail(format!("{name}: removed leftover {key} from {}", s.storage));
+        }
+        if !s.cleaned.is_empty() {
+            out.info(format!(
+                "{name}: removed {} leftover(s) of crashed runs from {}",
+                s.cleaned.len(),
+                s.storage
+            ));
+        }
+    }
+    let ok: Vec<&str> = o
+        .storages
+        .iter()
+        .filter(|s| s.ok)
+        .map(|s| s.storage.as_str())
+        .collect();
+    out.text(format!(
+        "{name}: backup {} written to {} ({} raw, {} stored, {:.1}s)",
+        m.id,
+        ok.join(", "),
+        human_bytes(m.data.raw_size),
+        human_bytes(m.data.stored_size),
+        took.as_secs_f64()
+    ));
+    for w in &m.warnings {
+        out.warn(format!("{name}: {w}"));
+    }
+    for s in &o.storages {
+        for n in &s.notes {
+            out.warn(format!("{name}: storage {}: {n}", s.storage));
+        }
+    }
+    if o.is_suspect() {
+        out.warn(format!(
+            "{name}: backup {} is SUSPECT: {}. It is kept, but retention, restore and drill do not count it as good; if the shrink is real, run `drkit accept {name} {} --reason \"...\"`",
+            m.id,
+            m.suspect_reasons().join("; "),
+            m.id
+        ));
+    }
+    for s in o.storages.iter().filter(|s| !s.ok) {
+        out.error(format!(
+            "{name}: storage {} failed: {}",
+            s.storage,
+            s.error.as_deref().unwrap_or("unknown error")
+        ));
+    }
+    json!({"job": name, "ok": o.all_ok(), "suspect": o.is_suspect(), "manifest": m, "storages": o.storages})
+}
+
+/// Print one storage's drill and return its `--json` document.
+pub fn drill(out: &Output, run: &DrillRun) -> Value {
+    let (name, storage) = (&run.job, &run.storage);
+    match &run.result {
+        DrillResult::Nothing { error } => {
+            out.error(error.to_string());
+            json!({"job": name, "storage": storage, "ok": false, "error": error.to_string()})
+        }
+        DrillResult::Ran {
+            report,
+            report_key,
+            skipped_suspect,
+            warning,
+        } => {
+            if let Some(w) = warning {
+                out.warn(format!("{name}: on {storage}: {w}"));
+            }
+            if !skipped_suspect.is_empty() {
+                out.warn(format!(
+                    "{name}: skipped suspect backup(s) {} on {storage}",
+                    skipped_suspect.join(", ")
+                ));
+            }
+            if report.ok {
+                out.text(format!(
+                    "{name}: drill of {} on {storage} passed in {:.1}s (restored, checked against the manifest, removed)",
+                    report.backup_id,
+                    report.duration_ms as f64 / 1000.0
+                ));
+                if let Some(e) = &report.error {
+                    out.warn(format!("{name}: {e}"));
+                }
+            } else {
+                out.error(format!(
+                    "{name}: drill of {} on {storage} FAILED: {}",
+                    report.backup_id,
+                    report.error.as_deref().unwrap_or("unknown error")
+                ));
+            }
+            json!({"job": name, "storage": storage, "report": report, "report_key": report_key})
+        }
+    }
+}
+
+/// The `JOB STORAGE STATE DETAIL` table of a health report.
+pub fn health_table(report: &[JobHealth]) -> String {
+    let rows: Vec<Vec<String>> = report
+        .iter()
+        .map(|h| {
+            vec![
+                h.job.clone(),
+                h.storage.clone(),
+                format!("{:?}", h.state).to_uppercase(),
+                h.detail.clone(),
+            ]
+        })
+        .collect();
+    table(&["JOB", "STORAGE", "STATE", "DETAIL"], &rows)
+}
+
+/// One error line per storage that could not be read.
+pub fn health_errors(out: &Output, report: &[JobHealth]) {
+    for h in report.iter().filter(|h| h.state == Health::Error) {
+        out.error(format!(
+            "{}: storage {} could not be read: {}",
+            h.job, h.storage, h.detail
+        ));
+    }
+}

@@ -1,0 +1,114 @@
+//! Drill a job: on each of its storages, restore the newest good backup into a scratch place
+//! the source provides, check it against the manifest, remove the scratch place, and keep a
+//! report in that storage (`pipeline::drill`). A storage with nothing to drill is a result,
+//! not an error: the others are still drilled.
+
+use serde::Serialize;
+
+use crate::catalog::{self, Selector};
+use crate::pipeline::{self, DrillReport, Target};
+use crate::signing::{Signer, Trust};
+use crate::{Error, ErrorKind, Exit, Result, Source};
+
+/// What drilling one storage of a job came to.
+#[derive(Debug, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum DrillResult {
+    /// The drill ran; its report says whether it passed.
+    Ran {
+        /// The report, as kept in the storage.
+        report: DrillReport,
+        /// The report's key in the storage.
+        report_key: String,
+        /// Suspect backups passed over to reach the newest good one (newest first).
+        skipped_suspect: Vec<String>,
+        /// Something the operator should know about the choice (e.g. newer broken entries).
+        warning: Option<String>,
+    },
+    /// There was nothing to drill: no good backup, or the storage could not be read.
+    Nothing {
+        /// Why, as one line.
+        #[serde(serialize_with = "crate::ops::error_json")]
+        error: Error,
+    },
+}
+
+/// One storage's drill.
+#[derive(Debug, Serialize)]
+pub struct DrillRun {
+    /// The job.
+    pub job: String,
+    /// The storage's name.
+    pub storage: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub result: DrillResult,
+}
+
+impl DrillRun {
+    /// How this drill ends a run: a failed restore or check is its error's kind (a checksum
+    /// or count mismatch is an integrity failure), no backup to drill is "unhealthy", an
+    /// unreadable storage is a failure.
+    pub fn exit(&self) -> Exit {
+        match &self.result {
+            DrillResult::Ran { report, .. } if report.ok => Exit::Ok,
+            DrillResult::Ran { report, .. } => report
+                .error_kind
+                .map(Exit::from)
+                .unwrap_or(Exit::Failed)
+                .worst(Exit::Failed),
+            DrillResult::Nothing { error } if error.kind() == ErrorKind::NotFound => {
+                Exit::Unhealthy
+            }
+            DrillResult::Nothing { error } => Exit::from(error),
+        }
+    }
+}
+
+/// Drill `job` on each of its storages, in the job's order. An error is returned only for
+/// what stops every drill (the source cannot drill, a report cannot be written).
+pub async fn drill(
+    job: &str,
+    targets: &[Target],
+    trust: &Trust,
+    source: &dyn Source,
+    signer: Option<&Signer>,
+) -> Result<Vec<DrillRun>> {
+    let mut runs = Vec::with_capacity(targets.len());
+    for target in targets {
+        let storage = target.storage.as_ref();
+        let chosen = match catalog::scan(storage, job, trust).await {
+            Ok(listing) => catalog::choose(&listing, job, &Selector::Newest).map(|c| {
+                (
+                    c.entry.manifest.clone(),
+                    c.skipped_suspect,
+                    c.warning.clone(),
+                )
+            }),
+            Err(e) => Err(e),
+        };
+        let result = match chosen {
+            Err(e) => DrillResult::Nothing {
+                error: Error::new(
+                    e.kind(),
+                    format!("{job}: nothing to drill on {}: {e}", target.name),
+                ),
+            },
+            Ok((manifest, skipped_suspect, warning)) => {
+                let report = pipeline::drill(storage, &manifest, source, signer).await?;
+                DrillResult::Ran {
+                    report_key: report.key(),
+                    report,
+                    skipped_suspect,
+                    warning,
+                }
+            }
+        };
+        runs.push(DrillRun {
+            job: job.to_string(),
+            storage: target.name.clone(),
+            result,
+        });
+    }
+    Ok(runs)
+}
