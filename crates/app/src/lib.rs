@@ -100,6 +100,28 @@ impl TaskRun {
     }
 }
 
+/// One storage of `config` by name (the one place a storage is opened by its name).
+fn open_storage(config: &Config, name: &str) -> Result<Arc<dyn Storage>> {
+    let spec = config
+        .storage
+        .get(name)
+        .ok_or_else(|| Error::config(format!("storage {name:?} is not defined")))?;
+    drkit_drivers::open_storage(name, spec)
+}
+
+/// The storages `names` of `config`, as pipeline targets, in that order.
+pub(crate) fn open_targets(config: &Config, names: &[String]) -> Result<Vec<Target>> {
+    names
+        .iter()
+        .map(|name| {
+            Ok(Target {
+                name: name.clone(),
+                storage: open_storage(config, name)?,
+            })
+        })
+        .collect()
+}
+
 impl Drkit {
     /// The config file to use when none is given: `$DRKIT_CONFIG`, else `./drkit.toml`.
     pub fn default_path() -> PathBuf {
@@ -175,27 +197,12 @@ impl Drkit {
 
     /// The storages of a job, in the job's order.
     pub fn targets(&self, job: &str) -> Result<Vec<Target>> {
-        self.config
-            .job(job)?
-            .storage
-            .iter()
-            .map(|name| {
-                Ok(Target {
-                    name: name.clone(),
-                    storage: self.storage(name)?,
-                })
-            })
-            .collect()
+        open_targets(&self.config, &self.config.job(job)?.storage)
     }
 
     /// One storage by name.
     pub fn storage(&self, name: &str) -> Result<Arc<dyn Storage>> {
-        let spec = self
-            .config
-            .storage
-            .get(name)
-            .ok_or_else(|| Error::config(format!("storage {name:?} is not defined")))?;
-        drkit_drivers::open_storage(name, spec)
+        open_storage(&self.config, name)
     }
 
     /// What the job's readers trust (its signing public key, or nothing).
@@ -338,6 +345,29 @@ impl Drkit {
             signer.as_deref(),
         )
         .await
+    }
+
+    /// The guard's decision on a docker command line (`argv` as the shell would run it):
+    /// which volumes it destroys, and whether each has a verified backup newer than
+    /// `opts.max_age`. A command that destroys no volume is allowed with no volumes.
+    pub async fn guard_check(
+        &self,
+        argv: &[String],
+        world: &guard::Context<'_>,
+        opts: &guard::Options,
+        now: DateTime<Utc>,
+    ) -> Result<guard::Verdict> {
+        guard::check(&self.config, argv, world, opts, now).await
+    }
+
+    /// Back up the volumes a verdict found unprotected (their jobs, else ad-hoc jobs on the
+    /// verdict's storages), then decide again. `on_step` hears each backup start and end.
+    pub async fn guard_backup_first(
+        &self,
+        verdict: guard::Verdict,
+        on_step: &mut (dyn FnMut(guard::BackupStep<'_>) + Send),
+    ) -> Result<guard::Verdict> {
+        guard::backup_first(&self.config, verdict, on_step).await
     }
 
     /// Run one scheduled task as the daemon does on a tick: a backup (then a prune when the

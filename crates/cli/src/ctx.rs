@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use drkit_app::Drkit;
-use drkit_core::{Config, Result};
+use drkit_core::Result;
 
 use crate::output::Output;
 
@@ -11,8 +11,6 @@ use crate::output::Output;
 pub struct Ctx {
     /// The handle every command calls.
     pub app: Drkit,
-    /// The config (the handle's).
-    pub config: Config,
     /// Where the config came from.
     pub config_path: PathBuf,
     /// How to print.
@@ -28,7 +26,6 @@ impl Ctx {
             .unwrap_or_else(Drkit::default_path);
         let app = Drkit::open(&path, env_files)?;
         Ok(Ctx {
-            config: app.config().clone(),
             app,
             config_path: path,
             out,

@@ -75,7 +75,7 @@ async fn run(cli: Cli) -> Result<Exit, Error> {
             // The guard loads the config only for commands that destroy volumes.
             let work = cmd::guard::run(cli.config.as_deref(), &cli.env_files, out, a);
             return tokio::select! {
-                r = work => r.map(|_| Exit::Ok),
+                r = work => r,
                 name = ctx::interrupted() => Err(Error::cancelled(format!(
                     "interrupted by {name}: the guarded command was not run"
                 ))),

@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::units::Span;
-use crate::{Compression, Error, Result};
+use crate::{one_line, Compression, Error, Result};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -334,10 +334,6 @@ fn check_name(what: &str, name: &str, origin: &str) -> Result<()> {
             "{origin}: {what} name {name:?} is not allowed: use letters, digits, '-', '_' and '.'"
         )))
     }
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Replace `${VAR}` in every string of `table` (recursively). `$${` stands for a literal `${`.

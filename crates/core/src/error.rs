@@ -43,6 +43,13 @@ impl ErrorKind {
     }
 }
 
+/// Text on one line: every run of whitespace (newlines included) becomes one space. The one
+/// place drkit flattens a message (a server's multi-line error, a tool's stderr) for the
+/// one-line rule.
+pub fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// The library's error: a kind, an operator-facing message, and an optional cause.
 ///
 /// The message never contains a secret: drivers remove credentials before building one

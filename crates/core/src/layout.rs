@@ -142,7 +142,11 @@ pub fn jobs_in(objects: &[ObjectMeta]) -> Vec<String> {
 /// [`Storage::leftover_age`] goes. Objects are deleted with the raw
 /// [`Storage::delete_objects`]: a locked leftover on a versioned bucket gets a delete marker,
 /// its data stays until its retention ends. Returns the keys removed.
-pub async fn clean_leftovers(storage: &dyn Storage, job: &str, locked: bool) -> Result<Vec<String>> {
+pub async fn clean_leftovers(
+    storage: &dyn Storage,
+    job: &str,
+    locked: bool,
+) -> Result<Vec<String>> {
     clean_leftovers_at(storage, job, locked, Utc::now()).await
 }
 
@@ -197,7 +201,10 @@ mod tests {
             accepted_key(job, id),
             "db/20260101T000000Z-aaaaaa/accepted.json"
         );
-        assert_eq!(drill_report_key(job, id), "db/drills/20260101T000000Z-aaaaaa.json");
+        assert_eq!(
+            drill_report_key(job, id),
+            "db/drills/20260101T000000Z-aaaaaa.json"
+        );
         for key in [
             data_key(job, id, "x", ""),
             manifest_key(job, id),

@@ -34,7 +34,7 @@ pub mod testing;
 pub mod units;
 
 pub use config::{Config, DriverSpec, JobConfig};
-pub use error::{from_io, redact_url, Error, ErrorKind, Result};
+pub use error::{from_io, one_line, redact_url, Error, ErrorKind, Result};
 pub use exit::Exit;
 pub use manifest::Manifest;
 pub use pipeline::Compression;

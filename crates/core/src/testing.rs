@@ -304,9 +304,10 @@ impl MemStore {
 impl State {
     /// The fault `op` on `key` triggers now, if any (counting it).
     fn fault(&mut self, op: Op, key: &str) -> Option<Effect> {
-        let f = self.faults.iter_mut().find(|f| {
-            f.op == op && f.left != Some(0) && glob_match(&f.pattern, key)
-        })?;
+        let f = self
+            .faults
+            .iter_mut()
+            .find(|f| f.op == op && f.left != Some(0) && glob_match(&f.pattern, key))?;
         if let Some(left) = &mut f.left {
             *left -= 1;
         }
@@ -500,7 +501,10 @@ impl MemStore {
             return Err(st.not_found(key));
         };
         let len = o.data.len() as u64;
-        let (from, to) = (start.min(len), end.unwrap_or(len).min(len).max(start.min(len)));
+        let (from, to) = (
+            start.min(len),
+            end.unwrap_or(len).min(len).max(start.min(len)),
+        );
         let data = o.data[from as usize..to as usize].to_vec();
         let fail_at = match fault {
             Some(Effect::FailAfter(n)) => Some(n as usize),

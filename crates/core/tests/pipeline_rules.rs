@@ -69,7 +69,10 @@ async fn lanes_one_dump_feeds_every_storage() {
     assert_eq!(source.dumps(), 1, "the source is read once");
     assert!(out.all_ok(), "{:?}", out.storages);
     assert_eq!(
-        out.storages.iter().map(|s| s.storage.as_str()).collect::<Vec<_>>(),
+        out.storages
+            .iter()
+            .map(|s| s.storage.as_str())
+            .collect::<Vec<_>>(),
         ["a", "b"]
     );
     let m = &out.manifest;
@@ -162,9 +165,12 @@ async fn one_failed_storage_does_not_stop_the_other() {
         } else {
             b.fail(op, pattern);
         }
-        let out = backup(&FakeSource::new(noise(SIZE, 4)), &[target("a", &a), target("b", &b)])
-            .await
-            .unwrap_or_else(|e| panic!("{op:?}: {e}"));
+        let out = backup(
+            &FakeSource::new(noise(SIZE, 4)),
+            &[target("a", &a), target("b", &b)],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{op:?}: {e}"));
         assert!(!out.all_ok(), "{op:?}");
         let (sa, sb) = (&out.storages[0], &out.storages[1]);
         assert!(sa.ok && sa.error.is_none(), "{op:?}: {sa:?}");
@@ -182,20 +188,35 @@ async fn every_storage_failing_is_an_error() {
     let (a, b) = (MemStore::new(), MemStore::new());
     a.fail(Op::Create, "*");
     b.fail(Op::Put, "*/manifest.json");
-    let e = backup(&FakeSource::new(noise(SIZE, 5)), &[target("a", &a), target("b", &b)])
-        .await
-        .unwrap_err();
+    let e = backup(
+        &FakeSource::new(noise(SIZE, 5)),
+        &[target("a", &a), target("b", &b)],
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Storage, "{e}");
-    assert!(e.to_string().contains("storage a"), "the first failure: {e}");
+    assert!(
+        e.to_string().contains("storage a"),
+        "the first failure: {e}"
+    );
     assert!(manifests(&a).is_empty() && manifests(&b).is_empty());
 }
 
 #[tokio::test]
 async fn a_failed_dump_aborts_every_upload() {
     let cases = [
-        ("fails mid-stream", FakeSource::new(noise(SIZE, 6)).fail_after(300_000)),
-        ("fails at finish", FakeSource::new(noise(SIZE, 7)).fail_at_finish("exit 1")),
-        ("fails to start", FakeSource::new(noise(SIZE, 8)).fail_to_start("no tool")),
+        (
+            "fails mid-stream",
+            FakeSource::new(noise(SIZE, 6)).fail_after(300_000),
+        ),
+        (
+            "fails at finish",
+            FakeSource::new(noise(SIZE, 7)).fail_at_finish("exit 1"),
+        ),
+        (
+            "fails to start",
+            FakeSource::new(noise(SIZE, 8)).fail_to_start("no tool"),
+        ),
     ];
     for (what, source) in cases {
         let (a, b) = (MemStore::new(), MemStore::new());
@@ -224,8 +245,16 @@ async fn leftovers_are_cleaned_before_the_backup() {
     store.insert(&format!("{half}/data.bin.zst"), b"half".to_vec());
     store.insert("db/stray", b"x".to_vec());
     store.insert("db/drills/20260103T000000Z.json", b"{}".to_vec());
-    store.insert("other/20260102T000000Z-bbbbbb/data.bin", b"not this job".to_vec());
-    std::mem::forget(store.create("db/20260104T000000Z-cccccc/data.bin.zst").await.unwrap());
+    store.insert(
+        "other/20260102T000000Z-bbbbbb/data.bin",
+        b"not this job".to_vec(),
+    );
+    std::mem::forget(
+        store
+            .create("db/20260104T000000Z-cccccc/data.bin.zst")
+            .await
+            .unwrap(),
+    );
     assert_eq!(store.pending().len(), 1);
 
     let out = backup(&FakeSource::new(noise(SIZE, 10)), &[target("m", &store)])
@@ -262,14 +291,25 @@ async fn without_a_job_lock_only_old_leftovers_go() {
         .with_leftover_age(std::time::Duration::from_secs(3600));
     let old = Utc::now() - chrono::Duration::hours(2);
     store.insert_at("db/20260101T000000Z-aaaaaa/data.bin", b"old".to_vec(), old);
-    store.insert("db/20260102T000000Z-bbbbbb/data.bin", b"young: maybe a live run".to_vec());
-    std::mem::forget(store.create("db/20260103T000000Z-cccccc/data.bin").await.unwrap());
+    store.insert(
+        "db/20260102T000000Z-bbbbbb/data.bin",
+        b"young: maybe a live run".to_vec(),
+    );
+    std::mem::forget(
+        store
+            .create("db/20260103T000000Z-cccccc/data.bin")
+            .await
+            .unwrap(),
+    );
     let lock = store.lock_job("db").await.unwrap();
     assert!(!lock.is_held());
     let removed = layout::clean_leftovers(&store, "db", lock.is_held())
         .await
         .unwrap();
-    assert_eq!(removed, vec!["db/20260101T000000Z-aaaaaa/data.bin".to_string()]);
+    assert_eq!(
+        removed,
+        vec!["db/20260101T000000Z-aaaaaa/data.bin".to_string()]
+    );
     assert_eq!(store.pending().len(), 1, "a young upload stays");
     // An hour later, the rest is old enough.
     let later = Utc::now() + chrono::Duration::hours(2);
@@ -296,40 +336,54 @@ async fn a_second_run_of_the_job_is_refused() {
     assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
     assert!(store.keys().is_empty());
     drop(held);
-    assert!(backup(&FakeSource::new(noise(SIZE, 11)), &[target("m", &store)])
-        .await
-        .unwrap()
-        .all_ok());
+    assert!(
+        backup(&FakeSource::new(noise(SIZE, 11)), &[target("m", &store)])
+            .await
+            .unwrap()
+            .all_ok()
+    );
 }
 
 #[tokio::test]
 async fn a_lost_manifest_answer_that_landed_is_a_complete_backup() {
     let (a, b) = (MemStore::new(), MemStore::new());
     b.lose_answer(Op::Put, "*/manifest.json");
-    let out = backup(&FakeSource::new(noise(SIZE, 12)), &[target("a", &a), target("b", &b)])
-        .await
-        .unwrap();
+    let out = backup(
+        &FakeSource::new(noise(SIZE, 12)),
+        &[target("a", &a), target("b", &b)],
+    )
+    .await
+    .unwrap();
     assert!(out.all_ok(), "{:?}", out.storages);
     assert!(out.storages[0].notes.is_empty());
     let notes = &out.storages[1].notes;
     assert_eq!(notes.len(), 1, "{notes:?}");
-    assert!(notes[0].contains("injected fault"), "the lost error is told: {notes:?}");
+    assert!(
+        notes[0].contains("injected fault"),
+        "the lost error is told: {notes:?}"
+    );
     assert_eq!(b.object(&out.manifest.key()), Some(out.manifest.to_json()));
 
     // A manifest write that failed and did not land: the lane failed, the archive is left
     // for the next run's cleaning.
     let c = MemStore::new();
     c.fail_once(Op::Put, "*/manifest.json");
-    let out = backup(&FakeSource::new(noise(SIZE, 13)), &[target("a", &a), target("c", &c)])
-        .await
-        .unwrap();
+    let out = backup(
+        &FakeSource::new(noise(SIZE, 13)),
+        &[target("a", &a), target("c", &c)],
+    )
+    .await
+    .unwrap();
     assert!(out.storages[0].ok && !out.storages[1].ok);
     assert_eq!(c.keys(), vec![out.manifest.data.key.clone()]);
     // ... and the next backup cleans it.
     let next = backup(&FakeSource::new(noise(SIZE, 14)), &[target("c", &c)])
         .await
         .unwrap();
-    assert_eq!(next.storages[0].cleaned, vec![out.manifest.data.key.clone()]);
+    assert_eq!(
+        next.storages[0].cleaned,
+        vec![out.manifest.data.key.clone()]
+    );
     assert_eq!(manifests(&c), vec![next.manifest.key()]);
 }
 
@@ -338,9 +392,12 @@ async fn a_manifest_whose_landing_cannot_be_checked_fails_the_lane() {
     let (a, b) = (MemStore::new(), MemStore::new());
     b.lose_answer(Op::Put, "*/manifest.json");
     b.fail(Op::Head, "*/manifest.json");
-    let out = backup(&FakeSource::new(noise(SIZE, 15)), &[target("a", &a), target("b", &b)])
-        .await
-        .unwrap();
+    let out = backup(
+        &FakeSource::new(noise(SIZE, 15)),
+        &[target("a", &a), target("b", &b)],
+    )
+    .await
+    .unwrap();
     assert!(out.storages[0].ok);
     assert!(!out.storages[1].ok, "unknown is not ok");
     assert!(out.storages[1].error.is_some());
@@ -407,7 +464,10 @@ async fn prune_skips_locked_backups_and_removes_the_manifest_first() {
                 "{:?}",
                 action(&old.id)
             );
-            assert!(store.object(&old.key()).is_some(), "a locked backup stays whole");
+            assert!(
+                store.object(&old.key()).is_some(),
+                "a locked backup stays whole"
+            );
             assert!(store.object(&old.data.key).is_some());
         } else {
             assert_eq!(action(&old.id), Action::Removed);

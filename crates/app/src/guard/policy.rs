@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use drkit_core::ops::health::human_age;
-use drkit_core::pipeline::{self, BackupOptions, Target};
+use drkit_core::pipeline::{self, BackupOptions};
 use drkit_core::units::human_bytes;
 use drkit_core::{catalog, Config, Error, ErrorKind, Manifest, Result, Source, Storage};
 use drkit_drivers::docker::volumes::{self, VolumeInfo};
@@ -143,13 +143,7 @@ pub fn jobs_for(
                 configured: true,
                 source: src,
                 storages: job.storage.clone(),
-                options: BackupOptions {
-                    compression: job.compression,
-                    level: job.compression_level,
-                    suspect: job.suspect.clone(),
-                    signer: job.signer(name)?.map(Arc::new),
-                    trust: job.trust(name)?,
-                },
+                options: job.backup_options(name)?,
             });
         }
     }
@@ -254,21 +248,6 @@ impl Protection {
     }
 }
 
-fn open_storages(config: &Config, names: &[String]) -> Result<Vec<Target>> {
-    names
-        .iter()
-        .map(|n| {
-            let spec = config.storage.get(n).ok_or_else(|| {
-                Error::config(format!("storage {n:?} is not defined in the config"))
-            })?;
-            Ok(Target {
-                name: n.clone(),
-                storage: drkit_drivers::open_storage(n, spec)?,
-            })
-        })
-        .collect()
-}
-
 /// The storages `--backup-first` writes ad-hoc backups to: `chosen`, else every storage of
 /// the config.
 pub fn adhoc_storages(config: &Config, chosen: &[String]) -> Result<Vec<String>> {
@@ -300,7 +279,7 @@ pub async fn protections(
         let jobs = jobs_for(config, &d.info, adhoc)?;
         let mut newest: Option<(Newest, Arc<dyn Storage>, usize)> = None;
         for (ji, job) in jobs.iter().enumerate() {
-            for target in open_storages(config, &job.storages)? {
+            for target in crate::open_targets(config, &job.storages)? {
                 // Only a good backup protects (not suspect, or accepted), and with a signing
                 // key configured only a signed one: a forged manifest is a broken entry.
                 let listing =
@@ -397,7 +376,7 @@ pub async fn backup_now(
             "the config defines no storage to back up to: add a [storage.NAME]",
         ));
     }
-    let targets = open_storages(config, &job.storages)?;
+    let targets = crate::open_targets(config, &job.storages)?;
     let outcome = pipeline::backup(
         &job.name,
         &job.source,

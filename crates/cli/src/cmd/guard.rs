@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::Utc;
 use drkit_app::guard::{self, analyse, shell_function, BackupStep, Context, Options, Verdict};
-use drkit_core::{Error, Result};
+use drkit_core::{Error, Exit, Result};
 use serde_json::json;
 
 use crate::ctx::Ctx;
@@ -53,14 +53,14 @@ pub async fn run(
     env_files: &[PathBuf],
     out: Output,
     args: Args,
-) -> Result<u8> {
+) -> Result<Exit> {
     if args.install {
         let me = std::env::current_exe()
             .ok()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "drkit".into());
         out.script(&shell_function(&me));
-        return Ok(0);
+        return Ok(Exit::Ok);
     }
     if args.command.is_empty() {
         return Err(Error::config(
@@ -68,7 +68,7 @@ pub async fn run(
         ));
     }
     let max_age =
-        drkit_core::config::parse_duration(&args.max_age).map_err(|e| e.context("--max-age"))?;
+        drkit_core::units::parse_duration(&args.max_age).map_err(|e| e.context("--max-age"))?;
     let cwd = std::env::current_dir()
         .map_err(|e| Error::config(format!("cannot read the current directory: {e}")))?;
     let env = |k: &str| std::env::var(k).ok();
@@ -102,7 +102,7 @@ pub async fn run(
         ));
         return exec(&args.command);
     }
-    let mut verdict = guard::assess(&ctx.config, survey, &opts, Utc::now()).await?;
+    let mut verdict = guard::assess(ctx.app.config(), survey, &opts, Utc::now()).await?;
     if args.backup_first {
         verdict = backup_first(&ctx, verdict).await?;
     }
@@ -158,7 +158,7 @@ async fn backup_first(ctx: &Ctx, verdict: Verdict) -> Result<Verdict> {
             ));
         }
     };
-    let result = guard::backup_first(&ctx.config, verdict, &mut show).await;
+    let result = ctx.app.guard_backup_first( verdict, &mut show).await;
     result.map_err(|e| {
         if backing_up {
             e.context("--backup-first")
@@ -209,7 +209,7 @@ fn refusal_json(verdict: &Verdict, summary: &str, hint: &str) -> serde_json::Val
 }
 
 /// Replace this process with the command: same exit code, signals and terminal.
-fn exec(command: &[String]) -> Result<u8> {
+fn exec(command: &[String]) -> Result<Exit> {
     let err = std::process::Command::new(&command[0])
         .args(&command[1..])
         .exec();

@@ -42,6 +42,13 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
                     continue;
                 }
             };
+            if !report.cleaned.is_empty() {
+                ctx.out.info(format!(
+                    "{name}: removed {} leftover(s) of crashed runs or failed removals from {}",
+                    report.cleaned.len(),
+                    p.storage
+                ));
+            }
             for item in &report.items {
                 match &item.action {
                     Action::Locked { .. } => ctx.out.info(format!(

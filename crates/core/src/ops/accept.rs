@@ -79,7 +79,10 @@ pub async fn accept(
                 let written = async {
                     if let Some(s) = signer {
                         storage
-                            .put(&crate::layout::signature_key(&key), s.sign(Record::Accept, &json))
+                            .put(
+                                &crate::layout::signature_key(&key),
+                                s.sign(Record::Accept, &json),
+                            )
                             .await?;
                     }
                     storage.put(&key, json.clone()).await

@@ -231,10 +231,14 @@ async fn remove(storage: &dyn crate::Storage, job: &str, id: &str) -> Result<()>
     if let Err(e) = storage.delete(&manifest_key).await {
         match storage.head(&manifest_key).await {
             Ok(None) => {}
-            Ok(Some(_)) => return Err(e.context("removing the manifest; the backup is intact")),
+            Ok(Some(_)) => {
+                return Err(e.context(
+                    "removing the manifest failed and it is still there: the backup is intact, the next prune tries again",
+                ))
+            }
             Err(check) => {
-                return Err(e.context(format!(
-                    "removing the manifest; whether it is gone is unknown ({check}), so its data was left"
+                return Err(Error::new(e.kind(), format!(
+                    "removing the manifest failed and whether it is gone is unknown (the storage could not be asked), so its data was left: `drkit list` shows whether the backup is still there; if it is gone, the leftover cleaning of the next backup or prune removes the data; the delete: {e}; the check: {check}"
                 )))
             }
         }

@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use super::{Compression, HashReader, Progress, CHUNK};
 use crate::catalog::{self, new_backup_id};
 use crate::manifest::{DataInfo, Manifest, Suspect, FORMAT_VERSION};
-use crate::signing::{Record, Signer, Trust, SIG_SUFFIX};
+use crate::signing::{Record, Signer, Trust};
 use crate::suspect::{assess, Facts, Thresholds};
 use crate::{from_io, DumpSummary, Error, ErrorKind, Result, Source, Storage, Upload};
 
@@ -133,12 +133,7 @@ pub async fn backup(
     }
     let started_at = Utc::now().trunc_subsecs(3);
     let id = new_backup_id(started_at, &mut rand::thread_rng());
-    let key = crate::layout::data_key(
-        job,
-        &id,
-        source.extension(),
-        opts.compression.suffix(),
-    );
+    let key = crate::layout::data_key(job, &id, source.extension(), opts.compression.suffix());
 
     let (mut lanes, baseline) = prepare_lanes(job, &key, targets, &opts.trust).await;
     if lanes.iter().all(|l| !l.live()) {
@@ -393,7 +388,7 @@ async fn write_manifests(manifest: &Manifest, signer: Option<&Signer>, lanes: &m
     for lane in lanes.iter_mut().filter(|l| l.live()) {
         let name = lane.outcome.storage.clone();
         if let Some(sig) = &sig {
-            let sig_key = format!("{key}{SIG_SUFFIX}");
+            let sig_key = crate::layout::signature_key(&key);
             if let Err(e) = lane.storage.put(&sig_key, sig.clone()).await {
                 match landed(lane.storage.as_ref(), &sig_key, sig).await {
                     Ok(true) => lane.outcome.notes.push(format!(
@@ -401,13 +396,13 @@ async fn write_manifests(manifest: &Manifest, signer: Option<&Signer>, lanes: &m
                     )),
                     Ok(false) => {
                         lane.fail(Error::new(e.kind(), format!(
-                            "storage {name}: backup {id} failed: writing the manifest's signature failed ({e}) and it is not there, so the manifest was not written; the archive is kept for the leftover cleaning of a later run"
+                            "storage {name}: backup {id} failed: its manifest's signature could not be written (the storage does not have it, asked after the error), so the manifest was not written; the archive is kept for the leftover cleaning of a later run; the write: {e}"
                         )));
                         continue;
                     }
                     Err(check) => {
                         lane.fail(Error::new(e.kind(), format!(
-                            "storage {name}: backup {id} failed: writing the manifest's signature failed ({e}) and whether it landed is unknown ({check}), so the manifest was not written; the archive is kept for the leftover cleaning of a later run"
+                            "storage {name}: backup {id} failed: its manifest's signature could not be written (whether it landed is unknown), so the manifest was not written; the archive is kept for the leftover cleaning of a later run; the write: {e}; the check: {check}"
                         )));
                         continue;
                     }
@@ -426,10 +421,10 @@ async fn write_manifests(manifest: &Manifest, signer: Option<&Signer>, lanes: &m
                 ));
             }
             Ok(false) => lane.fail(Error::new(e.kind(), format!(
-                "storage {name}: backup {id} failed: writing its manifest failed ({e}) and the manifest is not there (asked after the error); the archive is kept for the leftover cleaning of a later run"
+                "storage {name}: backup {id} failed: its manifest could not be written (the storage does not have it, asked after the error); the archive is kept for the leftover cleaning of a later run; the write: {e}"
             ))),
             Err(check) => lane.fail(Error::new(e.kind(), format!(
-                "storage {name}: backup {id}: writing its manifest failed ({e}) and whether it landed is unknown ({check}): the backup may be complete there, and its archive is kept; run `drkit list {job}` to see whether it is listed, and `drkit verify {job} --id {id}` to check it"
+                "storage {name}: backup {id}: writing its manifest failed and whether it landed is unknown (the storage could not be asked): the backup may be complete there, and its archive is kept; run `drkit list {job}` to see whether it is listed, and `drkit verify {job} --id {id}` to check it; the write: {e}; the check: {check}"
             ))),
         }
     }

@@ -94,9 +94,7 @@ pub async fn drill(
     json.push(b'\n');
     if let Some(signer) = signer {
         let sig = signer.sign(Record::Drill, &json);
-        storage
-            .put(&signature_key(&report.key()), sig)
-            .await?;
+        storage.put(&signature_key(&report.key()), sig).await?;
     }
     storage.put(&report.key(), json).await?;
     Ok(report)

@@ -160,9 +160,7 @@ pub fn engine_error(e: bollard::errors::Error, what: impl std::fmt::Display) -> 
     }
 }
 
-pub(crate) fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
+pub(crate) use drkit_core::one_line;
 
 /// A filter map for list calls: `key` -> values.
 pub(crate) fn filters(pairs: &[(&str, String)]) -> HashMap<String, Vec<String>> {
@@ -173,22 +171,12 @@ pub(crate) fn filters(pairs: &[(&str, String)]) -> HashMap<String, Vec<String>> 
     out
 }
 
-/// Human size: `371.2 MB`, `4.0 KB`, `unknown` for negative.
+/// A volume size in words with drkit's one size formatter (`371.2 MiB`), or `size unknown`
+/// when the engine did not say (negative).
 pub fn human_size(bytes: i64) -> String {
-    if bytes < 0 {
-        return "size unknown".into();
-    }
-    let units = ["B", "KB", "MB", "GB", "TB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u < units.len() - 1 {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", units[u])
+    match u64::try_from(bytes) {
+        Ok(n) => drkit_core::units::human_bytes(n),
+        Err(_) => "size unknown".into(),
     }
 }
 

@@ -1,5 +1,4 @@
-//! THE table of spellings: every command line the guard must refuse or let through, with
-//! what it decides.
+//! The spellings table, in a file of its own: one row per command line decided.
 
 use super::{words, Want, World};
 use crate::guard::Doomed;

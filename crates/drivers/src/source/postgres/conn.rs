@@ -413,10 +413,7 @@ pub fn resolve_password(
     Ok(None)
 }
 
-/// Collapse whitespace so a server message fits on one line.
-pub fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
+pub(crate) use drkit_core::one_line;
 
 /// The text of an error and its causes, on one line.
 fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {

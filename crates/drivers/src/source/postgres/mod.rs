@@ -107,6 +107,55 @@ pub enum Databases {
     All,
 }
 
+impl Databases {
+    /// `databases = "all"`, or a list of distinct names (not empty); the url's database
+    /// when unset.
+    fn from_config(databases: Option<DatabasesConfig>, what: &str) -> Result<Databases> {
+        Ok(match databases {
+            None => Databases::Url,
+            Some(DatabasesConfig::All(s)) if s == "all" => Databases::All,
+            Some(DatabasesConfig::All(s)) => {
+                return Err(Error::config(format!(
+                    "{what}.databases: {s:?} is not allowed: write \"all\" or a list of names"
+                )))
+            }
+            Some(DatabasesConfig::List(v)) if v.is_empty() => {
+                return Err(Error::config(format!(
+                    "{what}.databases is empty: name at least one database, or write \"all\""
+                )))
+            }
+            Some(DatabasesConfig::List(v)) => {
+                let mut seen = std::collections::BTreeSet::new();
+                for d in &v {
+                    if d.is_empty() || !seen.insert(d) {
+                        return Err(Error::config(format!(
+                            "{what}.databases: {d:?} is empty or listed twice"
+                        )));
+                    }
+                }
+                Databases::List(v)
+            }
+        })
+    }
+}
+
+/// Where the PostgreSQL programs run: here, or inside a named container (`exec`).
+fn exec(exec: Option<ExecConfig>, what: &str) -> Result<Exec> {
+    Ok(match exec {
+        None => Exec::Local,
+        Some(e) if e.docker.trim().is_empty() => {
+            return Err(Error::config(format!(
+                "{what}.exec.docker is empty: name the container"
+            )))
+        }
+        Some(e) => Exec::Docker {
+            container: e.docker,
+            host: e.host,
+            port: e.port,
+        },
+    })
+}
+
 /// A PostgreSQL server (one database, several, or all) as a source.
 #[derive(Debug, Clone)]
 pub struct PostgresSource {
@@ -131,31 +180,7 @@ impl PostgresSource {
         params
             .tokio_config(None)
             .map_err(|e| e.context(format!("{what}.url")))?;
-        let databases = match c.databases {
-            None => Databases::Url,
-            Some(DatabasesConfig::All(s)) if s == "all" => Databases::All,
-            Some(DatabasesConfig::All(s)) => {
-                return Err(Error::config(format!(
-                    "{what}.databases: {s:?} is not allowed: write \"all\" or a list of names"
-                )))
-            }
-            Some(DatabasesConfig::List(v)) if v.is_empty() => {
-                return Err(Error::config(format!(
-                    "{what}.databases is empty: name at least one database, or write \"all\""
-                )))
-            }
-            Some(DatabasesConfig::List(v)) => {
-                let mut seen = std::collections::BTreeSet::new();
-                for d in &v {
-                    if d.is_empty() || !seen.insert(d) {
-                        return Err(Error::config(format!(
-                            "{what}.databases: {d:?} is empty or listed twice"
-                        )));
-                    }
-                }
-                Databases::List(v)
-            }
-        };
+        let databases = Databases::from_config(c.databases, what)?;
         let filters = Filters::parse(
             &c.schemas,
             &c.exclude_schemas,
@@ -163,19 +188,7 @@ impl PostgresSource {
             &c.exclude_tables,
             what,
         )?;
-        let exec = match c.exec {
-            None => Exec::Local,
-            Some(e) if e.docker.trim().is_empty() => {
-                return Err(Error::config(format!(
-                    "{what}.exec.docker is empty: name the container"
-                )))
-            }
-            Some(e) => Exec::Docker {
-                container: e.docker,
-                host: e.host,
-                port: e.port,
-            },
-        };
+        let exec = exec(c.exec, what)?;
         if let Some(r) = &c.restore_role {
             if r.is_empty() || r.contains('\0') || r.len() > 63 {
                 return Err(Error::config(format!(

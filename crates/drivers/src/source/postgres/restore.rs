@@ -664,15 +664,8 @@ async fn existing(client: &Client, plan: &Plan) -> Result<Existing> {
     })
 }
 
-/// Check the whole roles script of the archive (see [`globals`]), then run what it creates
-/// that is missing here, statement by statement through drkit's own connection (never psql),
-/// after `SET ROLE` when `restore_role` is set. Nothing runs when any statement is refused.
-async fn run_globals(
-    src: &PostgresSource,
-    plan: &Plan,
-    script: &[u8],
-    notes: &mut Vec<String>,
-) -> Result<()> {
+/// The statements of the archive's roles script, each checked (see [`globals`]).
+fn checked_statements(plan: &Plan, script: &[u8]) -> Result<Vec<globals::Statement>> {
     let refused = |why: String| {
         Error::integrity(format!(
             "backup {}: its roles script (pg_dumpall --globals-only) is refused, {why}: none of it was run (drkit runs only the statements pg_dumpall writes; the archive may have been tampered with)",
@@ -687,7 +680,19 @@ async fn run_globals(
             + 1;
         refused(format!("line {line}: it is not UTF-8"))
     })?;
-    let statements = globals::parse(text).map_err(|r| refused(r.to_string()))?;
+    globals::parse(text).map_err(|r| refused(r.to_string()))
+}
+
+/// Check the whole roles script of the archive (see [`globals`]), then run what it creates
+/// that is missing here, statement by statement through drkit's own connection (never psql),
+/// after `SET ROLE` when `restore_role` is set. Nothing runs when any statement is refused.
+async fn run_globals(
+    src: &PostgresSource,
+    plan: &Plan,
+    script: &[u8],
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let statements = checked_statements(plan, script)?;
     let client = conn::connect(&plan.maint, plan.maint_password.as_deref()).await?;
     let err = |e: tokio_postgres::Error, doing: String| pg_error(&e, &plan.maint, &doing);
     client
@@ -705,8 +710,30 @@ async fn run_globals(
         .iter()
         .filter(|s| existing.keep(s))
         .partition(|s| s.action == Action::Session);
+    run_statements(&client, plan, &session, &work).await?;
+    let skipped = statements.len() - session.len() - work.len();
+    notes.push(format!(
+        "roles script: {} statements run{}",
+        work.len(),
+        if skipped > 0 {
+            format!(", {skipped} left out (those roles, tablespaces or memberships exist)")
+        } else {
+            String::new()
+        }
+    ));
+    Ok(())
+}
+
+/// Run the session settings, then the work, all in one transaction unless it creates a
+/// tablespace (which cannot run in one).
+async fn run_statements(
+    client: &Client,
+    plan: &Plan,
+    session: &[&globals::Statement],
+    work: &[&globals::Statement],
+) -> Result<()> {
+    let err = |e: tokio_postgres::Error, doing: String| pg_error(&e, &plan.maint, &doing);
     let run = |s: &globals::Statement| {
-        let client = &client;
         let sql = s.sql.clone();
         let line = s.line;
         async move {
@@ -718,10 +745,9 @@ async fn run_globals(
             })
         }
     };
-    for s in &session {
+    for s in session {
         run(s).await?;
     }
-    // All or nothing, unless a tablespace is created (which cannot run in a transaction).
     let transaction = !work
         .iter()
         .any(|s| matches!(s.action, Action::CreateTablespace(_)));
@@ -731,7 +757,7 @@ async fn run_globals(
             .await
             .map_err(|e| err(e, "restoring the roles".into()))?;
     }
-    for s in &work {
+    for s in work {
         run(s).await?;
     }
     if transaction {
@@ -740,16 +766,6 @@ async fn run_globals(
             .await
             .map_err(|e| err(e, "restoring the roles".into()))?;
     }
-    let skipped = statements.len() - session.len() - work.len();
-    notes.push(format!(
-        "roles script: {} statements run{}",
-        work.len(),
-        if skipped > 0 {
-            format!(", {skipped} left out (those roles, tablespaces or memberships exist)")
-        } else {
-            String::new()
-        }
-    ));
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use drkit_core::{BoxRead, Error, Result};
@@ -74,30 +74,7 @@ async fn request(
         .await;
     let out = match out {
         Ok(o) => o,
-        Err(e) => {
-            let f = Failure::of(&e);
-            return Err(match &f {
-                Failure::Service { code, .. } if code == "NoSuchBucket" => {
-                    to_error(&inner.place, &format!("reading {key}"), f)
-                }
-                Failure::Service { status: 404, .. } => {
-                    Error::not_found(format!("{}: {key} does not exist", inner.place))
-                }
-                Failure::Service { status: 416, .. } => {
-                    // Asking from the end of the object or beyond: nothing to read.
-                    return Ok(Opened {
-                        body: Box::pin(tokio::io::empty()),
-                        etag,
-                        stop: Some(pos),
-                    });
-                }
-                Failure::Service { status: 412, .. } => Error::storage(format!(
-                    "{}: {key} was replaced while it was being read: read it again",
-                    inner.place
-                )),
-                _ => to_error(&inner.place, &format!("reading {key}"), f),
-            });
-        }
+        Err(e) => return failed_get(&inner, &key, pos, etag, Failure::of(&e)),
     };
     if ranged {
         match out.content_range().and_then(content_range_start) {
@@ -121,6 +98,37 @@ async fn request(
         body: Box::pin(out.body.into_async_read()),
         etag,
         stop,
+    })
+}
+
+/// What a failed GET from `pos` means: nothing to read (416: the range starts at the end
+/// of the object or beyond), or the error to report.
+fn failed_get(
+    inner: &Inner,
+    key: &str,
+    pos: u64,
+    etag: Option<String>,
+    f: Failure,
+) -> Result<Opened> {
+    Err(match &f {
+        Failure::Service { code, .. } if code == "NoSuchBucket" => {
+            to_error(&inner.place, &format!("reading {key}"), f)
+        }
+        Failure::Service { status: 404, .. } => {
+            Error::not_found(format!("{}: {key} does not exist", inner.place))
+        }
+        Failure::Service { status: 416, .. } => {
+            return Ok(Opened {
+                body: Box::pin(tokio::io::empty()),
+                etag,
+                stop: Some(pos),
+            });
+        }
+        Failure::Service { status: 412, .. } => Error::storage(format!(
+            "{}: {key} was replaced while it was being read: read it again",
+            inner.place
+        )),
+        _ => to_error(&inner.place, &format!("reading {key}"), f),
     })
 }
 
@@ -213,6 +221,23 @@ impl Resuming {
         Ok(())
     }
 
+    /// Drive a reopening in progress (if any) until its body is in place.
+    fn poll_reopen(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(fut) = self.reopen.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let opened = ready!(fut.as_mut().poll(cx));
+        self.reopen = None;
+        let opened = opened.map_err(io::Error::other)?;
+        self.body = Some(opened.body);
+        self.stop = opened.stop;
+        if self.etag.is_none() {
+            self.etag = opened.etag;
+        }
+        self.reset_idle();
+        Poll::Ready(Ok(()))
+    }
+
     fn reset_idle(&mut self) {
         let at = Instant::now() + self.timeout;
         self.idle.as_mut().reset(at);
@@ -227,24 +252,7 @@ impl AsyncRead for Resuming {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            if let Some(fut) = this.reopen.as_mut() {
-                match fut.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(opened)) => {
-                        this.reopen = None;
-                        this.body = Some(opened.body);
-                        this.stop = opened.stop;
-                        if this.etag.is_none() {
-                            this.etag = opened.etag;
-                        }
-                        this.reset_idle();
-                    }
-                    Poll::Ready(Err(e)) => {
-                        this.reopen = None;
-                        return Poll::Ready(Err(io::Error::other(e)));
-                    }
-                }
-            }
+            ready!(this.poll_reopen(cx))?;
             let Some(body) = this.body.as_mut() else {
                 return Poll::Ready(Ok(()));
             };

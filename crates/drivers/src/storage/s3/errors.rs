@@ -3,7 +3,7 @@
 
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use drkit_core::Error;
+use drkit_core::{one_line, Error};
 
 /// What went wrong with one request, reduced to what the mapping needs (pure, testable).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,10 +91,6 @@ fn deepest(err: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     one_line(&last)
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Error codes that mean "slow down" (retried by the SDK; reported as retryable).
