@@ -316,6 +316,9 @@ impl Scanner {
     fn header(&mut self, block: &[u8]) -> Result<(), TarError> {
         if block.iter().all(|&b| b == 0) {
             self.state = State::End;
+            // Go's reader stops here and drops pending PAX or long-name headers: so must we,
+            // or their held bytes are never released while what follows the end passes on.
+            self.pending = Pending::default();
             return Ok(());
         }
         let fields = HeaderFields::parse(block)?;
