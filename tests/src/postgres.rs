@@ -404,7 +404,7 @@ pub fn replace_backup_data(backups: &Path, data: &[u8]) {
 
 /// The members (name, bytes) of a drkit PostgreSQL tar archive.
 pub fn tar_members(data: &[u8]) -> Vec<(String, Vec<u8>)> {
-    use drkit_drivers::source::postgres::archive::TarReader;
+    use drkit_drivers::test_util::postgres_archive::TarReader;
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -420,7 +420,7 @@ pub fn tar_members(data: &[u8]) -> Vec<(String, Vec<u8>)> {
 
 /// A drkit PostgreSQL tar archive of `members`.
 pub fn tar_of(members: &[(String, Vec<u8>)]) -> Vec<u8> {
-    use drkit_drivers::source::postgres::archive::{write_end, write_member};
+    use drkit_drivers::test_util::postgres_archive::{write_end, write_member};
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();

@@ -688,7 +688,7 @@ impl drkit_core::Source for Crafted {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crafted_archives_are_refused_and_nothing_is_written() {
     use drkit_core::pipeline::{self, Target};
-    use drkit_drivers::docker::tar::build::{archive, entry};
+    use drkit_drivers::test_util::volume_tar::{archive, entry};
     use drkit_drivers::source::docker_volume::DockerVolumeSource;
     setup();
     let mut clean = Cleanup::default();
@@ -1188,7 +1188,7 @@ fn guard_compose_rm_services_and_env_wrapped_down_are_refused() {
 /// `drkit verify` (exit 4, naming the entry), and so the guard does not count it.
 #[test]
 fn verify_fails_what_restore_refuses_and_the_guard_follows() {
-    use drkit_drivers::docker::tar::build::{archive, entry};
+    use drkit_drivers::test_util::volume_tar::{archive, entry};
     use sha2::Digest;
     setup();
     let mut clean = Cleanup::default();

@@ -23,13 +23,30 @@ use std::sync::Arc;
 
 use drkit_core::{Config, DriverSpec, Error, Result, Source, Storage};
 
+// The public surface (docs/library.md): the functions below, the driver types with their
+// settings re-exported here, and `docker` (the Engine API that drkit-app's guard uses).
+// Everything else is `pub(crate)`; helpers for tests are behind the `test-util` feature.
 #[cfg(feature = "docker")]
 pub mod docker;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
-pub mod process;
+pub(crate) mod process;
 pub mod source;
 pub mod storage;
+#[cfg(feature = "test-util")]
+pub mod test_util;
+
+#[cfg(feature = "docker")]
+pub use source::docker_volume::DockerVolumeSource;
+#[cfg(feature = "mongodb")]
+pub use source::mongodb::MongoSource;
+#[cfg(feature = "postgres")]
+pub use source::postgres::PostgresSource;
+#[cfg(feature = "sqlite")]
+pub use source::sqlite::SqliteSource;
+pub use storage::local::LocalStorage;
+#[cfg(feature = "s3")]
+pub use storage::s3::{S3Settings, S3Storage};
 
 /// The source kinds this build supports.
 pub fn source_kinds() -> &'static [&'static str] {

@@ -193,16 +193,6 @@ impl Process {
         })
     }
 
-    /// The name used in messages.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// What the child has written to stderr so far (its last [`STDERR_TAIL`] bytes).
-    pub fn stderr(&self) -> String {
-        self.tail.text()
-    }
-
     /// Wait for the child to exit and for its stderr to be drained.
     pub async fn wait(mut self) -> Result<Finished> {
         let status = self
@@ -224,14 +214,6 @@ impl Process {
     pub async fn wait_ok(self) -> Result<Finished> {
         let name = self.name.clone();
         self.wait().await?.check(&name)
-    }
-
-    /// Kill the child (SIGKILL) and reap it.
-    pub async fn kill(mut self) {
-        let _ = self.child.kill().await;
-        if let Some(drain) = self.drain.take() {
-            drain.abort();
-        }
     }
 }
 
@@ -286,21 +268,6 @@ pub struct ProcessReader {
     process: Option<Process>,
     waiting: Option<WaitFuture>,
     done: bool,
-}
-
-impl ProcessReader {
-    /// What the child has written to stderr so far.
-    pub fn stderr(&self) -> String {
-        self.process
-            .as_ref()
-            .map(Process::stderr)
-            .unwrap_or_default()
-    }
-
-    /// The child's process id, while it runs.
-    pub fn id(&self) -> Option<u32> {
-        self.process.as_ref().and_then(|p| p.child.id())
-    }
 }
 
 impl AsyncRead for ProcessReader {
@@ -415,17 +382,6 @@ impl ProcessWriter {
             drop(stdin);
         }
         self.process.wait_ok().await
-    }
-
-    /// Kill the child without closing its input cleanly.
-    pub async fn kill(mut self) {
-        self.stdin.take();
-        self.process.kill().await;
-    }
-
-    /// What the child has written to stderr so far.
-    pub fn stderr(&self) -> String {
-        self.process.stderr()
     }
 }
 

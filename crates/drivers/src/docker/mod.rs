@@ -14,9 +14,9 @@ use bollard::Docker;
 use drkit_core::{Error, ErrorKind, Result};
 
 pub mod containers;
-pub mod helper;
+pub(crate) mod helper;
 pub mod lookalike;
-pub mod tar;
+pub(crate) mod tar;
 pub mod volumes;
 
 /// Compose's label naming a container's or volume's project.

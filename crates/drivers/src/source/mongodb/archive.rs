@@ -365,7 +365,9 @@ pub enum Event<'a> {
     },
     /// Namespace `ns` ended and its CRC matched.
     End {
-        /// Index of the namespace in the prelude.
+        /// Index of the namespace in the prelude (read by the tests; restore only needs
+        /// the event).
+        #[allow(dead_code)]
         ns: usize,
     },
 }

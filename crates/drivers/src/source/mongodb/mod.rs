@@ -18,7 +18,7 @@
 //! - `verify`: the archive checks of a verify, against the manifest;
 //! - [`archive`]: the archive format itself, written and parsed with no server.
 
-pub mod archive;
+pub(crate) mod archive;
 mod conn;
 mod dump;
 mod plan;

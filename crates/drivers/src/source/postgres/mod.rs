@@ -22,13 +22,13 @@
 //! archive is staged in a temp folder and restored with `pg_restore --jobs`. Then the row
 //! counts are compared with the manifest.
 
-pub mod archive;
-pub mod conn;
+pub(crate) mod archive;
+pub(crate) mod conn;
 mod dump;
-pub mod globals;
+pub(crate) mod globals;
 mod restore;
-pub mod stats;
-pub mod tools;
+pub(crate) mod stats;
+pub(crate) mod tools;
 
 use std::path::PathBuf;
 
