@@ -688,8 +688,8 @@ impl drkit_core::Source for Crafted {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crafted_archives_are_refused_and_nothing_is_written() {
     use drkit_core::pipeline::{self, Target};
-    use drkit_drivers::test_util::volume_tar::{archive, entry};
     use drkit_drivers::source::docker_volume::DockerVolumeSource;
+    use drkit_drivers::test_util::volume_tar::{archive, entry};
     setup();
     let mut clean = Cleanup::default();
     let existing = unique("victim");

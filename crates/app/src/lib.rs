@@ -241,7 +241,15 @@ impl Drkit {
         let source = self.source(job)?;
         let targets = self.targets(job)?;
         let trust = self.trust(job)?;
-        Ok(ops::verify::verify(job, &targets, &trust, which, Some(source.as_ref()), progress).await)
+        Ok(ops::verify::verify(
+            job,
+            &targets,
+            &trust,
+            which,
+            Some(source.as_ref()),
+            progress,
+        )
+        .await)
     }
 
     /// Choose a backup of `job` across its storages and restore it.
@@ -392,3 +400,8 @@ impl Drkit {
         run
     }
 }
+
+/// The examples of docs/library.md, compiled as doc tests so that they keep up with the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/library.md")]
+pub struct LibraryDoc;

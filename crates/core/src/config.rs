@@ -158,11 +158,15 @@ fn span_field<'de, D: serde::Deserializer<'de>>(
         .map_err(|e: Error| serde::de::Error::custom(format!("{key}: {e}")))
 }
 
-fn span_max_age<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Span>, D::Error> {
+fn span_max_age<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Span>, D::Error> {
     span_field(d, "max_age")
 }
 
-fn span_within<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Span>, D::Error> {
+fn span_within<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Span>, D::Error> {
     span_field(d, "keep.within")
 }
 

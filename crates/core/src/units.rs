@@ -145,7 +145,19 @@ mod tests {
 
     #[test]
     fn spans() {
-        for (s, want) in [("90s", Some(90)), ("15m", Some(900)), ("6h", Some(21_600)), ("7d", Some(604_800)), ("2w", Some(1_209_600)), (" 1d ", Some(86_400)), ("3 days", None), ("d", None), ("", None), ("-1d", None), ("99999999999999999999w", None)] {
+        for (s, want) in [
+            ("90s", Some(90)),
+            ("15m", Some(900)),
+            ("6h", Some(21_600)),
+            ("7d", Some(604_800)),
+            ("2w", Some(1_209_600)),
+            (" 1d ", Some(86_400)),
+            ("3 days", None),
+            ("d", None),
+            ("", None),
+            ("-1d", None),
+            ("99999999999999999999w", None),
+        ] {
             let got: Option<Span> = s.parse().ok();
             assert_eq!(got.as_ref().map(|g| g.duration().as_secs()), want, "{s}");
             if let Some(g) = got {

@@ -49,7 +49,9 @@ pub async fn run(ctx: &Ctx, _args: Args) -> Result<Exit> {
                             Ok(r) => {
                                 let removed = r.items.iter().filter(|i| !i.keep).count();
                                 for i in &r.items {
-                                    if let drkit_core::ops::prune::Action::Failed { error } = &i.action {
+                                    if let drkit_core::ops::prune::Action::Failed { error } =
+                                        &i.action
+                                    {
                                         ctx.out.error(format!(
                                             "{job}: removing backup {} from {} failed: {error}",
                                             i.id, p.storage

@@ -18,7 +18,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
     let mut docs = Vec::new();
     let mut exit = Exit::Ok;
     for (name, _) in ctx.app.jobs(&args.jobs)? {
-        ctx.out.info(format!("{name}: drilling the newest good backup ..."));
+        ctx.out
+            .info(format!("{name}: drilling the newest good backup ..."));
         for run in ctx.app.drill(&name).await? {
             docs.push(render::drill(&ctx.out, &run));
             exit.note(run.exit());

@@ -158,7 +158,7 @@ async fn backup_first(ctx: &Ctx, verdict: Verdict) -> Result<Verdict> {
             ));
         }
     };
-    let result = ctx.app.guard_backup_first( verdict, &mut show).await;
+    let result = ctx.app.guard_backup_first(verdict, &mut show).await;
     result.map_err(|e| {
         if backing_up {
             e.context("--backup-first")

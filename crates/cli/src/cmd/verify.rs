@@ -63,9 +63,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
 /// Print one verified item and return its `--json` document.
 fn show(ctx: &Ctx, item: &Verified) -> Value {
     let (name, storage) = (&item.job, &item.storage);
-    let failed = |id: Option<&String>, e: &drkit_core::Error| {
-        json!({"job": name, "storage": storage, "id": id, "ok": false, "error": render::error_json(e)})
-    };
+    let failed = |id: Option<&String>, e: &drkit_core::Error| json!({"job": name, "storage": storage, "id": id, "ok": false, "error": render::error_json(e)});
     match &item.verdict {
         Verdict::Ok { entry, report: rep } => {
             let m = &entry.manifest;
@@ -79,7 +77,11 @@ fn show(ctx: &Ctx, item: &Verified) -> Value {
                 } else {
                     ""
                 },
-                if entry.is_good() { "" } else { "; it is SUSPECT" }
+                if entry.is_good() {
+                    ""
+                } else {
+                    "; it is SUSPECT"
+                }
             ));
             for w in m.warnings.iter().chain(m.suspect_reasons()) {
                 ctx.out.warn(format!("{name}/{}: {w}", m.id));

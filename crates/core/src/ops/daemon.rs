@@ -93,9 +93,21 @@ mod tests {
         let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
         // 2026-11-29 is a Sunday.
         let cases = [
-            ("2026-11-28T12:00:00Z", "2026-11-29T02:00:00Z", vec![Task::Backup("a".into()), Task::Backup("b".into())]),
-            ("2026-11-29T02:00:00Z", "2026-11-29T03:00:00Z", vec![Task::Drill("a".into())]),
-            ("2026-11-29T03:00:00Z", "2026-11-30T02:00:00Z", vec![Task::Backup("a".into()), Task::Backup("b".into())]),
+            (
+                "2026-11-28T12:00:00Z",
+                "2026-11-29T02:00:00Z",
+                vec![Task::Backup("a".into()), Task::Backup("b".into())],
+            ),
+            (
+                "2026-11-29T02:00:00Z",
+                "2026-11-29T03:00:00Z",
+                vec![Task::Drill("a".into())],
+            ),
+            (
+                "2026-11-29T03:00:00Z",
+                "2026-11-30T02:00:00Z",
+                vec![Task::Backup("a".into()), Task::Backup("b".into())],
+            ),
         ];
         for (after, at, tasks) in cases {
             let (got_at, got) = plan.next(t(after)).unwrap();

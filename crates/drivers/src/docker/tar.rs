@@ -810,12 +810,25 @@ fn parse_number(field: &[u8]) -> Option<u64> {
         }
         return Some(v);
     }
-    let text: Vec<u8> = field.iter().copied().take_while(|&c| c != 0).collect();
-    let text = std::str::from_utf8(&text).ok()?.trim();
-    if text.is_empty() {
-        return Some(0);
+    // As Go's archive/tar (`parseOctal`), which the engine uses to write what it reads: trim
+    // NULs and spaces on both sides, then stop at the first NUL. Reading a field differently
+    // from the engine would let a crafted size hide bytes from the entry checks.
+    let start = field.iter().position(|&c| c != 0 && c != b' ');
+    let text = match start {
+        None => return Some(0),
+        Some(i) => &field[i..],
+    };
+    let end = text
+        .iter()
+        .rposition(|&c| c != 0 && c != b' ')
+        .map_or(0, |j| j + 1);
+    let text = &text[..end];
+    let text = &text[..text.iter().position(|&c| c == 0).unwrap_or(text.len())];
+    if !text.iter().all(|c| (b'0'..=b'7').contains(c)) {
+        return None;
     }
-    u64::from_str_radix(text, 8).ok()
+    text.iter()
+        .try_fold(0u64, |v, &c| v.checked_mul(8)?.checked_add((c - b'0') as u64))
 }
 
 fn ascii_number(v: &[u8]) -> Option<u64> {
@@ -945,6 +958,29 @@ pub mod build {
 
 #[cfg(test)]
 mod tests {
+    use super::parse_number;
+
+    #[test]
+    fn numbers_are_read_as_go_reads_them() {
+        let cases: &[(&[u8], Option<u64>)] = &[
+            (b"0000644\0", Some(0o644)),
+            (b"00000001000\0", Some(512)),
+            (b"\x000000001000\0", Some(512)), // a leading NUL: Go skips it, so do we
+            (b"  1000 \0", Some(512)),
+            (b"\0\0\0\0\0\0\0\0", Some(0)),
+            (b"        ", Some(0)),
+            (b"12\x0034", Some(0o12)),
+            (b"+1000", None),
+            (b"12 34", None),
+            (b"0009", None),
+            (b"77777777777777777777777", None), // overflows u64
+        ];
+        for (field, want) in cases {
+            assert_eq!(parse_number(field), *want, "{:?}", String::from_utf8_lossy(field));
+        }
+        assert_eq!(parse_number(&[0x80, 0, 0, 0, 0, 0, 0x02, 0x00]), Some(512));
+    }
+
     use super::build::{archive, entry};
     use super::*;
 

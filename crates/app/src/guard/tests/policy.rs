@@ -6,8 +6,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use drkit_core::pipeline::{self, BackupOptions, Target};
 use drkit_core::{Config, ErrorKind, Manifest};
-use drkit_drivers::test_util::volume_tar::{archive, entry};
 use drkit_drivers::docker::volumes::VolumeInfo;
+use drkit_drivers::test_util::volume_tar::{archive, entry};
 use futures::FutureExt;
 
 use crate::guard::policy::{
