@@ -5,6 +5,7 @@ use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::Serialize;
 
 use crate::config::KeepPolicy;
+use crate::units::Span;
 use crate::Result;
 
 /// One backup as retention sees it.
@@ -44,28 +45,9 @@ pub fn plan(
     policy: &KeepPolicy,
     now: DateTime<Utc>,
 ) -> Result<Vec<Decision>> {
-    let mut sorted: Vec<&Candidate> = backups.iter().collect();
-    sorted.sort_by(|a, b| {
-        b.started_at
-            .cmp(&a.started_at)
-            .then_with(|| b.id.cmp(&a.id))
-    });
-    let mut decisions: Vec<Decision> = sorted
-        .iter()
-        .map(|c| Decision {
-            id: c.id.clone(),
-            keep: false,
-            reasons: Vec::new(),
-        })
-        .collect();
-    let no_rule = policy.last.is_none()
-        && policy.hourly.is_none()
-        && policy.daily.is_none()
-        && policy.weekly.is_none()
-        && policy.monthly.is_none()
-        && policy.yearly.is_none()
-        && policy.within.is_none();
-    if no_rule {
+    let sorted = newest_first(backups);
+    let mut decisions = undecided(&sorted);
+    if has_no_rule(policy) {
         for d in &mut decisions {
             d.keep = true;
             d.reasons.push("no retention policy".into());
@@ -73,6 +55,65 @@ pub fn plan(
         return Ok(decisions);
     }
     let mut why_not: Vec<Vec<String>> = vec![Vec::new(); decisions.len()];
+    keep_newest_good_and_new_suspects(&sorted, &mut decisions, &mut why_not);
+    if let Some(n) = policy.last {
+        keep_last(n, &sorted, &mut decisions, &mut why_not);
+    }
+    for rule in period_rules(policy) {
+        keep_periods(rule, &sorted, &mut decisions, &mut why_not);
+    }
+    if let Some(within) = &policy.within {
+        keep_within(within, now, &sorted, &mut decisions, &mut why_not);
+    }
+    for (d, why) in decisions.iter_mut().zip(why_not) {
+        if !d.keep {
+            d.reasons = why;
+        }
+    }
+    Ok(decisions)
+}
+
+/// The backups sorted newest first (ties: the greater id first).
+fn newest_first(backups: &[Candidate]) -> Vec<&Candidate> {
+    let mut sorted: Vec<&Candidate> = backups.iter().collect();
+    sorted.sort_by(|a, b| {
+        b.started_at
+            .cmp(&a.started_at)
+            .then_with(|| b.id.cmp(&a.id))
+    });
+    sorted
+}
+
+/// One decision per backup, in the same order: not kept yet, no reasons.
+fn undecided(sorted: &[&Candidate]) -> Vec<Decision> {
+    sorted
+        .iter()
+        .map(|c| Decision {
+            id: c.id.clone(),
+            keep: false,
+            reasons: Vec::new(),
+        })
+        .collect()
+}
+
+/// Whether the policy sets no rule at all (it then keeps everything).
+fn has_no_rule(policy: &KeepPolicy) -> bool {
+    policy.last.is_none()
+        && policy.hourly.is_none()
+        && policy.daily.is_none()
+        && policy.weekly.is_none()
+        && policy.monthly.is_none()
+        && policy.yearly.is_none()
+        && policy.within.is_none()
+}
+
+/// Keep the newest good backup and the suspect ones newer than it (all suspect ones when
+/// there is no good backup); older suspect ones get their reason not to be kept.
+fn keep_newest_good_and_new_suspects(
+    sorted: &[&Candidate],
+    decisions: &mut [Decision],
+    why_not: &mut [Vec<String>],
+) {
     let newest_good = sorted.iter().position(|c| c.good);
     for (i, (c, d)) in sorted.iter().zip(decisions.iter_mut()).enumerate() {
         if c.good {
@@ -91,23 +132,39 @@ pub fn plan(
             why_not[i].push("suspect, older than the newest good backup".into());
         }
     }
-    if let Some(n) = policy.last {
-        let mut kept = 0;
-        for ((c, d), why) in sorted.iter().zip(decisions.iter_mut()).zip(&mut why_not) {
-            if !c.good {
-                continue;
-            }
-            if kept < n {
-                d.keep = true;
-                d.reasons.push(format!("last {n}"));
-                kept += 1;
-            } else {
-                why.push(format!("not among the {n} newest good"));
-            }
+}
+
+/// The `last = n` rule: keep the `n` newest good backups.
+fn keep_last(
+    n: u32,
+    sorted: &[&Candidate],
+    decisions: &mut [Decision],
+    why_not: &mut [Vec<String>],
+) {
+    let mut kept = 0;
+    for ((c, d), why) in sorted.iter().zip(decisions.iter_mut()).zip(why_not) {
+        if !c.good {
+            continue;
+        }
+        if kept < n {
+            d.keep = true;
+            d.reasons.push(format!("last {n}"));
+            kept += 1;
+        } else {
+            why.push(format!("not among the {n} newest good"));
         }
     }
-    type Bucket = fn(&DateTime<Utc>) -> String;
-    let rules: [(&str, &str, Option<u32>, Bucket); 5] = [
+}
+
+/// The period a backup's start falls in, as shown in the reasons (`2026-11-24`, ...).
+type Bucket = fn(&DateTime<Utc>) -> String;
+
+/// A period rule: its name, its periods' name in the plural, its count, and its period.
+type PeriodRule = (&'static str, &'static str, Option<u32>, Bucket);
+
+/// The hourly, daily, weekly, monthly and yearly rules of `policy`, set or not.
+fn period_rules(policy: &KeepPolicy) -> [PeriodRule; 5] {
+    [
         ("hourly", "hours", policy.hourly, |t| {
             format!(
                 "{}-{:02}-{:02} {:02}h",
@@ -130,45 +187,55 @@ pub fn plan(
         ("yearly", "years", policy.yearly, |t| {
             t.format("%Y").to_string()
         }),
-    ];
-    for (name, periods, count, bucket) in rules {
-        let Some(n) = count else { continue };
-        let mut last_bucket: Option<String> = None;
-        let mut kept = 0;
-        for ((c, d), why) in sorted.iter().zip(decisions.iter_mut()).zip(&mut why_not) {
-            if !c.good {
-                continue;
-            }
-            let b = bucket(&c.started_at);
-            if kept < n && last_bucket.as_ref() != Some(&b) {
-                d.keep = true;
-                d.reasons.push(format!("{name} {b}"));
-                kept += 1;
-                last_bucket = Some(b);
-            } else if last_bucket.as_ref() == Some(&b) {
-                why.push(format!("{name}: not the newest good backup of {b}"));
-            } else {
-                why.push(format!("{name}: older than the {n} newest {periods}"));
-            }
+    ]
+}
+
+/// A period rule, when set: keep the newest good backup of each of its `n` newest periods
+/// that have good backups.
+fn keep_periods(
+    (name, periods, count, bucket): PeriodRule,
+    sorted: &[&Candidate],
+    decisions: &mut [Decision],
+    why_not: &mut [Vec<String>],
+) {
+    let Some(n) = count else { return };
+    let mut last_bucket: Option<String> = None;
+    let mut kept = 0;
+    for ((c, d), why) in sorted.iter().zip(decisions.iter_mut()).zip(why_not) {
+        if !c.good {
+            continue;
+        }
+        let b = bucket(&c.started_at);
+        if kept < n && last_bucket.as_ref() != Some(&b) {
+            d.keep = true;
+            d.reasons.push(format!("{name} {b}"));
+            kept += 1;
+            last_bucket = Some(b);
+        } else if last_bucket.as_ref() == Some(&b) {
+            why.push(format!("{name}: not the newest good backup of {b}"));
+        } else {
+            why.push(format!("{name}: older than the {n} newest {periods}"));
         }
     }
-    if let Some(within) = &policy.within {
-        let limit = now - within.chrono();
-        for ((c, d), why) in sorted.iter().zip(decisions.iter_mut()).zip(&mut why_not) {
-            if c.started_at >= limit {
-                d.keep = true;
-                d.reasons.push(format!("within {within}"));
-            } else {
-                why.push(format!("older than {within}"));
-            }
+}
+
+/// The `within` rule: keep every backup started in the span before `now`.
+fn keep_within(
+    within: &Span,
+    now: DateTime<Utc>,
+    sorted: &[&Candidate],
+    decisions: &mut [Decision],
+    why_not: &mut [Vec<String>],
+) {
+    let limit = now - within.chrono();
+    for ((c, d), why) in sorted.iter().zip(decisions.iter_mut()).zip(why_not) {
+        if c.started_at >= limit {
+            d.keep = true;
+            d.reasons.push(format!("within {within}"));
+        } else {
+            why.push(format!("older than {within}"));
         }
     }
-    for (d, why) in decisions.iter_mut().zip(why_not) {
-        if !d.keep {
-            d.reasons = why;
-        }
-    }
-    Ok(decisions)
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountTypeEnum, MountVolumeOptions};
 use bollard::query_parameters::{
@@ -12,7 +11,6 @@ use bollard::query_parameters::{
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
-use tokio::io::{AsyncRead, ReadBuf};
 
 use super::{engine_error, filters, Engine};
 use drkit_core::{Error, Result};
@@ -216,10 +214,7 @@ impl Helper {
                 Some(DownloadFromContainerOptions { path: path.into() }),
             )
             .map_err(move |e| std::io::Error::from(engine_error(e, &what)));
-        ArchiveReader {
-            inner: Box::pin(stream),
-            buf: Bytes::new(),
-        }
+        tokio_util::io::StreamReader::new(Box::pin(stream))
     }
 
     /// Extract a tar stream at `path` inside the helper.
@@ -315,34 +310,9 @@ impl Drop for PendingHelper {
     }
 }
 
-/// The archive stream as an [`AsyncRead`].
-pub struct ArchiveReader {
-    inner: Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>,
-    buf: Bytes,
-}
-
-impl AsyncRead for ArchiveReader {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        loop {
-            if !self.buf.is_empty() {
-                let n = self.buf.len().min(out.remaining());
-                let chunk = self.buf.split_to(n);
-                out.put_slice(&chunk);
-                return Poll::Ready(Ok(()));
-            }
-            match self.inner.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(b))) => self.buf = b,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-                Poll::Ready(None) => return Poll::Ready(Ok(())),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-}
+/// The archive stream as an [`AsyncRead`](tokio::io::AsyncRead).
+pub type ArchiveReader =
+    tokio_util::io::StreamReader<Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>, Bytes>;
 
 /// Read `reader` until the first entry after the root, to tell whether a volume is empty
 /// without reading all of it.
