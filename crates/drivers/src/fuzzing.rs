@@ -256,7 +256,8 @@ mod tests {
     #[test]
     fn fuzzing_regressions_return() {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions");
-        let targets: [(&str, fn(&[u8])); 4] = [
+        type Entry = fn(&[u8]);
+        let targets: [(&str, Entry); 4] = [
             ("tar_scan", super::tar_scan),
             ("mongo_archive", super::mongo_archive),
             ("pg_archive", super::pg_archive),

@@ -34,16 +34,7 @@ pub async fn accept(
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<Vec<AcceptOutcome>> {
-    if reason.trim().is_empty() {
-        return Err(Error::config(
-            "say why the backup is right with --reason (it is kept in the accept record)",
-        ));
-    }
-    if !trust.is_blind() && signer.is_none() {
-        return Err(Error::config(format!(
-            "job {job} checks signatures but this host has no signing key_file: an unsigned accept record would be ignored"
-        )));
-    }
+    check_request(job, trust, signer, reason)?;
     let record = Acceptance {
         job: job.to_string(),
         backup_id: id.to_string(),
@@ -57,63 +48,11 @@ pub async fn accept(
     let mut out = Vec::new();
     let mut worst: Option<Error> = None;
     for t in targets {
-        let storage = t.storage.as_ref();
-        let entry = match catalog::load(storage, job, id, trust).await {
-            Ok(e) => e,
-            Err(e) => {
-                out.push(AcceptOutcome {
-                    storage: t.name.clone(),
-                    accepted: false,
-                    detail: e.to_string(),
-                });
-                if e.kind() != ErrorKind::NotFound {
-                    worst.get_or_insert(e);
-                }
-                continue;
-            }
-        };
-        let detail = match entry.state() {
-            State::Good => "not suspect: nothing to accept".to_string(),
-            State::Accepted => "already accepted".to_string(),
-            State::Suspect => {
-                let written = async {
-                    if let Some(s) = signer {
-                        storage
-                            .put(
-                                &crate::layout::signature_key(&key),
-                                s.sign(Record::Accept, &json),
-                            )
-                            .await?;
-                    }
-                    storage.put(&key, json.clone()).await
-                }
-                .await;
-                match written {
-                    Ok(()) => {
-                        out.push(AcceptOutcome {
-                            storage: t.name.clone(),
-                            accepted: true,
-                            detail: format!(
-                                "accepted (was suspect: {})",
-                                entry.manifest.suspect_reasons().join("; ")
-                            ),
-                        });
-                        continue;
-                    }
-                    Err(e) => {
-                        let e = e.context(format!("storage {}: writing {key}", t.name));
-                        let text = e.to_string();
-                        worst.get_or_insert(e);
-                        text
-                    }
-                }
-            }
-        };
-        out.push(AcceptOutcome {
-            storage: t.name.clone(),
-            accepted: entry.state() == State::Accepted,
-            detail,
-        });
+        let (outcome, error) = accept_on(t, job, id, trust, signer, &key, &json).await;
+        out.push(outcome);
+        if let Some(e) = error {
+            worst.get_or_insert(e);
+        }
     }
     if let Some(e) = worst {
         return Err(e);
@@ -129,6 +68,95 @@ pub async fn accept(
         )));
     }
     Ok(out)
+}
+
+/// Refuse an accept without a reason, or one whose unsigned record the job would ignore.
+fn check_request(job: &str, trust: &Trust, signer: Option<&Signer>, reason: &str) -> Result<()> {
+    if reason.trim().is_empty() {
+        return Err(Error::config(
+            "say why the backup is right with --reason (it is kept in the accept record)",
+        ));
+    }
+    if !trust.is_blind() && signer.is_none() {
+        return Err(Error::config(format!(
+            "job {job} checks signatures but this host has no signing key_file: an unsigned accept record would be ignored"
+        )));
+    }
+    Ok(())
+}
+
+/// Accept the backup on one storage: what happened there, and the error that makes the
+/// whole accept fail (a missing backup is not one).
+async fn accept_on(
+    t: &Target,
+    job: &str,
+    id: &str,
+    trust: &Trust,
+    signer: Option<&Signer>,
+    key: &str,
+    json: &[u8],
+) -> (AcceptOutcome, Option<Error>) {
+    let storage = t.storage.as_ref();
+    let entry = match catalog::load(storage, job, id, trust).await {
+        Ok(e) => e,
+        Err(e) => {
+            let outcome = AcceptOutcome {
+                storage: t.name.clone(),
+                accepted: false,
+                detail: e.to_string(),
+            };
+            let error = (e.kind() != ErrorKind::NotFound).then_some(e);
+            return (outcome, error);
+        }
+    };
+    let mut error = None;
+    let detail = match entry.state() {
+        State::Good => "not suspect: nothing to accept".to_string(),
+        State::Accepted => "already accepted".to_string(),
+        State::Suspect => match write_record(storage, signer, key, json).await {
+            Ok(()) => {
+                let outcome = AcceptOutcome {
+                    storage: t.name.clone(),
+                    accepted: true,
+                    detail: format!(
+                        "accepted (was suspect: {})",
+                        entry.manifest.suspect_reasons().join("; ")
+                    ),
+                };
+                return (outcome, None);
+            }
+            Err(e) => {
+                let e = e.context(format!("storage {}: writing {key}", t.name));
+                let text = e.to_string();
+                error = Some(e);
+                text
+            }
+        },
+    };
+    let outcome = AcceptOutcome {
+        storage: t.name.clone(),
+        accepted: entry.state() == State::Accepted,
+        detail,
+    };
+    (outcome, error)
+}
+
+/// Write the accept record at `key`, after its signature when there is a signer.
+async fn write_record(
+    storage: &dyn crate::Storage,
+    signer: Option<&Signer>,
+    key: &str,
+    json: &[u8],
+) -> Result<()> {
+    if let Some(s) = signer {
+        storage
+            .put(
+                &crate::layout::signature_key(key),
+                s.sign(Record::Accept, json),
+            )
+            .await?;
+    }
+    storage.put(key, json.to_vec()).await
 }
 
 /// Who is running drkit, for accept records: `$SUDO_USER`, `$USER`, `$LOGNAME`, else the uid.

@@ -210,8 +210,8 @@ mod tests {
                 vec![
                     "copilotos-prod_mongodb_data",
                     "copilotos_mongodb_data",
-                    "371.0 MB",
-                    "4.1 KB",
+                    "353.8 MiB",
+                    "4.0 KiB",
                 ],
             ),
             // The one in use is the bigger one: fine.

@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use crate::docker::containers::Stopper;
 use crate::docker::helper::{self, Helper, MOUNT};
 use crate::docker::tar::{self, Finished, Mode, Scanner, TarError};
-use crate::docker::volumes::{self, VolumeInfo};
+use crate::docker::volumes::{self, ContainerRef, VolumeInfo};
 use crate::docker::{engine_error, Engine};
 
 /// The `source` table of a docker-volume job.
@@ -159,6 +159,160 @@ impl DockerVolumeSource {
             Err(e) => Err(e),
         }
     }
+
+    /// Restore into the existing volume `name`: extract into a staging volume first, so that
+    /// nothing reaches the destination unless the whole archive was safe and intact; the
+    /// staging volume is removed after.
+    async fn restore_over(
+        &self,
+        engine: &Engine,
+        name: &str,
+        data: BoxRead,
+        expected: Option<&Expected>,
+        report: &mut RestoreReport,
+    ) -> Result<tar::TarStats> {
+        let staging = format!("drkit-staging-{:08x}", rand::random::<u32>());
+        let staged_labels: BTreeMap<String, String> =
+            [("drkit.staging".to_string(), name.to_string())].into();
+        volumes::create(engine, &staging, "local", &BTreeMap::new(), &staged_labels).await?;
+        let result = self
+            .replace_from_staging(engine, name, &staging, data, expected, report)
+            .await;
+        let _ = volumes::remove(engine, &staging).await;
+        result
+    }
+
+    /// Extract `data` into the volume `staging`, then, with the containers using volume
+    /// `name` stopped when the config says so, replace `name`'s contents with it.
+    async fn replace_from_staging(
+        &self,
+        engine: &Engine,
+        name: &str,
+        staging: &str,
+        data: BoxRead,
+        expected: Option<&Expected>,
+        report: &mut RestoreReport,
+    ) -> Result<tar::TarStats> {
+        let staged = extract(engine, staging, data).await?;
+        let users = volumes::users(engine, name).await?;
+        let mut stopper = self.stop_users(engine, name, &users, report).await?;
+        let written = write_from_staging(
+            engine,
+            staging,
+            name,
+            staged.root,
+            report.replaces_existing,
+            expected,
+        )
+        .await;
+        let restarted = match stopper.as_mut() {
+            Some(s) => s.restart().await,
+            None => Ok(Vec::new()),
+        };
+        let written = written?;
+        let restarted = restarted?;
+        if let Some(s) = &stopper {
+            if !s.stopped.is_empty() {
+                report.notes.push(format!(
+                    "stopped containers {} and started them again: {}",
+                    s.stopped.join(", "),
+                    restarted.join(", ")
+                ));
+            }
+        }
+        Ok(written)
+    }
+
+    /// Stop the running containers among `users` of volume `name` when the config says so;
+    /// else note those kept running.
+    async fn stop_users(
+        &self,
+        engine: &Engine,
+        name: &str,
+        users: &[ContainerRef],
+        report: &mut RestoreReport,
+    ) -> Result<Option<Stopper>> {
+        if self.cfg.stop_containers {
+            return Ok(Some(
+                Stopper::stop(
+                    engine,
+                    name,
+                    users,
+                    self.stop_timeout,
+                    &format!("the restore into volume {name}"),
+                )
+                .await?,
+            ));
+        }
+        let running: Vec<String> = users
+            .iter()
+            .filter(|c| c.running)
+            .map(|c| c.name.clone())
+            .collect();
+        if !running.is_empty() {
+            report.notes.push(format!("containers {} kept running on volume {name} during the restore: restart them so they see the restored files", running.join(", ")));
+        }
+        Ok(None)
+    }
+}
+
+/// Restore into the new volume `name`: nobody uses it, so restore straight into it (created
+/// with the backup's driver, and its options and labels unless `--to`), and remove it again
+/// if anything goes wrong.
+async fn restore_new(
+    engine: &Engine,
+    name: &str,
+    data: BoxRead,
+    manifest: &Manifest,
+    opts: &RestoreOptions,
+    expected: Option<&Expected>,
+) -> Result<tar::TarStats> {
+    let recorded_labels = if opts.to.is_none() {
+        labels_of(manifest)
+    } else {
+        BTreeMap::new()
+    };
+    let driver = manifest
+        .source
+        .get("volume_driver")
+        .and_then(|d| d.as_str())
+        .unwrap_or("local")
+        .to_string();
+    let options = if opts.to.is_none() {
+        options_of(manifest)
+    } else {
+        BTreeMap::new()
+    };
+    volumes::create(engine, name, &driver, &options, &recorded_labels).await?;
+    let result = async {
+        let finished = extract(engine, name, data).await?;
+        set_root(engine, name, finished.root).await?;
+        check_restored(engine, name, expected).await
+    }
+    .await;
+    if result.is_err() {
+        let _ = volumes::remove(engine, name).await;
+    }
+    result
+}
+
+/// Replace the contents of volume `name` (emptied first when `replaces`) with those of
+/// volume `staging`, give its root `root`'s metadata, and check it against the backup.
+async fn write_from_staging(
+    engine: &Engine,
+    staging: &str,
+    name: &str,
+    root: Option<tar::RootMeta>,
+    replaces: bool,
+    expected: Option<&Expected>,
+) -> Result<tar::TarStats> {
+    if replaces {
+        empty_volume(engine, name).await?;
+    }
+    copy_volume(engine, staging, name).await?;
+    set_root(engine, name, root).await?;
+    // Checked before the containers start again and write to it.
+    check_restored(engine, name, expected).await
 }
 
 #[async_trait]
@@ -302,88 +456,18 @@ impl Source for DockerVolumeSource {
         let (name, existing) = self.destination(&engine, manifest, opts).await?;
         let expected = expected_stats(manifest);
 
-        let got: tar::TarStats;
-        match existing {
+        let got = match existing {
             None => {
-                // A new volume: nobody uses it, so restore straight into it, and remove it
-                // again if anything goes wrong.
-                let recorded_labels = if opts.to.is_none() {
-                    labels_of(manifest)
-                } else {
-                    BTreeMap::new()
-                };
-                let driver = manifest
-                    .source
-                    .get("volume_driver")
-                    .and_then(|d| d.as_str())
-                    .unwrap_or("local")
-                    .to_string();
-                let options = if opts.to.is_none() {
-                    options_of(manifest)
-                } else {
-                    BTreeMap::new()
-                };
-                volumes::create(&engine, &name, &driver, &options, &recorded_labels).await?;
-                let result = async {
-                    let finished = extract(&engine, &name, data).await?;
-                    set_root(&engine, &name, finished.root).await?;
-                    check_restored(&engine, &name, expected.as_ref()).await
-                }
-                .await;
-                if result.is_err() {
-                    let _ = volumes::remove(&engine, &name).await;
-                }
-                got = result?;
+                let got =
+                    restore_new(&engine, &name, data, manifest, opts, expected.as_ref()).await?;
                 report.notes.push(format!("created volume {name}"));
+                got
             }
             Some(_) => {
-                // An existing volume: extract into a staging volume first, so that nothing
-                // reaches the destination unless the whole archive was safe and intact.
-                let staging = format!("drkit-staging-{:08x}", rand::random::<u32>());
-                let staged_labels: BTreeMap<String, String> =
-                    [("drkit.staging".to_string(), name.clone())].into();
-                volumes::create(&engine, &staging, "local", &BTreeMap::new(), &staged_labels)
-                    .await?;
-                let result = async {
-                    let staged = extract(&engine, &staging, data).await?;
-                    let users = volumes::users(&engine, &name).await?;
-                    let mut stopper = if self.cfg.stop_containers {
-                        Some(Stopper::stop(&engine, &name, &users, self.stop_timeout, &format!("the restore into volume {name}")).await?)
-                    } else {
-                        let running: Vec<String> = users.iter().filter(|c| c.running).map(|c| c.name.clone()).collect();
-                        if !running.is_empty() {
-                            report.notes.push(format!("containers {} kept running on volume {name} during the restore: restart them so they see the restored files", running.join(", ")));
-                        }
-                        None
-                    };
-                    let written = async {
-                        if report.replaces_existing {
-                            empty_volume(&engine, &name).await?;
-                        }
-                        copy_volume(&engine, &staging, &name).await?;
-                        set_root(&engine, &name, staged.root).await?;
-                        // Checked before the containers start again and write to it.
-                        check_restored(&engine, &name, expected.as_ref()).await
-                    }
-                    .await;
-                    let restarted = match stopper.as_mut() {
-                        Some(s) => s.restart().await,
-                        None => Ok(Vec::new()),
-                    };
-                    let written = written?;
-                    let restarted = restarted?;
-                    if let Some(s) = &stopper {
-                        if !s.stopped.is_empty() {
-                            report.notes.push(format!("stopped containers {} and started them again: {}", s.stopped.join(", "), restarted.join(", ")));
-                        }
-                    }
-                    Ok::<_, Error>(written)
-                }
-                .await;
-                let _ = volumes::remove(&engine, &staging).await;
-                got = result?;
+                self.restore_over(&engine, &name, data, expected.as_ref(), &mut report)
+                    .await?
             }
-        }
+        };
         report.stats_checked = expected.is_some();
         report.notes.push(format!(
             "{} entries ({} files, {} bytes) in volume {name}",

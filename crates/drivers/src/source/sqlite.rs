@@ -501,34 +501,8 @@ impl Source for SqliteSource {
             &dest,
             &format!(".drkit-restore-{:08x}", rand::random::<u32>()),
         );
-        let written = async {
-            let mut f = tokio::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(NEW_FILE_MODE)
-                .open(&tmp)
-                .await
-                .map_err(|e| {
-                    Error::source_error(format!("cannot create {}: {e}", tmp.display()))
-                })?;
-            tokio::io::copy(&mut data, &mut f).await.map_err(|e| {
-                drkit_core::from_io(e, ErrorKind::Source, format!("writing {}", tmp.display()))
-            })?;
-            f.sync_all()
-                .await
-                .map_err(|e| Error::source_error(format!("writing {}: {e}", tmp.display())))?;
-            f.shutdown().await.ok();
-            Ok::<_, Error>(())
-        }
-        .await;
-        let checked = match written {
-            Ok(()) => {
-                let (tmp2, m) = (tmp.clone(), manifest.clone());
-                tokio::task::spawn_blocking(move || check_restored(&tmp2, &m))
-                    .await
-                    .map_err(|e| Error::source_error(e.to_string()))
-                    .and_then(|r| r)
-            }
+        let checked = match write_temp(&mut data, &tmp).await {
+            Ok(()) => check_temp(&tmp, manifest).await,
             Err(e) => Err(e),
         };
         // Side files the check left (SQLite normally removes them when it closes): they go
@@ -537,20 +511,7 @@ impl Source for SqliteSource {
             .into_iter()
             .filter(|s| side_path(&tmp, s).exists())
             .collect();
-        // Mode, owner and group of the file replaced, set before the rename: the database is
-        // never visible under `dest` with other permissions. umask aside, the temp file is
-        // already 0600; make it exactly that for a new file.
-        let owned = checked.and_then(|()| {
-            let target = Ownership::of(&dest)?;
-            let sides = side_files.iter().map(|s| side_path(&tmp, s));
-            for path in std::iter::once(tmp.clone()).chain(sides) {
-                match target {
-                    Some(o) => o.apply(&path)?,
-                    None => set_mode(&path, NEW_FILE_MODE)?,
-                }
-            }
-            Ok(())
-        });
+        let owned = checked.and_then(|()| take_ownership(&dest, &tmp, &side_files));
         if let Err(e) = owned {
             let _ = std::fs::remove_file(&tmp);
             for s in &side_files {
@@ -560,41 +521,10 @@ impl Source for SqliteSource {
         }
         // Keep the current database (and its -wal/-shm) beside the new one, then rename.
         if dest.exists() {
-            let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
-            let kept = side_path(&dest, &format!(".pre-restore-{stamp}"));
-            for suffix in ["-wal", "-shm", "-journal"] {
-                let from = side_path(&dest, suffix);
-                if from.exists() {
-                    std::fs::rename(&from, side_path(&kept, suffix)).map_err(|e| {
-                        Error::source_error(format!("cannot move {} aside: {e}", from.display()))
-                    })?;
-                }
-            }
-            std::fs::rename(&dest, &kept).map_err(|e| {
-                Error::source_error(format!("cannot move {} aside: {e}", dest.display()))
-            })?;
+            let kept = move_aside(&dest)?;
             report.kept_previous = Some(kept.display().to_string());
         }
-        for suffix in &side_files {
-            let (from, to) = (side_path(&tmp, suffix), side_path(&dest, suffix));
-            std::fs::rename(&from, &to).map_err(|e| {
-                Error::source_error(format!(
-                    "cannot rename {} to {}: {e}",
-                    from.display(),
-                    to.display()
-                ))
-            })?;
-        }
-        std::fs::rename(&tmp, &dest).map_err(|e| {
-            Error::source_error(format!(
-                "cannot rename {} to {}: {e}",
-                tmp.display(),
-                dest.display()
-            ))
-        })?;
-        if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-            let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
-        }
+        move_into_place(&tmp, &dest, &side_files)?;
         report.stats_checked = true;
         Ok(report)
     }
@@ -649,6 +579,95 @@ impl Source for SqliteSource {
             ))
         }
     }
+}
+
+/// Write the restored database `data` to the new file `tmp` (mode [`NEW_FILE_MODE`]),
+/// synced.
+async fn write_temp(data: &mut BoxRead, tmp: &Path) -> Result<()> {
+    let mut f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(NEW_FILE_MODE)
+        .open(tmp)
+        .await
+        .map_err(|e| Error::source_error(format!("cannot create {}: {e}", tmp.display())))?;
+    tokio::io::copy(data, &mut f).await.map_err(|e| {
+        drkit_core::from_io(e, ErrorKind::Source, format!("writing {}", tmp.display()))
+    })?;
+    f.sync_all()
+        .await
+        .map_err(|e| Error::source_error(format!("writing {}: {e}", tmp.display())))?;
+    f.shutdown().await.ok();
+    Ok(())
+}
+
+/// Check the restored database `tmp` against `manifest` ([`check_restored`]), off the
+/// async threads.
+async fn check_temp(tmp: &Path, manifest: &Manifest) -> Result<()> {
+    let (tmp2, m) = (tmp.to_path_buf(), manifest.clone());
+    tokio::task::spawn_blocking(move || check_restored(&tmp2, &m))
+        .await
+        .map_err(|e| Error::source_error(e.to_string()))
+        .and_then(|r| r)
+}
+
+/// Give `tmp` and its `side_files` the mode, owner and group of the file `dest` they
+/// replace, before the rename: the database is never visible under `dest` with other
+/// permissions. umask aside, the temp file is already 0600; make it exactly that for a new
+/// file.
+fn take_ownership(dest: &Path, tmp: &Path, side_files: &[&str]) -> Result<()> {
+    let target = Ownership::of(dest)?;
+    let sides = side_files.iter().map(|s| side_path(tmp, s));
+    for path in std::iter::once(tmp.to_path_buf()).chain(sides) {
+        match target {
+            Some(o) => o.apply(&path)?,
+            None => set_mode(&path, NEW_FILE_MODE)?,
+        }
+    }
+    Ok(())
+}
+
+/// Move the database `dest` and its `-wal`, `-shm` and `-journal` files aside, to
+/// `<dest>.pre-restore-<time>`; returns that path.
+fn move_aside(dest: &Path) -> Result<PathBuf> {
+    let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
+    let kept = side_path(dest, &format!(".pre-restore-{stamp}"));
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let from = side_path(dest, suffix);
+        if from.exists() {
+            std::fs::rename(&from, side_path(&kept, suffix)).map_err(|e| {
+                Error::source_error(format!("cannot move {} aside: {e}", from.display()))
+            })?;
+        }
+    }
+    std::fs::rename(dest, &kept)
+        .map_err(|e| Error::source_error(format!("cannot move {} aside: {e}", dest.display())))?;
+    Ok(kept)
+}
+
+/// Rename `tmp`'s `side_files`, then `tmp`, to `dest`, and sync the folder.
+fn move_into_place(tmp: &Path, dest: &Path, side_files: &[&str]) -> Result<()> {
+    for suffix in side_files {
+        let (from, to) = (side_path(tmp, suffix), side_path(dest, suffix));
+        std::fs::rename(&from, &to).map_err(|e| {
+            Error::source_error(format!(
+                "cannot rename {} to {}: {e}",
+                from.display(),
+                to.display()
+            ))
+        })?;
+    }
+    std::fs::rename(tmp, dest).map_err(|e| {
+        Error::source_error(format!(
+            "cannot rename {} to {}: {e}",
+            tmp.display(),
+            dest.display()
+        ))
+    })?;
+    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
+    }
+    Ok(())
 }
 
 fn tokio_stream_from(

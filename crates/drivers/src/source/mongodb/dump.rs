@@ -4,6 +4,7 @@
 
 use bson::{rawdoc, RawBsonRef, RawDocumentBuf, Timestamp};
 use futures::StreamExt;
+use mongodb::raw_batch_cursor::{RawBatch, SessionRawBatchCursor};
 use mongodb::ClientSession;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -160,16 +161,58 @@ async fn dump_collection<W: AsyncWrite + Unpin>(
     w: &mut W,
 ) -> Result<(u64, u64)> {
     let ns = meta.namespace();
-    let db = conn.client.database(&meta.db);
     let reading = format!("reading {ns}");
-    let mut cursor = match db
+    let mut cursor = open_cursor(conn, session, meta, mode, out, &reading).await?;
+    let mut stream = cursor.stream(&mut *session);
+    let mut crc = archive::Crc64::default();
+    let (mut docs, mut bytes) = (0u64, 0u64);
+    let mut first = true;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| conn.error(e, &reading))?;
+        if first {
+            first = false;
+            let at = batch
+                .as_raw_document()
+                .get_document("cursor")
+                .ok()
+                .and_then(|c| c.get_timestamp("atClusterTime").ok());
+            note_cluster_time(mode, at, &ns, out);
+        }
+        let (n, b) = write_batch(conn, &batch, meta, &reading, &mut crc, w).await?;
+        docs += n;
+        bytes += b;
+    }
+    write(
+        w,
+        &archive::end_block(
+            &meta.db,
+            &meta.collection,
+            if docs == 0 { 0 } else { crc.value() },
+        ),
+    )
+    .await?;
+    Ok((docs, bytes))
+}
+
+/// Start the `find` of collection `meta` in `mode`. A server that refuses the first snapshot
+/// read is read with readConcern local from then on (`mode` and `out` say so).
+async fn open_cursor(
+    conn: &Conn,
+    session: &mut ClientSession,
+    meta: &CollectionMeta,
+    mode: &mut ReadMode,
+    out: &mut DataOutcome,
+    reading: &str,
+) -> Result<SessionRawBatchCursor> {
+    let db = conn.client.database(&meta.db);
+    match db
         .run_raw_cursor_command(find_command(&meta.collection, *mode))
         .batch_size(GETMORE_BATCH_DOCS)
         .session(&mut *session)
         .batch()
         .await
     {
-        Ok(c) => c,
+        Ok(c) => Ok(c),
         Err(e)
             if matches!(mode, ReadMode::SnapshotFirst)
                 && matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(_)) =>
@@ -187,63 +230,51 @@ async fn dump_collection<W: AsyncWrite + Unpin>(
                 .session(&mut *session)
                 .batch()
                 .await
-                .map_err(|e| conn.error(e, &reading))?
+                .map_err(|e| conn.error(e, reading))
         }
-        Err(e) => return Err(conn.error(e, &reading)),
-    };
-    let mut stream = cursor.stream(&mut *session);
-    let mut crc = archive::Crc64::default();
-    let (mut docs, mut bytes) = (0u64, 0u64);
-    let mut first = true;
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|e| conn.error(e, &reading))?;
-        if first {
-            first = false;
-            let at = batch
-                .as_raw_document()
-                .get_document("cursor")
-                .ok()
-                .and_then(|c| c.get_timestamp("atClusterTime").ok());
-            note_cluster_time(mode, at, &ns, out);
-        }
-        let items = batch.doc_slices().map_err(|e| conn.error(e, &reading))?;
-        let mut header_written = false;
-        for item in items {
-            let item = item.map_err(|e| {
-                Error::source_error(format!("{reading}: the server sent malformed BSON ({e})"))
-            })?;
-            let RawBsonRef::Document(d) = item else {
-                return Err(Error::source_error(format!(
-                    "{reading}: the server sent a batch item that is not a document"
-                )));
-            };
-            if !header_written {
-                write(
-                    w,
-                    &archive::namespace_header(&meta.db, &meta.collection, false, 0),
-                )
-                .await?;
-                header_written = true;
-            }
-            let raw = d.as_bytes();
-            crc.update(raw);
-            write(w, raw).await?;
-            docs += 1;
-            bytes += raw.len() as u64;
-        }
-        if header_written {
-            write(w, &archive::TERMINATOR).await?;
-        }
+        Err(e) => Err(conn.error(e, reading)),
     }
-    write(
-        w,
-        &archive::end_block(
-            &meta.db,
-            &meta.collection,
-            if docs == 0 { 0 } else { crc.value() },
-        ),
-    )
-    .await?;
+}
+
+/// Copy the documents of one reply of collection `meta` to the archive, as one namespace
+/// block (none for an empty reply), adding them to `crc`. Returns their count and bytes.
+async fn write_batch<W: AsyncWrite + Unpin>(
+    conn: &Conn,
+    batch: &RawBatch,
+    meta: &CollectionMeta,
+    reading: &str,
+    crc: &mut archive::Crc64,
+    w: &mut W,
+) -> Result<(u64, u64)> {
+    let items = batch.doc_slices().map_err(|e| conn.error(e, reading))?;
+    let (mut docs, mut bytes) = (0u64, 0u64);
+    let mut header_written = false;
+    for item in items {
+        let item = item.map_err(|e| {
+            Error::source_error(format!("{reading}: the server sent malformed BSON ({e})"))
+        })?;
+        let RawBsonRef::Document(d) = item else {
+            return Err(Error::source_error(format!(
+                "{reading}: the server sent a batch item that is not a document"
+            )));
+        };
+        if !header_written {
+            write(
+                w,
+                &archive::namespace_header(&meta.db, &meta.collection, false, 0),
+            )
+            .await?;
+            header_written = true;
+        }
+        let raw = d.as_bytes();
+        crc.update(raw);
+        write(w, raw).await?;
+        docs += 1;
+        bytes += raw.len() as u64;
+    }
+    if header_written {
+        write(w, &archive::TERMINATOR).await?;
+    }
     Ok((docs, bytes))
 }
 

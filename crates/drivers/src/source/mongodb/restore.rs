@@ -3,7 +3,7 @@
 //! the data, views recreated last, then the document counts compared with the manifest's.
 //! Nothing is dropped unless `--force`, and every destination is checked before any changes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use bson::{doc, Document, RawDocumentBuf};
 use futures::TryStreamExt;
@@ -63,18 +63,12 @@ pub(super) async fn plan(
 pub(super) async fn run(
     conn: &Conn,
     target: &RestoreTarget,
-    mut data: BoxRead,
+    data: BoxRead,
     manifest: &Manifest,
     force: bool,
 ) -> Result<RestoreReport> {
     let (want_counts, views) = manifest_namespaces(manifest)?;
     check_mapping(target, want_counts.keys().chain(views.iter()))?;
-    let corrupt = |e: archive::ArchiveError| {
-        Error::integrity(format!(
-            "backup {}/{} is corrupt: {e}",
-            manifest.job, manifest.id
-        ))
-    };
     let mut restorer = Restorer {
         conn,
         force,
@@ -87,73 +81,11 @@ pub(super) async fn run(
         replaced: Vec::new(),
         inserted: Vec::new(),
     };
-    let mut parser = archive::Parser::new();
-    let mut steps: VecDeque<Step> = VecDeque::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = data
-            .read(&mut buf)
-            .await
-            .map_err(|e| from_io(e, ErrorKind::Storage, "reading the archive"))?;
-        if n == 0 {
-            break;
-        }
-        parser
-            .feed(&buf[..n], &mut |ev| {
-                steps.push_back(match ev {
-                    archive::Event::Prelude(p) => Step::Prelude(p.clone()),
-                    archive::Event::Document { ns, bytes } => Step::Doc(
-                        ns,
-                        RawDocumentBuf::from_bytes(bytes.to_vec())
-                            .map_err(|e| archive::ArchiveError(e.to_string()))?,
-                    ),
-                    archive::Event::End { .. } => Step::End,
-                });
-                Ok(())
-            })
-            .map_err(corrupt)?;
-        while let Some(step) = steps.pop_front() {
-            restorer.step(step).await?;
-        }
-    }
-    parser.finish().map_err(corrupt)?;
+    let parser = restorer.read_archive(data, manifest).await?;
     let mut notes = restorer.finish().await?;
 
     // Compare with the manifest: what the archive held, what was inserted, what is there.
-    let mut mismatches = Vec::new();
-    for (i, meta) in restorer.metas.iter().enumerate() {
-        let Some((db, coll)) = &restorer.dest[i] else {
-            continue;
-        };
-        if meta.kind != Kind::Collection {
-            continue;
-        }
-        let ns = meta.namespace();
-        let want = want_counts.get(&ns).copied();
-        let have = conn
-            .client
-            .database(db)
-            .collection::<RawDocumentBuf>(coll)
-            .count_documents(doc! {})
-            .await
-            .map_err(|e| conn.error(e, &format!("counting {db}.{coll}")))?;
-        let archived = parser.counts()[i].documents;
-        if want != Some(have) || archived != have || restorer.inserted[i] != have {
-            mismatches.push(format!(
-                "{db}.{coll}: manifest {}, archive {archived}, inserted {}, now {have}",
-                want.map(|w| w.to_string()).unwrap_or_else(|| "none".into()),
-                restorer.inserted[i]
-            ));
-        }
-    }
-    let missing: Vec<&String> = want_counts
-        .keys()
-        .filter(|ns| target.target_db(split_ns(ns).0).is_some())
-        .filter(|ns| !restorer.metas.iter().any(|m| &m.namespace() == *ns))
-        .collect();
-    for ns in missing {
-        mismatches.push(format!("{ns}: in the manifest, not in the archive"));
-    }
+    let mismatches = restorer.mismatches(&want_counts, parser.counts()).await?;
     if !mismatches.is_empty() {
         return Err(Error::integrity(format!(
             "backup {}/{}: document counts after the restore do not match: {}",
@@ -168,19 +100,7 @@ pub(super) async fn run(
             restorer.replaced.join(", ")
         ));
     }
-    let restored: u64 = restorer.inserted.iter().sum();
-    notes.insert(
-        0,
-        format!(
-            "{restored} document(s) restored into {} collection(s)",
-            restorer
-                .dest
-                .iter()
-                .zip(&restorer.metas)
-                .filter(|(d, m)| d.is_some() && m.kind == Kind::Collection)
-                .count()
-        ),
-    );
+    notes.insert(0, restorer.summary());
     Ok(RestoreReport {
         destination: target.describe(&conn.shown),
         replaces_existing: !restorer.replaced.is_empty(),
@@ -188,6 +108,14 @@ pub(super) async fn run(
         stats_checked: true,
         notes,
     })
+}
+
+/// The error for an archive of backup `manifest` that does not parse.
+fn corrupt(manifest: &Manifest, e: archive::ArchiveError) -> Error {
+    Error::integrity(format!(
+        "backup {}/{} is corrupt: {e}",
+        manifest.job, manifest.id
+    ))
 }
 
 /// One thing to do, owned, taken from the parser's events.
@@ -212,6 +140,105 @@ struct Restorer<'a> {
 }
 
 impl Restorer<'_> {
+    /// Read the whole archive `data` of backup `manifest`, carrying out each of its steps as
+    /// it comes; returns the parser, finished, with its counts.
+    async fn read_archive(
+        &mut self,
+        mut data: BoxRead,
+        manifest: &Manifest,
+    ) -> Result<archive::Parser> {
+        let mut parser = archive::Parser::new();
+        let mut steps: VecDeque<Step> = VecDeque::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = data
+                .read(&mut buf)
+                .await
+                .map_err(|e| from_io(e, ErrorKind::Storage, "reading the archive"))?;
+            if n == 0 {
+                break;
+            }
+            parser
+                .feed(&buf[..n], &mut |ev| {
+                    steps.push_back(match ev {
+                        archive::Event::Prelude(p) => Step::Prelude(p.clone()),
+                        archive::Event::Document { ns, bytes } => Step::Doc(
+                            ns,
+                            RawDocumentBuf::from_bytes(bytes.to_vec())
+                                .map_err(|e| archive::ArchiveError(e.to_string()))?,
+                        ),
+                        archive::Event::End { .. } => Step::End,
+                    });
+                    Ok(())
+                })
+                .map_err(|e| corrupt(manifest, e))?;
+            while let Some(step) = steps.pop_front() {
+                self.step(step).await?;
+            }
+        }
+        parser.finish().map_err(|e| corrupt(manifest, e))?;
+        Ok(parser)
+    }
+
+    /// How the restored collections' document counts differ from the manifest's
+    /// (`want_counts`), the archive's (`archived`) and the inserted ones, and which of the
+    /// manifest's restored namespaces the archive lacks.
+    async fn mismatches(
+        &self,
+        want_counts: &BTreeMap<String, u64>,
+        archived: &[archive::Counts],
+    ) -> Result<Vec<String>> {
+        let conn = self.conn;
+        let mut mismatches = Vec::new();
+        for (i, meta) in self.metas.iter().enumerate() {
+            let Some((db, coll)) = &self.dest[i] else {
+                continue;
+            };
+            if meta.kind != Kind::Collection {
+                continue;
+            }
+            let ns = meta.namespace();
+            let want = want_counts.get(&ns).copied();
+            let have = conn
+                .client
+                .database(db)
+                .collection::<RawDocumentBuf>(coll)
+                .count_documents(doc! {})
+                .await
+                .map_err(|e| conn.error(e, &format!("counting {db}.{coll}")))?;
+            let archived = archived[i].documents;
+            if want != Some(have) || archived != have || self.inserted[i] != have {
+                mismatches.push(format!(
+                    "{db}.{coll}: manifest {}, archive {archived}, inserted {}, now {have}",
+                    want.map(|w| w.to_string()).unwrap_or_else(|| "none".into()),
+                    self.inserted[i]
+                ));
+            }
+        }
+        let missing: Vec<&String> = want_counts
+            .keys()
+            .filter(|ns| self.target.target_db(split_ns(ns).0).is_some())
+            .filter(|ns| !self.metas.iter().any(|m| &m.namespace() == *ns))
+            .collect();
+        for ns in missing {
+            mismatches.push(format!("{ns}: in the manifest, not in the archive"));
+        }
+        Ok(mismatches)
+    }
+
+    /// The first note: how many documents were restored into how many collections.
+    fn summary(&self) -> String {
+        let restored: u64 = self.inserted.iter().sum();
+        format!(
+            "{restored} document(s) restored into {} collection(s)",
+            self.dest
+                .iter()
+                .zip(&self.metas)
+                .filter(|(d, m)| d.is_some() && m.kind == Kind::Collection)
+                .count()
+        )
+    }
+
     async fn step(&mut self, step: Step) -> Result<()> {
         match step {
             Step::Prelude(p) => self.prelude(p).await,

@@ -147,160 +147,226 @@ fn dollar_tag(chars: &[char], i: usize) -> Option<String> {
 /// backslash outside quotes (a psql meta-command), a `/*` comment, a NUL, an unclosed quote
 /// or a last statement without its `;` is refused.
 pub fn split(script: &str) -> Result<Vec<Piece>, Refusal> {
-    let chars: Vec<char> = script.chars().collect();
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    // Whether `cur` holds nothing but whitespace (and dropped comments).
-    let mut blank = true;
-    let mut cur_line = 0usize;
-    let mut line = 1usize;
-    let mut i = 0usize;
-    let refuse = |line: usize, why: String| Err(Refusal { line, why });
-    while i < chars.len() {
-        let c = chars[i];
-        if c == '\0' {
-            return refuse(line, "a NUL character".into());
-        }
-        if blank && !space(c) {
-            cur_line = line;
-        }
-        match c {
-            '\n' => {
-                line += 1;
-                if !blank {
-                    cur.push(c);
-                }
-                i += 1;
-            }
-            ';' => {
-                if !blank {
-                    out.push(Piece::Sql {
-                        line: cur_line,
-                        text: cur.trim_matches(space).to_string(),
-                    });
-                }
-                cur.clear();
-                blank = true;
-                i += 1;
-            }
-            '-' if chars.get(i + 1) == Some(&'-') => {
-                while i < chars.len() && chars[i] != '\n' {
-                    i += 1;
-                }
-                if !blank {
-                    cur.push(' ');
-                }
-            }
-            '/' if chars.get(i + 1) == Some(&'*') => {
-                return refuse(line, "a /* comment, which pg_dumpall does not write".into());
-            }
-            '\\' => {
-                let end = chars[i..]
-                    .iter()
-                    .position(|&c| c == '\n')
-                    .map_or(chars.len(), |p| i + p);
-                let text: String = chars[i..end].iter().collect();
-                let line_start = chars[..i]
-                    .iter()
-                    .rposition(|&c| c == '\n')
-                    .map_or(0, |p| p + 1);
-                let alone = chars[line_start..i].iter().all(|&c| space(c));
-                match guard_line(&text) {
-                    Some(restrict) if alone && blank => {
-                        out.push(Piece::Guard { line, restrict });
-                        i = end;
-                    }
-                    _ => {
-                        let cmd: String = text.chars().take(40).collect();
-                        return refuse(
-                            line,
-                            format!("psql meta-command {cmd:?}: only SQL statements are run"),
-                        );
-                    }
-                }
-            }
-            '\'' | '"' => {
-                let start_line = line;
-                let escapes = c == '\''
-                    && i > 0
-                    && matches!(chars[i - 1], 'e' | 'E')
-                    && !(i > 1 && ident_char(chars[i - 2]));
-                blank = false;
-                cur.push(c);
-                i += 1;
-                loop {
-                    let Some(&d) = chars.get(i) else {
-                        return refuse(start_line, format!("a {c} quote is never closed"));
-                    };
-                    if d == '\0' {
-                        return refuse(line, "a NUL character".into());
-                    }
-                    if d == '\n' {
-                        line += 1;
-                    }
-                    cur.push(d);
-                    i += 1;
-                    if escapes && d == '\\' {
-                        if let Some(&e) = chars.get(i) {
-                            if e == '\n' {
-                                line += 1;
-                            }
-                            if e == '\0' {
-                                return refuse(line, "a NUL character".into());
-                            }
-                            cur.push(e);
-                            i += 1;
-                        }
-                    } else if d == c {
-                        if chars.get(i) == Some(&c) {
-                            cur.push(c);
-                            i += 1;
-                        } else {
-                            break;
-                        }
-                    }
-                }
-            }
-            '$' if !(i > 0 && ident_char(chars[i - 1])) && dollar_tag(&chars, i).is_some() => {
-                let tag: Vec<char> = dollar_tag(&chars, i).expect("checked").chars().collect();
-                let start_line = line;
-                let body_start = i + tag.len();
-                let close = (body_start..=chars.len().saturating_sub(tag.len()))
-                    .find(|&j| chars[j..j + tag.len()] == tag[..]);
-                let Some(close) = close else {
-                    return refuse(start_line, "a dollar quote is never closed".into());
-                };
-                let end = close + tag.len();
-                for &d in &chars[i..end] {
-                    if d == '\0' {
-                        return refuse(line, "a NUL character".into());
-                    }
-                    if d == '\n' {
-                        line += 1;
-                    }
-                    cur.push(d);
-                }
-                blank = false;
-                i = end;
-            }
-            _ => {
-                if !space(c) {
-                    blank = false;
-                }
-                if !blank {
-                    cur.push(c);
-                }
-                i += 1;
-            }
-        }
+    let mut s = Splitter {
+        chars: script.chars().collect(),
+        out: Vec::new(),
+        cur: String::new(),
+        blank: true,
+        cur_line: 0,
+        line: 1,
+        i: 0,
+    };
+    while s.i < s.chars.len() {
+        s.step()?;
     }
-    if !blank {
+    if !s.blank {
         return refuse(
-            cur_line,
+            s.cur_line,
             "the last statement does not end with ; (the script is cut or altered)".into(),
         );
     }
-    Ok(out)
+    Ok(s.out)
+}
+
+/// Refuse the script at `line` because of `why`.
+fn refuse<T>(line: usize, why: String) -> Result<T, Refusal> {
+    Err(Refusal { line, why })
+}
+
+/// Where [`split`] is in the script, and the statement it is reading.
+struct Splitter {
+    /// The script.
+    chars: Vec<char>,
+    /// The pieces split so far.
+    out: Vec<Piece>,
+    /// The statement being read.
+    cur: String,
+    /// Whether `cur` holds nothing but whitespace (and dropped comments).
+    blank: bool,
+    /// Line where `cur` starts.
+    cur_line: usize,
+    /// Line of `chars[i]`.
+    line: usize,
+    /// The next character to read.
+    i: usize,
+}
+
+impl Splitter {
+    /// Read what starts at the next character: a character, a comment, a quote, a guard line.
+    fn step(&mut self) -> Result<(), Refusal> {
+        let (c, i) = (self.chars[self.i], self.i);
+        if c == '\0' {
+            return refuse(self.line, "a NUL character".into());
+        }
+        if self.blank && !space(c) {
+            self.cur_line = self.line;
+        }
+        match c {
+            '\n' => {
+                self.line += 1;
+                if !self.blank {
+                    self.cur.push(c);
+                }
+                self.i += 1;
+            }
+            ';' => self.end_statement(),
+            '-' if self.chars.get(i + 1) == Some(&'-') => self.skip_comment(),
+            '/' if self.chars.get(i + 1) == Some(&'*') => {
+                return refuse(
+                    self.line,
+                    "a /* comment, which pg_dumpall does not write".into(),
+                );
+            }
+            '\\' => self.guard()?,
+            '\'' | '"' => self.quoted(c)?,
+            '$' if !(i > 0 && ident_char(self.chars[i - 1]))
+                && dollar_tag(&self.chars, i).is_some() =>
+            {
+                self.dollar_quoted()?
+            }
+            _ => {
+                if !space(c) {
+                    self.blank = false;
+                }
+                if !self.blank {
+                    self.cur.push(c);
+                }
+                self.i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// A `;`: the statement read so far, unless blank, is a piece.
+    fn end_statement(&mut self) {
+        if !self.blank {
+            self.out.push(Piece::Sql {
+                line: self.cur_line,
+                text: self.cur.trim_matches(space).to_string(),
+            });
+        }
+        self.cur.clear();
+        self.blank = true;
+        self.i += 1;
+    }
+
+    /// A `--` comment: skipped to the end of its line, a space in the statement.
+    fn skip_comment(&mut self) {
+        while self.i < self.chars.len() && self.chars[self.i] != '\n' {
+            self.i += 1;
+        }
+        if !self.blank {
+            self.cur.push(' ');
+        }
+    }
+
+    /// A backslash: a guard line alone on its line between statements is a piece; any
+    /// other psql meta-command is refused.
+    fn guard(&mut self) -> Result<(), Refusal> {
+        let (chars, i) = (&self.chars, self.i);
+        let end = chars[i..]
+            .iter()
+            .position(|&c| c == '\n')
+            .map_or(chars.len(), |p| i + p);
+        let text: String = chars[i..end].iter().collect();
+        let line_start = chars[..i]
+            .iter()
+            .rposition(|&c| c == '\n')
+            .map_or(0, |p| p + 1);
+        let alone = chars[line_start..i].iter().all(|&c| space(c));
+        match guard_line(&text) {
+            Some(restrict) if alone && self.blank => {
+                self.out.push(Piece::Guard {
+                    line: self.line,
+                    restrict,
+                });
+                self.i = end;
+                Ok(())
+            }
+            _ => {
+                let cmd: String = text.chars().take(40).collect();
+                refuse(
+                    self.line,
+                    format!("psql meta-command {cmd:?}: only SQL statements are run"),
+                )
+            }
+        }
+    }
+
+    /// A `'...'` string (`E'...'` with backslash escapes) or a `"..."` name, opened by `q`,
+    /// read to its closing quote.
+    fn quoted(&mut self, q: char) -> Result<(), Refusal> {
+        let (start_line, i) = (self.line, self.i);
+        let escapes = q == '\''
+            && i > 0
+            && matches!(self.chars[i - 1], 'e' | 'E')
+            && !(i > 1 && ident_char(self.chars[i - 2]));
+        self.blank = false;
+        self.cur.push(q);
+        self.i += 1;
+        loop {
+            let Some(&d) = self.chars.get(self.i) else {
+                return refuse(start_line, format!("a {q} quote is never closed"));
+            };
+            if d == '\0' {
+                return refuse(self.line, "a NUL character".into());
+            }
+            if d == '\n' {
+                self.line += 1;
+            }
+            self.cur.push(d);
+            self.i += 1;
+            if escapes && d == '\\' {
+                if let Some(&e) = self.chars.get(self.i) {
+                    if e == '\n' {
+                        self.line += 1;
+                    }
+                    if e == '\0' {
+                        return refuse(self.line, "a NUL character".into());
+                    }
+                    self.cur.push(e);
+                    self.i += 1;
+                }
+            } else if d == q {
+                if self.chars.get(self.i) == Some(&q) {
+                    self.cur.push(q);
+                    self.i += 1;
+                } else {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A dollar quote (`$$...$$`, `$tag$...$tag$`), read to its closing tag.
+    fn dollar_quoted(&mut self) -> Result<(), Refusal> {
+        let i = self.i;
+        let tag: Vec<char> = dollar_tag(&self.chars, i)
+            .expect("checked")
+            .chars()
+            .collect();
+        let start_line = self.line;
+        let body_start = i + tag.len();
+        let close = (body_start..=self.chars.len().saturating_sub(tag.len()))
+            .find(|&j| self.chars[j..j + tag.len()] == tag[..]);
+        let Some(close) = close else {
+            return refuse(start_line, "a dollar quote is never closed".into());
+        };
+        let end = close + tag.len();
+        for &d in &self.chars[i..end] {
+            if d == '\0' {
+                return refuse(self.line, "a NUL character".into());
+            }
+            if d == '\n' {
+                self.line += 1;
+            }
+            self.cur.push(d);
+        }
+        self.blank = false;
+        self.i = end;
+        Ok(())
+    }
 }
 
 /// A token of a statement.
@@ -328,87 +394,118 @@ fn tokens(sql: &str) -> Result<Vec<Tok>, String> {
         let c = chars[i];
         if space(c) {
             i += 1;
-        } else if c == '\'' || ((c == 'e' || c == 'E') && chars.get(i + 1) == Some(&'\'')) {
-            let escapes = c != '\'';
-            i += if escapes { 2 } else { 1 };
-            let mut text = String::new();
-            loop {
-                match chars.get(i) {
-                    None => return Err("an unclosed string".into()),
-                    Some('\\') if escapes => {
-                        text.extend(chars.get(i..i + 2).unwrap_or(&chars[i..]));
-                        i += 2
-                    }
-                    Some('\'') if chars.get(i + 1) == Some(&'\'') => {
-                        text.push('\'');
-                        i += 2
-                    }
-                    Some('\'') => {
-                        i += 1;
-                        break;
-                    }
-                    Some(&d) => {
-                        text.push(d);
-                        i += 1
-                    }
-                }
-            }
-            out.push(Tok::Str(text));
-        } else if c == '"' {
-            let mut name = String::new();
-            i += 1;
-            loop {
-                match chars.get(i) {
-                    None => return Err("an unclosed quoted name".into()),
-                    Some('"') if chars.get(i + 1) == Some(&'"') => {
-                        name.push('"');
-                        i += 2;
-                    }
-                    Some('"') => {
-                        i += 1;
-                        break;
-                    }
-                    Some(&d) => {
-                        name.push(d);
-                        i += 1;
-                    }
-                }
-            }
-            out.push(Tok::Quoted(name));
-        } else if c == '$' {
-            let tag: Vec<char> = dollar_tag(&chars, i)
-                .ok_or("a $ that starts no dollar quote")?
-                .chars()
-                .collect();
-            let body = i + tag.len();
-            let close = (body..=chars.len().saturating_sub(tag.len()))
-                .find(|&j| chars[j..j + tag.len()] == tag[..])
-                .ok_or("an unclosed dollar quote")?;
-            out.push(Tok::Str(chars[body..close].iter().collect()));
-            i = close + tag.len();
-        } else if ident_start(c) {
-            let start = i;
-            while i < chars.len() && ident_char(chars[i]) {
-                i += 1;
-            }
-            let word: String = chars[start..i].iter().collect();
-            out.push(Tok::Word(word.to_ascii_lowercase()));
-        } else if c.is_ascii_digit() {
-            while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
-                i += 1;
-            }
-            if i < chars.len() && ident_char(chars[i]) {
-                return Err("a number followed by letters".into());
-            }
-            out.push(Tok::Num);
-        } else if "=,().-+".contains(c) {
-            out.push(Tok::Punct(c));
-            i += 1;
-        } else {
-            return Err(format!("unexpected character {c:?}"));
+            continue;
         }
+        let (tok, next) =
+            if c == '\'' || ((c == 'e' || c == 'E') && chars.get(i + 1) == Some(&'\'')) {
+                string_token(&chars, i, c != '\'')?
+            } else if c == '"' {
+                quoted_token(&chars, i)?
+            } else if c == '$' {
+                dollar_token(&chars, i)?
+            } else if ident_start(c) {
+                word_token(&chars, i)
+            } else if c.is_ascii_digit() {
+                number_token(&chars, i)?
+            } else if "=,().-+".contains(c) {
+                (Tok::Punct(c), i + 1)
+            } else {
+                return Err(format!("unexpected character {c:?}"));
+            };
+        out.push(tok);
+        i = next;
     }
     Ok(out)
+}
+
+/// The string literal starting at `chars[i]` (`'...'`, or `E'...'` when `escapes`), and
+/// where it ends.
+fn string_token(chars: &[char], mut i: usize, escapes: bool) -> Result<(Tok, usize), String> {
+    i += if escapes { 2 } else { 1 };
+    let mut text = String::new();
+    loop {
+        match chars.get(i) {
+            None => return Err("an unclosed string".into()),
+            Some('\\') if escapes => {
+                text.extend(chars.get(i..i + 2).unwrap_or(&chars[i..]));
+                i += 2
+            }
+            Some('\'') if chars.get(i + 1) == Some(&'\'') => {
+                text.push('\'');
+                i += 2
+            }
+            Some('\'') => {
+                i += 1;
+                break;
+            }
+            Some(&d) => {
+                text.push(d);
+                i += 1
+            }
+        }
+    }
+    Ok((Tok::Str(text), i))
+}
+
+/// The `"quoted"` identifier starting at `chars[i]`, and where it ends.
+fn quoted_token(chars: &[char], mut i: usize) -> Result<(Tok, usize), String> {
+    let mut name = String::new();
+    i += 1;
+    loop {
+        match chars.get(i) {
+            None => return Err("an unclosed quoted name".into()),
+            Some('"') if chars.get(i + 1) == Some(&'"') => {
+                name.push('"');
+                i += 2;
+            }
+            Some('"') => {
+                i += 1;
+                break;
+            }
+            Some(&d) => {
+                name.push(d);
+                i += 1;
+            }
+        }
+    }
+    Ok((Tok::Quoted(name), i))
+}
+
+/// The dollar-quoted string starting at `chars[i]` (a `$`), and where it ends.
+fn dollar_token(chars: &[char], i: usize) -> Result<(Tok, usize), String> {
+    let tag: Vec<char> = dollar_tag(chars, i)
+        .ok_or("a $ that starts no dollar quote")?
+        .chars()
+        .collect();
+    let body = i + tag.len();
+    let close = (body..=chars.len().saturating_sub(tag.len()))
+        .find(|&j| chars[j..j + tag.len()] == tag[..])
+        .ok_or("an unclosed dollar quote")?;
+    Ok((
+        Tok::Str(chars[body..close].iter().collect()),
+        close + tag.len(),
+    ))
+}
+
+/// The unquoted word starting at `chars[i]`, folded to lower case, and where it ends.
+fn word_token(chars: &[char], mut i: usize) -> (Tok, usize) {
+    let start = i;
+    while i < chars.len() && ident_char(chars[i]) {
+        i += 1;
+    }
+    let word: String = chars[start..i].iter().collect();
+    (Tok::Word(word.to_ascii_lowercase()), i)
+}
+
+/// The number starting at `chars[i]`, and where it ends; letters right after it are refused.
+fn number_token(chars: &[char], mut i: usize) -> Result<(Tok, usize), String> {
+    while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
+        i += 1;
+    }
+    if i < chars.len() && ident_char(chars[i]) {
+        return Err("a number followed by letters".into());
+    }
+    Ok((Tok::Num, i))
 }
 
 /// Reads tokens against the shapes pg_dumpall writes.
@@ -662,84 +759,15 @@ fn classify(sql: &str) -> Result<Action, String> {
     };
     c.at += 1;
     let action = match first.as_str() {
-        "set" => {
-            if c.is_word("session") || c.is_word("role") || c.is_word("local") {
-                return Err("SET SESSION/ROLE/LOCAL is not a roles script setting".into());
-            }
-            let name = setting(&mut c)?;
-            let value = &toks[c.at - 1];
-            let ok = match name.as_str() {
-                "client_encoding" => matches!(value, Tok::Str(v) | Tok::Word(v)
-                    if v.to_ascii_lowercase().replace(['-', '_'], "") == "utf8"),
-                "standard_conforming_strings" => matches!(value, Tok::Word(w) if w == "on"),
-                "default_transaction_read_only" => matches!(value, Tok::Word(w) if w == "off"),
-                _ => false,
-            };
-            if !ok || toks.len() != 4 {
-                return Err(format!(
-                    "SET {name} to this value is not one of the session settings pg_dumpall writes (client_encoding = 'UTF8', standard_conforming_strings = on, default_transaction_read_only = off)"
-                ));
-            }
-            Action::Session
-        }
-        "select" => {
-            let want = [
-                Tok::Word("pg_catalog".into()),
-                Tok::Punct('.'),
-                Tok::Word("set_config".into()),
-                Tok::Punct('('),
-                Tok::Str("search_path".into()),
-                Tok::Punct(','),
-                Tok::Str(String::new()),
-                Tok::Punct(','),
-                Tok::Word("false".into()),
-                Tok::Punct(')'),
-            ];
-            if toks[1..] != want[..] {
-                return Err(
-                    "a SELECT other than pg_catalog.set_config('search_path', '', false)".into(),
-                );
-            }
-            Action::Session
-        }
+        "set" => session_set(&mut c)?,
+        "select" => set_config(&toks)?,
         "create" if c.eat_word("role") => {
             let name = c.name()?;
             role_options(&mut c)?;
             Action::CreateRole(name)
         }
-        "create" if c.eat_word("tablespace") => {
-            let name = c.name()?;
-            if c.eat_word("owner") {
-                c.name()?;
-            }
-            c.word("location")?;
-            c.string()?;
-            if c.eat_word("with") {
-                tablespace_options(&mut c)?;
-            }
-            c.end()?;
-            Action::CreateTablespace(name)
-        }
-        "alter" if c.eat_word("role") || c.eat_word("user") => {
-            let name = c.name()?;
-            if c.is_word("in") || c.is_word("set") {
-                if c.eat_word("in") {
-                    c.word("database")?;
-                    c.name()?;
-                }
-                c.word("set")?;
-                let setting_name = setting(&mut c)?;
-                if LIBRARY_SETTINGS.contains(&setting_name.as_str()) {
-                    return Err(format!(
-                        "setting {setting_name} makes the server load libraries: drkit does not restore it"
-                    ));
-                }
-                c.end()?;
-            } else {
-                role_options(&mut c)?;
-            }
-            Action::AlterRole(name)
-        }
+        "create" if c.eat_word("tablespace") => create_tablespace(&mut c)?,
+        "alter" if c.eat_word("role") || c.eat_word("user") => alter_role(&mut c)?,
         "alter" if c.eat_word("tablespace") => {
             let name = c.name()?;
             c.word("set")?;
@@ -747,47 +775,8 @@ fn classify(sql: &str) -> Result<Action, String> {
             c.end()?;
             Action::Tablespace(name)
         }
-        "comment" => {
-            c.word("on")?;
-            let role = if c.eat_word("role") {
-                true
-            } else if c.eat_word("tablespace") {
-                false
-            } else {
-                return Err("a COMMENT on something other than a role or a tablespace".into());
-            };
-            let name = c.name()?;
-            c.word("is")?;
-            c.string_or_null()?;
-            c.end()?;
-            if role {
-                Action::CommentRole(name)
-            } else {
-                Action::Tablespace(name)
-            }
-        }
-        "grant" if !toks.contains(&Tok::Word("on".into())) => {
-            let roles = c.names()?;
-            c.word("to")?;
-            let members = c.names()?;
-            if c.eat_word("with") {
-                loop {
-                    if !(c.eat_word("admin") || c.eat_word("inherit") || c.eat_word("set")) {
-                        return Err("expected ADMIN, INHERIT or SET after WITH".into());
-                    }
-                    let _ = c.eat_word("option") || c.eat_word("true") || c.eat_word("false");
-                    if !c.eat(',') {
-                        break;
-                    }
-                }
-            }
-            if c.eat_word("granted") {
-                c.word("by")?;
-                c.name()?;
-            }
-            c.end()?;
-            Action::GrantRoles { roles, members }
-        }
+        "comment" => comment(&mut c)?,
+        "grant" if !toks.contains(&Tok::Word("on".into())) => grant_roles(&mut c)?,
         "grant" => privilege(&mut c, true)?,
         "revoke" if toks.contains(&Tok::Word("on".into())) => privilege(&mut c, false)?,
         other => {
@@ -801,6 +790,132 @@ fn classify(sql: &str) -> Result<Action, String> {
         c.end()?;
     }
     Ok(action)
+}
+
+/// `SET name = value`, after `SET`: only the session settings pg_dumpall writes.
+fn session_set(c: &mut Cursor) -> Result<Action, String> {
+    if c.is_word("session") || c.is_word("role") || c.is_word("local") {
+        return Err("SET SESSION/ROLE/LOCAL is not a roles script setting".into());
+    }
+    let name = setting(c)?;
+    let value = &c.toks[c.at - 1];
+    let ok = match name.as_str() {
+        "client_encoding" => matches!(value, Tok::Str(v) | Tok::Word(v)
+            if v.to_ascii_lowercase().replace(['-', '_'], "") == "utf8"),
+        "standard_conforming_strings" => matches!(value, Tok::Word(w) if w == "on"),
+        "default_transaction_read_only" => matches!(value, Tok::Word(w) if w == "off"),
+        _ => false,
+    };
+    if !ok || c.toks.len() != 4 {
+        return Err(format!(
+            "SET {name} to this value is not one of the session settings pg_dumpall writes (client_encoding = 'UTF8', standard_conforming_strings = on, default_transaction_read_only = off)"
+        ));
+    }
+    Ok(Action::Session)
+}
+
+/// A `SELECT` statement (`toks`): only `pg_catalog.set_config('search_path', '', false)`.
+fn set_config(toks: &[Tok]) -> Result<Action, String> {
+    let want = [
+        Tok::Word("pg_catalog".into()),
+        Tok::Punct('.'),
+        Tok::Word("set_config".into()),
+        Tok::Punct('('),
+        Tok::Str("search_path".into()),
+        Tok::Punct(','),
+        Tok::Str(String::new()),
+        Tok::Punct(','),
+        Tok::Word("false".into()),
+        Tok::Punct(')'),
+    ];
+    if toks[1..] != want[..] {
+        return Err("a SELECT other than pg_catalog.set_config('search_path', '', false)".into());
+    }
+    Ok(Action::Session)
+}
+
+/// `CREATE TABLESPACE name [OWNER role] LOCATION '...' [WITH (...)]`, after `TABLESPACE`.
+fn create_tablespace(c: &mut Cursor) -> Result<Action, String> {
+    let name = c.name()?;
+    if c.eat_word("owner") {
+        c.name()?;
+    }
+    c.word("location")?;
+    c.string()?;
+    if c.eat_word("with") {
+        tablespace_options(c)?;
+    }
+    c.end()?;
+    Ok(Action::CreateTablespace(name))
+}
+
+/// `ALTER ROLE name [IN DATABASE db] SET ...` or `ALTER ROLE name attributes`, after
+/// `ROLE` (or `USER`); settings that load libraries are refused. The caller checks the end.
+fn alter_role(c: &mut Cursor) -> Result<Action, String> {
+    let name = c.name()?;
+    if c.is_word("in") || c.is_word("set") {
+        if c.eat_word("in") {
+            c.word("database")?;
+            c.name()?;
+        }
+        c.word("set")?;
+        let setting_name = setting(c)?;
+        if LIBRARY_SETTINGS.contains(&setting_name.as_str()) {
+            return Err(format!(
+                "setting {setting_name} makes the server load libraries: drkit does not restore it"
+            ));
+        }
+        c.end()?;
+    } else {
+        role_options(c)?;
+    }
+    Ok(Action::AlterRole(name))
+}
+
+/// `COMMENT ON ROLE/TABLESPACE name IS '...'`, after `COMMENT`.
+fn comment(c: &mut Cursor) -> Result<Action, String> {
+    c.word("on")?;
+    let role = if c.eat_word("role") {
+        true
+    } else if c.eat_word("tablespace") {
+        false
+    } else {
+        return Err("a COMMENT on something other than a role or a tablespace".into());
+    };
+    let name = c.name()?;
+    c.word("is")?;
+    c.string_or_null()?;
+    c.end()?;
+    Ok(if role {
+        Action::CommentRole(name)
+    } else {
+        Action::Tablespace(name)
+    })
+}
+
+/// `GRANT role, ... TO member, ... [WITH ...] [GRANTED BY role]`, after `GRANT`: role
+/// membership.
+fn grant_roles(c: &mut Cursor) -> Result<Action, String> {
+    let roles = c.names()?;
+    c.word("to")?;
+    let members = c.names()?;
+    if c.eat_word("with") {
+        loop {
+            if !(c.eat_word("admin") || c.eat_word("inherit") || c.eat_word("set")) {
+                return Err("expected ADMIN, INHERIT or SET after WITH".into());
+            }
+            let _ = c.eat_word("option") || c.eat_word("true") || c.eat_word("false");
+            if !c.eat(',') {
+                break;
+            }
+        }
+    }
+    if c.eat_word("granted") {
+        c.word("by")?;
+        c.name()?;
+    }
+    c.end()?;
+    Ok(Action::GrantRoles { roles, members })
 }
 
 /// `( name = value, ... )` of a tablespace.
