@@ -827,8 +827,9 @@ fn parse_number(field: &[u8]) -> Option<u64> {
     if !text.iter().all(|c| (b'0'..=b'7').contains(c)) {
         return None;
     }
-    text.iter()
-        .try_fold(0u64, |v, &c| v.checked_mul(8)?.checked_add((c - b'0') as u64))
+    text.iter().try_fold(0u64, |v, &c| {
+        v.checked_mul(8)?.checked_add((c - b'0') as u64)
+    })
 }
 
 fn ascii_number(v: &[u8]) -> Option<u64> {
@@ -976,7 +977,12 @@ mod tests {
             (b"77777777777777777777777", None), // overflows u64
         ];
         for (field, want) in cases {
-            assert_eq!(parse_number(field), *want, "{:?}", String::from_utf8_lossy(field));
+            assert_eq!(
+                parse_number(field),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(field)
+            );
         }
         assert_eq!(parse_number(&[0x80, 0, 0, 0, 0, 0, 0x02, 0x00]), Some(512));
     }
