@@ -126,3 +126,75 @@ fn daemon_runs_the_schedule_until_sigterm() {
         .iter()
         .all(|f| !f.contains(".drkit-tmp-")));
 }
+
+#[test]
+fn status_shows_the_last_drill_and_exits_5_when_it_is_overdue_or_failed() {
+    let config = |s: &Scratch, max_age: &str| {
+        s.config(&format!(
+            "[storage.local]\ntype = \"local\"\npath = \"{}\"\n[job.app]\nsource = {{ type = \"sqlite\", path = \"{}\" }}\nstorage = [\"local\"]\ndrill = {{ max_age = \"{max_age}\" }}\n",
+            s.path("backups").display(),
+            s.path("app.db").display()
+        ))
+    };
+    let s = setup("");
+    config(&s, "1h");
+    s.drkit(&["backup"]).expect_code(0);
+    let row = |s: &Scratch| s.drkit(&["--json", "status"]).json()[0].clone();
+
+    // Backups fine, but no drill yet: overdue.
+    let st = s.drkit(&["status"]);
+    st.expect_code(5);
+    assert!(
+        st.stdout.contains("DRILL-STALE") && st.stdout.contains("no restore drill yet"),
+        "{}",
+        st.stdout
+    );
+    assert_eq!(row(&s)["state"], "drill-stale");
+
+    // A drill that passed: OK, and the row says so.
+    s.drkit(&["drill"]).expect_code(0);
+    let st = s.drkit(&["status"]);
+    st.expect_code(0);
+    assert!(st.stdout.contains("last drill passed"), "{}", st.stdout);
+    let r = row(&s);
+    assert_eq!(r["state"], "ok");
+    assert_eq!(r["drill"]["ok"], true);
+
+    // A newer report that is junk (or forged for another job) is ignored, not trusted.
+    let drills = s.path("backups").join("app/drills");
+    std::fs::write(drills.join("29991231T000000Z-ffffff.json"), b"{not json").unwrap();
+    let st = s.drkit(&["status"]);
+    st.expect_code(0);
+    assert!(st.stdout.contains("ignored"), "{}", st.stdout);
+
+    // Overdue: the limit passes.
+    config(&s, "1s");
+    std::thread::sleep(Duration::from_millis(2100));
+    let st = s.drkit(&["status"]);
+    st.expect_code(5);
+    assert!(st.stdout.contains("DRILL-STALE"), "{}", st.stdout);
+    config(&s, "1h");
+
+    // A failed drill (corrupt archive): DRILL-FAILED, exit 5; doctor says it too.
+    let m = &s.drkit(&["--json", "list"]).json()[0];
+    let data = s.path("backups").join(m["data"]["key"].as_str().unwrap());
+    let mut bytes = std::fs::read(&data).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    s.drkit(&["drill"]).expect_code(4);
+    let st = s.drkit(&["status"]);
+    st.expect_code(5);
+    assert!(
+        st.stdout.contains("DRILL-FAILED") && st.stdout.contains("FAILED:"),
+        "{}",
+        st.stdout
+    );
+    let r = row(&s);
+    assert_eq!(r["state"], "drill-failed");
+    assert_eq!(r["drill"]["ok"], false);
+    let d = s.drkit(&["doctor"]);
+    d.expect_code(5);
+    assert!(d.stdout.contains("DRILL-FAILED"), "{}", d.stdout);
+}

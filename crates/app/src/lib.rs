@@ -312,7 +312,18 @@ impl Drkit {
                 .or(job.max_age.as_ref().map(|s| s.duration()))
                 .unwrap_or(health::DEFAULT_MAX_AGE);
             let targets = self.targets(&name)?;
-            out.extend(health::health(&name, &targets, &self.trust(&name)?, now, limit).await);
+            let drill_limit = job.drill.as_ref().and_then(|d| d.limit(now));
+            out.extend(
+                health::health(
+                    &name,
+                    &targets,
+                    &self.trust(&name)?,
+                    now,
+                    limit,
+                    drill_limit,
+                )
+                .await,
+            );
         }
         Ok(out)
     }

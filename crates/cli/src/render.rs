@@ -125,7 +125,7 @@ pub fn health_table(report: &[JobHealth]) -> String {
             vec![
                 h.job.clone(),
                 h.storage.clone(),
-                format!("{:?}", h.state).to_uppercase(),
+                h.state.label().to_string(),
                 h.detail.clone(),
             ]
         })

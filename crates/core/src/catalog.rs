@@ -311,7 +311,7 @@ async fn read_acceptance(
 
 /// Read a small record (manifest, signature, accept record), refusing one over
 /// [`MAX_RECORD_SIZE`] as an integrity error.
-async fn read_record(storage: &dyn Storage, key: &str) -> Result<Vec<u8>> {
+pub(crate) async fn read_record(storage: &dyn Storage, key: &str) -> Result<Vec<u8>> {
     let r = storage.get(key).await?;
     let mut out = Vec::new();
     r.take(MAX_RECORD_SIZE + 1)

@@ -164,6 +164,12 @@ fn span_max_age<'de, D: serde::Deserializer<'de>>(
     span_field(d, "max_age")
 }
 
+fn span_drill_max_age<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Span>, D::Error> {
+    span_field(d, "drill.max_age")
+}
+
 fn span_within<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Option<Span>, D::Error> {
@@ -176,6 +182,25 @@ fn span_within<'de, D: serde::Deserializer<'de>>(
 pub struct DrillConfig {
     /// When to run the drill (cron).
     pub schedule: Option<String>,
+    /// Age after which `status` calls the last drill overdue (`DRILL-STALE`); default: twice
+    /// the period of `schedule` when it is set, else drills are shown but not required.
+    #[serde(default, deserialize_with = "span_drill_max_age")]
+    pub max_age: Option<Span>,
+}
+
+impl DrillConfig {
+    /// How old the last drill may be at `now`: `max_age`, else twice the schedule's period
+    /// (the time between its next two runs), else `None` (drills not required).
+    pub fn limit(&self, now: chrono::DateTime<chrono::Utc>) -> Option<std::time::Duration> {
+        if let Some(m) = &self.max_age {
+            return Some(m.duration());
+        }
+        let schedule = crate::schedule::Schedule::parse(self.schedule.as_deref()?).ok()?;
+        let one = std::slice::from_ref(&schedule);
+        let (first, _) = crate::schedule::next_due(one, now)?;
+        let (second, _) = crate::schedule::next_due(one, first)?;
+        (second - first).to_std().ok().map(|p| p * 2)
+    }
 }
 
 fn one_or_many<'de, D: serde::Deserializer<'de>>(

@@ -112,3 +112,80 @@ pub async fn drill(
     }
     Ok(runs)
 }
+
+/// The newest drill report of a job on one storage that can be trusted, and the reports
+/// passed over on the way (unreadable, forged, misplaced: storage content is untrusted).
+#[derive(Debug, Default)]
+pub struct LastDrill {
+    /// The newest valid report.
+    pub report: Option<DrillReport>,
+    /// One line per report that was ignored, newest first.
+    pub ignored: Vec<String>,
+}
+
+/// How many newer reports may be unusable before the search stops (a storage full of junk
+/// must not make `status` read it all).
+const MAX_IGNORED: usize = 8;
+
+/// Find the newest valid drill report of `job` on `storage`. A report counts only where it
+/// was found (`<job>/drills/<its id>.json`), for this job, and signed when `trust` has a key.
+pub async fn last(storage: &dyn crate::Storage, job: &str, trust: &Trust) -> Result<LastDrill> {
+    let folder = format!("{job}/{}/", crate::layout::DRILLS_FOLDER);
+    let mut keys: Vec<String> = storage
+        .list(&folder)
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| k.ends_with(".json") && !k[folder.len()..].contains('/'))
+        .collect();
+    keys.sort_unstable_by(|a, b| b.cmp(a));
+    let mut out = LastDrill::default();
+    for key in keys {
+        match read_report(storage, &key, job, trust).await {
+            Ok(report) => {
+                out.report = Some(report);
+                break;
+            }
+            Err(why) => {
+                out.ignored
+                    .push(format!("drill report {key} ignored: {why}"));
+                if out.ignored.len() >= MAX_IGNORED {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn read_report(
+    storage: &dyn crate::Storage,
+    key: &str,
+    job: &str,
+    trust: &Trust,
+) -> std::result::Result<DrillReport, String> {
+    let bytes = crate::catalog::read_record(storage, key)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !trust.is_blind() {
+        let sig =
+            match crate::catalog::read_record(storage, &crate::layout::signature_key(key)).await {
+                Ok(s) => Some(s),
+                Err(e) if e.kind() == ErrorKind::NotFound => None,
+                Err(e) => return Err(format!("its signature cannot be read: {e}")),
+            };
+        trust
+            .check(crate::signing::Record::Drill, &bytes, sig.as_deref())
+            .map_err(|e| e.to_string())?;
+    }
+    let report: DrillReport =
+        serde_json::from_slice(&bytes).map_err(|e| format!("not a valid drill report ({e})"))?;
+    if report.job != job || report.key() != key {
+        return Err(format!(
+            "it is the report of {}/{}, not of this place",
+            report.job,
+            report.key()
+        ));
+    }
+    Ok(report)
+}

@@ -22,12 +22,87 @@ pub enum Health {
     Suspect,
     /// The storage could not be read.
     Error,
+    /// The backups are fine, but the last restore drill is older than the job's
+    /// `drill.max_age`, or there is none.
+    #[serde(rename = "drill-stale")]
+    DrillStale,
+    /// The backups are fine, but the last restore drill failed.
+    #[serde(rename = "drill-failed")]
+    DrillFailed,
 }
 
 impl Health {
     /// Whether this needs someone's attention (`status` exits 5, or 1 for `Error`).
     pub fn is_bad(self) -> bool {
         self != Health::Ok
+    }
+
+    /// The word `status` shows: `OK`, `MISSING`, `STALE`, `SUSPECT`, `ERROR`, `DRILL-STALE`,
+    /// `DRILL-FAILED`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Health::Ok => "OK",
+            Health::Missing => "MISSING",
+            Health::Stale => "STALE",
+            Health::Suspect => "SUSPECT",
+            Health::Error => "ERROR",
+            Health::DrillStale => "DRILL-STALE",
+            Health::DrillFailed => "DRILL-FAILED",
+        }
+    }
+}
+
+/// The last restore drill, as health reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastDrill {
+    /// The report's id.
+    pub report_id: String,
+    /// The backup it restored.
+    pub backup_id: String,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Whether it passed.
+    pub ok: bool,
+    /// How long the restore and its checks took.
+    pub duration_ms: u64,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// The verdict on the last drill: pure, `now` given. `limit` is how old it may be (`None`:
+/// drills are not required, the drill is only described). Returns the state it imposes
+/// (`None`: it imposes nothing) and a description.
+pub fn assess_drill(
+    last: Option<&LastDrill>,
+    now: DateTime<Utc>,
+    limit: Option<std::time::Duration>,
+) -> (Option<Health>, String) {
+    let Some(d) = last else {
+        return match limit {
+            Some(_) => (Some(Health::DrillStale), "no restore drill yet".into()),
+            None => (None, String::new()),
+        };
+    };
+    let age = (now - d.started_at).to_std().unwrap_or_default();
+    let took = format!("{:.1}s", d.duration_ms as f64 / 1000.0);
+    if !d.ok {
+        let why = d.error.as_deref().unwrap_or("unknown error");
+        let text = format!("last drill {} ago FAILED: {why}", human_age(age));
+        return (limit.map(|_| Health::DrillFailed), text);
+    }
+    match limit {
+        Some(l) if age > l => (
+            Some(Health::DrillStale),
+            format!(
+                "last drill passed {} ago (max {})",
+                human_age(age),
+                human_age(l)
+            ),
+        ),
+        _ => (
+            None,
+            format!("last drill passed {} ago in {took}", human_age(age)),
+        ),
     }
 }
 
@@ -59,6 +134,8 @@ pub struct JobHealth {
     pub newest: Option<Newest>,
     /// Broken entries found (forged or damaged manifests).
     pub broken: usize,
+    /// The last valid restore drill on this storage, if any.
+    pub drill: Option<LastDrill>,
 }
 
 /// The verdict on one listing: pure, `now` given.
@@ -123,21 +200,31 @@ pub fn exit(report: &[JobHealth]) -> crate::Exit {
         .map(|h| match h.state {
             Health::Ok => crate::Exit::Ok,
             Health::Error => crate::Exit::Failed,
-            Health::Missing | Health::Stale | Health::Suspect => crate::Exit::Unhealthy,
+            Health::Missing
+            | Health::Stale
+            | Health::Suspect
+            | Health::DrillStale
+            | Health::DrillFailed => crate::Exit::Unhealthy,
         })
         .fold(crate::Exit::Ok, crate::Exit::worst)
 }
 
-/// The health of `job` on each of its storages.
+/// The health of `job` on each of its storages: its backups (`max_age`) and its last restore
+/// drill (`drill_limit`, see [`assess_drill`]).
 pub async fn health(
     job: &str,
     targets: &[Target],
     trust: &Trust,
     now: DateTime<Utc>,
     max_age: std::time::Duration,
+    drill_limit: Option<std::time::Duration>,
 ) -> Vec<JobHealth> {
     let mut out = Vec::new();
-    for l in super::list_job(job, targets, trust).await {
+    for (l, t) in super::list_job(job, targets, trust)
+        .await
+        .into_iter()
+        .zip(targets)
+    {
         let row = match l.listing {
             Err(e) => JobHealth {
                 job: job.to_string(),
@@ -146,6 +233,7 @@ pub async fn health(
                 detail: e.to_string(),
                 newest: None,
                 broken: 0,
+                drill: None,
             },
             Ok(listing) => {
                 let (state, mut detail) = assess(&listing, now, max_age);
@@ -172,12 +260,55 @@ pub async fn health(
                         state: e.state(),
                     }),
                     broken: listing.broken.len(),
+                    drill: None,
                 }
             }
         };
+        let row = with_drill(row, t, job, trust, now, drill_limit).await;
         out.push(row);
     }
     out
+}
+
+/// Add the last drill of `target` to a healthy (or only described) row.
+async fn with_drill(
+    mut row: JobHealth,
+    target: &Target,
+    job: &str,
+    trust: &Trust,
+    now: DateTime<Utc>,
+    limit: Option<std::time::Duration>,
+) -> JobHealth {
+    if row.state == Health::Error {
+        return row;
+    }
+    let last = match super::drill::last(target.storage.as_ref(), job, trust).await {
+        Ok(l) => l,
+        Err(e) => {
+            row.detail
+                .push_str(&format!("; drill reports cannot be read: {e}"));
+            return row;
+        }
+    };
+    row.drill = last.report.as_ref().map(|r| LastDrill {
+        report_id: r.report_id.clone(),
+        backup_id: r.backup_id.clone(),
+        started_at: r.started_at,
+        ok: r.ok,
+        duration_ms: r.duration_ms,
+        error: r.error.clone(),
+    });
+    if let Some(first) = last.ignored.first() {
+        row.detail.push_str(&format!("; {first}"));
+    }
+    let (state, text) = assess_drill(row.drill.as_ref(), now, limit);
+    if !text.is_empty() {
+        row.detail.push_str(&format!("; {text}"));
+    }
+    if let (Some(state), Health::Ok) = (state, row.state) {
+        row.state = state;
+    }
+    row
 }
 
 /// A duration as a short human string (3h 5m, 2d 4h, 45s).
@@ -188,5 +319,101 @@ pub fn human_age(d: std::time::Duration) -> String {
         120..=7199 => format!("{}m", s / 60),
         7200..=172_799 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
         _ => format!("{}d {}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn drill_verdicts() {
+        let now = t("2026-12-02T12:00:00Z");
+        let drill = |at: &str, ok: bool| LastDrill {
+            report_id: "r".into(),
+            backup_id: "b".into(),
+            started_at: t(at),
+            ok,
+            duration_ms: 1500,
+            error: (!ok).then(|| "restored counts differ".to_string()),
+        };
+        let day = Some(Duration::from_secs(86_400));
+        type Case = (
+            Option<LastDrill>,
+            Option<Duration>,
+            Option<Health>,
+            &'static str,
+        );
+        let cases: Vec<Case> = vec![
+            // Not required: described, never a state.
+            (None, None, None, ""),
+            (
+                Some(drill("2026-12-02T10:00:00Z", true)),
+                None,
+                None,
+                "last drill passed 2h 0m ago in 1.5s",
+            ),
+            (
+                Some(drill("2026-01-01T10:00:00Z", false)),
+                None,
+                None,
+                "FAILED: restored counts differ",
+            ),
+            // Required.
+            (None, day, Some(Health::DrillStale), "no restore drill yet"),
+            (
+                Some(drill("2026-12-02T10:00:00Z", true)),
+                day,
+                None,
+                "passed 2h 0m ago",
+            ),
+            (
+                Some(drill("2026-11-30T10:00:00Z", true)),
+                day,
+                Some(Health::DrillStale),
+                "(max 24h 0m)",
+            ),
+            (
+                Some(drill("2026-12-02T10:00:00Z", false)),
+                day,
+                Some(Health::DrillFailed),
+                "FAILED",
+            ),
+        ];
+        for (last, limit, want, text) in cases {
+            let (got, words) = assess_drill(last.as_ref(), now, limit);
+            assert_eq!(got, want, "{last:?} {limit:?}");
+            assert!(words.contains(text), "{words:?} lacks {text:?}");
+        }
+        assert_eq!(Health::DrillStale.label(), "DRILL-STALE");
+        assert_eq!(
+            serde_json::to_value(Health::DrillFailed).unwrap(),
+            "drill-failed"
+        );
+        assert_eq!(exit(&[]), crate::Exit::Ok);
+    }
+
+    #[test]
+    fn drill_limits() {
+        let now = t("2026-12-02T12:00:00Z");
+        let cfg = |schedule: Option<&str>, max_age: Option<&str>| crate::config::DrillConfig {
+            schedule: schedule.map(str::to_string),
+            max_age: max_age.map(|m| m.parse().unwrap()),
+        };
+        let cases = [
+            (cfg(None, None), None),
+            (cfg(Some("0 4 * * *"), None), Some(2 * 86_400)),
+            (cfg(Some("0 4 * * 0"), None), Some(14 * 86_400)),
+            (cfg(Some("0 4 * * 0"), Some("3d")), Some(3 * 86_400)),
+            (cfg(None, Some("6h")), Some(6 * 3600)),
+        ];
+        for (c, want) in cases {
+            assert_eq!(c.limit(now).map(|d| d.as_secs()), want, "{c:?}");
+        }
     }
 }
