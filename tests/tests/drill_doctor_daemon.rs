@@ -198,3 +198,24 @@ fn status_shows_the_last_drill_and_exits_5_when_it_is_overdue_or_failed() {
     d.expect_code(5);
     assert!(d.stdout.contains("DRILL-FAILED"), "{}", d.stdout);
 }
+
+#[test]
+fn a_drill_over_its_rto_fails_with_the_measured_time() {
+    let s = setup("drill = { rto = \"0s\" }");
+    s.drkit(&["backup"]).expect_code(0);
+    let d = s.drkit(&["drill"]);
+    d.expect_code(4)
+        .expect_one_line_error("over the recovery time objective rto = 0s");
+    let reports = drill_reports(&s);
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0]["ok"], false);
+    assert_eq!(reports[0]["error_kind"], "integrity");
+    // A generous goal passes.
+    let s = setup("drill = { rto = \"15m\" }");
+    s.drkit(&["backup"]).expect_code(0);
+    s.drkit(&["drill"]).expect_code(0);
+    let bad = setup("drill = { rto = \"fast\" }");
+    bad.drkit(&["drill"])
+        .expect_code(2)
+        .expect_one_line_error("drill.rto");
+}

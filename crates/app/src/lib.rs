@@ -356,12 +356,19 @@ impl Drkit {
         let source = self.source(job)?;
         let targets = self.targets(job)?;
         let signer = self.signer(job)?;
+        let rto = self
+            .config
+            .job(job)?
+            .drill
+            .as_ref()
+            .and_then(|d| d.rto.as_ref());
         ops::drill::drill(
             job,
             &targets,
             &self.trust(job)?,
             source.as_ref(),
             signer.as_deref(),
+            rto.map(|r| r.duration()),
         )
         .await
     }

@@ -98,7 +98,7 @@ pub fn drill(out: &Output, run: &DrillRun) -> Value {
             }
             if report.ok {
                 out.text(format!(
-                    "{name}: drill of {} on {storage} passed in {:.1}s (restored, checked against the manifest, removed)",
+                    "{name}: drill of {} on {storage} passed in {:.1}s (time to usable data: restored, checked against the manifest, removed)",
                     report.backup_id,
                     report.duration_ms as f64 / 1000.0
                 ));

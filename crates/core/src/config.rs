@@ -170,6 +170,10 @@ fn span_drill_max_age<'de, D: serde::Deserializer<'de>>(
     span_field(d, "drill.max_age")
 }
 
+fn span_rto<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Span>, D::Error> {
+    span_field(d, "drill.rto")
+}
+
 fn span_within<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Option<Span>, D::Error> {
@@ -186,6 +190,10 @@ pub struct DrillConfig {
     /// the period of `schedule` when it is set, else drills are shown but not required.
     #[serde(default, deserialize_with = "span_drill_max_age")]
     pub max_age: Option<Span>,
+    /// The recovery time objective: a drill whose restore and checks take longer fails
+    /// (exit 4), with the measured time.
+    #[serde(default, deserialize_with = "span_rto")]
+    pub rto: Option<Span>,
 }
 
 impl DrillConfig {

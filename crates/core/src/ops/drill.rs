@@ -73,6 +73,7 @@ pub async fn drill(
     trust: &Trust,
     source: &dyn Source,
     signer: Option<&Signer>,
+    rto: Option<std::time::Duration>,
 ) -> Result<Vec<DrillRun>> {
     let mut runs = Vec::with_capacity(targets.len());
     for target in targets {
@@ -95,7 +96,7 @@ pub async fn drill(
                 ),
             },
             Ok((manifest, skipped_suspect, warning)) => {
-                let report = pipeline::drill(storage, &manifest, source, signer).await?;
+                let report = pipeline::drill(storage, &manifest, source, signer, rto).await?;
                 DrillResult::Ran {
                     report_key: report.key(),
                     report,

@@ -52,12 +52,14 @@ impl DrillReport {
 /// Restore `manifest`'s backup into a scratch place the driver provides, check it against the
 /// manifest (the driver's restore does), remove the scratch place, and write the report to
 /// the storage (signed, with a `.sig` beside it, when `signer` is set). Returns the report; a
-/// failed drill is a report with `ok: false`.
+/// failed drill is a report with `ok: false`. With `rto`, a drill whose restore and checks
+/// took longer fails (an integrity failure: the recovery goal is not met), with the figure.
 pub async fn drill(
     storage: &dyn Storage,
     manifest: &Manifest,
     source: &dyn Source,
     signer: Option<&Signer>,
+    rto: Option<std::time::Duration>,
 ) -> Result<DrillReport> {
     let scratch = source.drill_scratch(manifest).await?.ok_or_else(|| {
         Error::config(format!(
@@ -85,6 +87,15 @@ pub async fn drill(
         error: result.as_ref().err().map(|e| e.to_string()),
         error_kind: result.as_ref().err().map(|e| e.kind()),
     };
+    if let Some(limit) = rto.filter(|l| report.ok && clock_over(duration_ms, *l)) {
+        report.ok = false;
+        report.error = Some(format!(
+            "restored and checked, but it took {:.1}s, over the recovery time objective rto = {}s",
+            duration_ms as f64 / 1000.0,
+            limit.as_secs_f64()
+        ));
+        report.error_kind = Some(ErrorKind::Integrity);
+    }
     if let (true, Err(e)) = (report.ok, &cleanup) {
         report.error = Some(format!(
             "restore ok, but removing the scratch copy failed: {e}"
@@ -98,4 +109,9 @@ pub async fn drill(
     }
     storage.put(&report.key(), json).await?;
     Ok(report)
+}
+
+/// Whether `duration_ms` is over `limit`.
+fn clock_over(duration_ms: u64, limit: std::time::Duration) -> bool {
+    u128::from(duration_ms) > limit.as_millis()
 }
