@@ -211,3 +211,37 @@ pub fn files_under(dir: &Path) -> Vec<String> {
 /// Docker engine helpers.
 pub mod docker;
 pub mod storage;
+
+/// An Ed25519 key in PKCS#8 PEM (as the docs say to make one) and its public half in base64.
+pub fn signing_keypair(dir: &Path) -> (PathBuf, String) {
+    let key = dir.join("signing.pem");
+    let ok = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&key)
+        .status()
+        .expect("openssl")
+        .success();
+    assert!(ok, "openssl genpkey failed");
+    let der = Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(&key)
+        .output()
+        .expect("openssl pkey");
+    assert!(der.status.success());
+    let raw = &der.stdout[der.stdout.len() - 32..];
+    let b64 = Command::new("base64")
+        .arg("-w0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(raw)?;
+            c.wait_with_output()
+        })
+        .expect("base64");
+    (
+        key,
+        String::from_utf8(b64.stdout).unwrap().trim().to_string(),
+    )
+}

@@ -17,6 +17,16 @@ fn setup(extra: &str) -> Scratch {
     s
 }
 
+/// Flip the last byte of the newest backup's archive.
+fn corrupt_newest(s: &Scratch) {
+    let m = &s.drkit(&["--json", "list"]).json()[0];
+    let data = s.path("backups").join(m["data"]["key"].as_str().unwrap());
+    let mut bytes = std::fs::read(&data).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+}
+
 fn drill_reports(s: &Scratch) -> Vec<serde_json::Value> {
     files_under(&s.path("backups"))
         .into_iter()
@@ -52,12 +62,7 @@ fn drill_passes_then_fails_on_a_corrupt_archive_and_keeps_reports() {
         1
     );
 
-    let m = &s.drkit(&["--json", "list"]).json()[0];
-    let data = s.path("backups").join(m["data"]["key"].as_str().unwrap());
-    let mut bytes = std::fs::read(&data).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xff;
-    std::fs::write(&data, bytes).unwrap();
+    corrupt_newest(&s);
     std::thread::sleep(Duration::from_millis(1100)); // report names have second resolution
     s.drkit(&["drill"])
         .expect_code(4)
@@ -176,12 +181,7 @@ fn status_shows_the_last_drill_and_exits_5_when_it_is_overdue_or_failed() {
     config(&s, "1h");
 
     // A failed drill (corrupt archive): DRILL-FAILED, exit 5; doctor says it too.
-    let m = &s.drkit(&["--json", "list"]).json()[0];
-    let data = s.path("backups").join(m["data"]["key"].as_str().unwrap());
-    let mut bytes = std::fs::read(&data).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xff;
-    std::fs::write(&data, bytes).unwrap();
+    corrupt_newest(&s);
     std::thread::sleep(Duration::from_millis(1100));
     s.drkit(&["drill"]).expect_code(4);
     let st = s.drkit(&["status"]);

@@ -3,7 +3,6 @@
 //! manifest edited by hand (any byte) is refused by restore, drill, verify and the guard.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use drkit_tests::docker::{
     docker, ensure_image, populate, unique as dunique, volume_exists, Cleanup,
@@ -166,44 +165,10 @@ fn garbage_truncated_or_empty_manifests_do_not_block_the_job() {
     );
 }
 
-/// An Ed25519 key in PKCS#8 PEM (as the docs say to make one) and its public half in base64.
-fn keypair(dir: &Path) -> (PathBuf, String) {
-    let key = dir.join("signing.pem");
-    let ok = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "ed25519", "-out"])
-        .arg(&key)
-        .status()
-        .expect("openssl")
-        .success();
-    assert!(ok, "openssl genpkey failed");
-    let der = Command::new("openssl")
-        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
-        .arg(&key)
-        .output()
-        .expect("openssl pkey");
-    assert!(der.status.success());
-    let raw = &der.stdout[der.stdout.len() - 32..];
-    let b64 = Command::new("base64")
-        .arg("-w0")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(raw)?;
-            c.wait_with_output()
-        })
-        .expect("base64");
-    (
-        key,
-        String::from_utf8(b64.stdout).unwrap().trim().to_string(),
-    )
-}
-
 #[test]
 fn signed_manifests_refuse_any_edit() {
     let s = Scratch::new();
-    let (key, public) = keypair(s.dir.path());
+    let (key, public) = drkit_tests::signing_keypair(s.dir.path());
     s.config(&format!(
         "[storage.local]\ntype = \"local\"\npath = \"{}\"\n[job.app]\nsource = {{ type = \"sqlite\", path = \"{}\" }}\nstorage = [\"local\"]\nsigning = {{ key_file = \"{}\" }}\n",
         s.path("backups").display(),
@@ -298,7 +263,7 @@ fn the_guard_refuses_a_volume_whose_signed_manifest_was_edited() {
     clean.volumes.push(volume.clone());
     populate(&volume);
     let s = Scratch::new();
-    let (key, _) = keypair(s.dir.path());
+    let (key, _) = drkit_tests::signing_keypair(s.dir.path());
     s.config(&format!(
         "[storage.local]\ntype = \"local\"\npath = \"{}\"\n[job.vol]\nsource = {{ type = \"docker-volume\", volume = \"{volume}\" }}\nstorage = [\"local\"]\nsigning = {{ key_file = \"{}\" }}\n",
         s.path("store").display(),

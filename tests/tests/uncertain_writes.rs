@@ -5,9 +5,6 @@
 //! reset. drkit asks the storage before deciding, never deletes the archive of a manifest that
 //! may exist, and prune never leaves a manifest whose data is gone.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use drkit_tests::fault_proxy::{Action, HttpFaultProxy, Rule, RuleStats};
 use drkit_tests::storage::{s3s, S3Server};
 use drkit_tests::{Run, Scratch};
@@ -448,19 +445,6 @@ async fn prune_through_lost_and_failed_deletes_never_leaves_a_manifest_without_d
     env.drkit(&["verify", "app"]).expect_code(0);
 }
 
-/// An Ed25519 key in PKCS#8 PEM (as docs/config.md says to make one).
-fn signing_key(dir: &Path) -> PathBuf {
-    let key = dir.join("signing.pem");
-    let ok = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "ed25519", "-out"])
-        .arg(&key)
-        .status()
-        .expect("openssl")
-        .success();
-    assert!(ok, "openssl genpkey failed");
-    key
-}
-
 /// S3 has no job lock object (`lock_job` holds nothing there); the objects written besides
 /// the archive and the manifest are the signatures. The answer to the signature PUT is lost
 /// after it landed: drkit checks it (byte for byte) and writes the manifest: a complete,
@@ -469,7 +453,7 @@ fn signing_key(dir: &Path) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_signature_answer_is_checked_before_the_manifest_is_written() {
     let env = Env::new().await;
-    let key = signing_key(env.s.dir.path());
+    let (key, _) = drkit_tests::signing_keypair(env.s.dir.path());
     env.config(
         "",
         &format!("signing = {{ key_file = \"{}\" }}", key.display()),

@@ -8,7 +8,6 @@ use drkit_core::pipeline::{self, BackupOptions, Target};
 use drkit_core::{Config, ErrorKind, Manifest};
 use drkit_drivers::docker::volumes::VolumeInfo;
 use drkit_drivers::test_util::volume_tar::{archive, entry};
-use futures::FutureExt;
 
 use crate::guard::policy::{
     self, adhoc_job, backup_hint, engine_filters, fmt_duration, DoomedVolume, Problem,
@@ -40,53 +39,6 @@ fn config(dir: &std::path::Path, jobs: &str) -> Config {
     Config::parse(&text, "test", &|_| None).expect("valid config")
 }
 
-/// Replays bytes as a volume dump; `empty` marks the source as holding no data.
-struct Replay {
-    bytes: Vec<u8>,
-    empty: bool,
-}
-
-#[async_trait::async_trait]
-impl drkit_core::Source for Replay {
-    fn driver(&self) -> &'static str {
-        "docker-volume"
-    }
-    fn extension(&self) -> &'static str {
-        "tar"
-    }
-    fn describe(&self) -> String {
-        "replayed bytes".into()
-    }
-    async fn dump(&self) -> drkit_core::Result<drkit_core::Dump> {
-        let stats = serde_json::json!({ "empty": self.empty });
-        Ok(drkit_core::Dump {
-            reader: Box::new(std::io::Cursor::new(self.bytes.clone())),
-            finish: async move {
-                Ok(drkit_core::DumpSummary {
-                    stats,
-                    ..Default::default()
-                })
-            }
-            .boxed(),
-        })
-    }
-    async fn plan_restore(
-        &self,
-        _: &Manifest,
-        _: &drkit_core::RestoreOptions,
-    ) -> drkit_core::Result<drkit_core::RestoreReport> {
-        unreachable!("only dumped")
-    }
-    async fn restore(
-        &self,
-        _: drkit_core::BoxRead,
-        _: &Manifest,
-        _: &drkit_core::RestoreOptions,
-    ) -> drkit_core::Result<drkit_core::RestoreReport> {
-        unreachable!("only dumped")
-    }
-}
-
 fn good_tar() -> Vec<u8> {
     archive(&[
         entry("./", b'5', "", b""),
@@ -101,7 +53,10 @@ async fn store(config: &Config, job: &str, bytes: Vec<u8>, empty: bool) -> Manif
         name: "local".into(),
         storage: drkit_drivers::open_storage("local", spec).expect("local storage"),
     }];
-    let source = Replay { bytes, empty };
+    // Replays the bytes as a volume dump; `empty` marks the source as holding no data.
+    let source = drkit_core::testing::FakeSource::new(bytes)
+        .driver("docker-volume", "tar")
+        .stats(serde_json::json!({ "empty": empty }));
     let outcome = pipeline::backup(
         job,
         &source,

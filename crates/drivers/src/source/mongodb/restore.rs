@@ -312,20 +312,23 @@ impl Restorer<'_> {
             if meta.kind != Kind::Collection {
                 continue;
             }
-            let mut cmd = doc! {"create": coll.as_str()};
-            for (k, v) in &meta.options {
-                cmd.insert(k.clone(), v.clone());
-            }
-            self.conn
-                .client
-                .database(db)
-                .run_command(cmd)
-                .await
-                .map_err(|e| {
-                    self.conn
-                        .error(e, &format!("creating collection {db}.{coll}"))
-                })?;
+            self.create(db, coll, &meta.options, "collection").await?;
         }
+        Ok(())
+    }
+
+    /// `create` a collection or view (`what`) with the options the dump recorded.
+    async fn create(&self, db: &str, coll: &str, options: &Document, what: &str) -> Result<()> {
+        let mut cmd = doc! {"create": coll};
+        for (k, v) in options {
+            cmd.insert(k.clone(), v.clone());
+        }
+        self.conn
+            .client
+            .database(db)
+            .run_command(cmd)
+            .await
+            .map_err(|e| self.conn.error(e, &format!("creating {what} {db}.{coll}")))?;
         Ok(())
     }
 
@@ -401,16 +404,7 @@ impl Restorer<'_> {
             if meta.kind != Kind::View {
                 continue;
             }
-            let mut cmd = doc! {"create": coll.as_str()};
-            for (k, v) in &meta.options {
-                cmd.insert(k.clone(), v.clone());
-            }
-            self.conn
-                .client
-                .database(db)
-                .run_command(cmd)
-                .await
-                .map_err(|e| self.conn.error(e, &format!("creating view {db}.{coll}")))?;
+            self.create(db, coll, &meta.options, "view").await?;
             views += 1;
         }
         notes.push(format!(
