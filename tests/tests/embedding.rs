@@ -84,7 +84,7 @@ async fn the_example_backs_up_a_compose_volume_before_down_v() {
     assert!(backups[0].manifest.data.raw_size > 64 * 1024);
     let which = drkit_core::ops::verify::Which::Id(id.clone());
     let verified = drkit
-        .verify("shop-data", &which, &|_| {
+        .verify("shop-data", &which, false, &|_| {
             drkit_core::pipeline::no_progress()
         })
         .await

@@ -37,7 +37,7 @@ use drkit_core::ops::prune::StoragePrune;
 use drkit_core::ops::restore::RestoreRun;
 use drkit_core::ops::verify::{Verified, Which};
 use drkit_core::ops::{self, StorageListing};
-use drkit_core::pipeline::{self, BackupOutcome, Progress, Target};
+use drkit_core::pipeline::{self, BackupOutcome, DrillOptions, Progress, Target};
 use drkit_core::signing::{Signer, Trust};
 use drkit_core::{
     Config, Error, Exit, JobConfig, Manifest, RestoreOptions, Result, Source, Storage,
@@ -48,6 +48,8 @@ use drkit_core::{
 pub struct Drkit {
     config: Config,
     path: Option<PathBuf>,
+    /// Turns `true` when long operations that can clean up (drills) must stop.
+    cancel: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// What to restore, from where, and how.
@@ -152,7 +154,11 @@ impl Drkit {
     /// contacted).
     pub fn from_config(config: Config) -> Result<Drkit> {
         drkit_drivers::validate(&config)?;
-        Ok(Drkit { config, path: None })
+        Ok(Drkit {
+            config,
+            path: None,
+            cancel: None,
+        })
     }
 
     /// The config.
@@ -231,11 +237,13 @@ impl Drkit {
         Ok(ops::list_job(job, &self.targets(job)?, &self.trust(job)?).await)
     }
 
-    /// Re-read `which` backups of `job` and check checksums and structure.
+    /// Re-read `which` backups of `job` and check checksums and structure; with `deep`, also
+    /// walk each archive's content and compare its counts with the manifest.
     pub async fn verify(
         &self,
         job: &str,
         which: &Which,
+        deep: bool,
         progress: &(dyn Fn(&Manifest) -> Progress + Send + Sync),
     ) -> Result<Vec<Verified>> {
         let source = self.source(job)?;
@@ -247,6 +255,7 @@ impl Drkit {
             &trust,
             which,
             Some(source.as_ref()),
+            deep,
             progress,
         )
         .await)
@@ -351,26 +360,28 @@ impl Drkit {
         .await
     }
 
-    /// Drill `job` on each of its storages.
-    pub async fn drill(&self, job: &str) -> Result<Vec<DrillRun>> {
+    /// Drill `job` on each of its storages, as its `[job.X.drill]` table says (where, which
+    /// checks, the RTO). `progress` hears the raw bytes restored of each drill in turn.
+    pub async fn drill(&self, job: &str, progress: Progress) -> Result<Vec<DrillRun>> {
         let source = self.source(job)?;
         let targets = self.targets(job)?;
         let signer = self.signer(job)?;
-        let rto = self
-            .config
-            .job(job)?
-            .drill
-            .as_ref()
-            .and_then(|d| d.rto.as_ref());
-        ops::drill::drill(
-            job,
-            &targets,
-            &self.trust(job)?,
-            source.as_ref(),
-            signer.as_deref(),
-            rto.map(|r| r.duration()),
-        )
-        .await
+        let settings = self.config.job(job)?.drill.clone().unwrap_or_default();
+        let opts = DrillOptions {
+            place: settings.place(),
+            checks: settings.checks,
+            rto: settings.rto.map(|r| r.duration()),
+            signer: signer.as_deref(),
+            progress,
+            cancel: self.cancel.clone(),
+        };
+        ops::drill::drill(job, &targets, &self.trust(job)?, source.as_ref(), &opts).await
+    }
+
+    /// Let drills stop (removing their scratch copies) when `cancel` turns `true`: the CLI
+    /// sends it on SIGINT and SIGTERM.
+    pub fn set_cancel(&mut self, cancel: tokio::sync::watch::Receiver<bool>) {
+        self.cancel = Some(cancel);
     }
 
     /// The guard's decision on a docker command line (`argv` as the shell would run it):
@@ -413,7 +424,7 @@ impl Drkit {
                 }
                 run.backup = Some(backup);
             }
-            Task::Drill(job) => run.drill = Some(self.drill(job).await),
+            Task::Drill(job) => run.drill = Some(self.drill(job, progress).await),
         }
         run
     }

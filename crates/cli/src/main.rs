@@ -68,6 +68,9 @@ enum Command {
     Guard(cmd::guard::Args),
 }
 
+/// How long an interrupted drill may take to remove its scratch copy.
+const CLEANUP_TIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 async fn run(cli: Cli) -> Result<Exit, Error> {
     let out = output::Output::new(cli.json, cli.quiet, cli.verbose);
     let command = match cli.command {
@@ -83,8 +86,13 @@ async fn run(cli: Cli) -> Result<Exit, Error> {
         }
         other => other,
     };
-    let ctx = ctx::Ctx::load(cli.config.as_deref(), &cli.env_files, out)?;
+    let mut ctx = ctx::Ctx::load(cli.config.as_deref(), &cli.env_files, out)?;
     let is_daemon = matches!(command, Command::Daemon(_));
+    // A drill told to stop removes its scratch copy before it returns.
+    let cleans_up = matches!(command, Command::Drill(_));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    ctx.app.set_cancel(stopped);
+    let ctx = ctx;
     let work = async {
         match command {
             Command::Backup(a) => cmd::backup::run(&ctx, a).await,
@@ -100,9 +108,20 @@ async fn run(cli: Cli) -> Result<Exit, Error> {
             Command::Guard(_) => unreachable!("handled above"),
         }
     };
+    tokio::pin!(work);
     tokio::select! {
-        r = work => r,
+        r = &mut work => r,
         name = ctx::interrupted() => {
+            if cleans_up {
+                let _ = stop.send(true);
+                ctx.out.info(format!("{name}: stopping the drill and removing its scratch copy ..."));
+                return match tokio::time::timeout(CLEANUP_TIME, work).await {
+                    Ok(Err(e)) => Err(e),
+                    _ => Err(Error::cancelled(format!(
+                        "interrupted by {name}: the drill was stopped"
+                    ))),
+                };
+            }
             if is_daemon {
                 ctx.out.info(format!("daemon: stopped by {name}"));
                 return Ok(Exit::Ok);

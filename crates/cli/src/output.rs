@@ -63,7 +63,8 @@ impl Output {
         }
     }
 
-    /// A byte-progress bar on stderr when it is a terminal; a no-op otherwise.
+    /// A byte-progress bar on stderr when it is a terminal; a no-op otherwise. Once told the
+    /// total (a manifest's raw size), it shows the share done, the rate and the time left.
     pub fn progress(&self, label: &str) -> (Progress, Option<ProgressBar>) {
         if self.quiet || self.json || !std::io::stderr().is_terminal() {
             return (drkit_core::pipeline::no_progress(), None);
@@ -75,8 +76,28 @@ impl Output {
         );
         bar.set_message(label.to_string());
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
-        let b = bar.clone();
-        (Arc::new(move |n| b.set_position(n)), Some(bar))
+        (Arc::new(Bar(bar.clone())), Some(bar))
+    }
+}
+
+/// A progress bar as the library's [`drkit_core::pipeline::Meter`].
+struct Bar(ProgressBar);
+
+impl drkit_core::pipeline::Meter for Bar {
+    fn moved(&self, bytes: u64) {
+        self.0.set_position(bytes);
+    }
+
+    fn total(&self, bytes: u64) {
+        self.0.set_length(bytes);
+        self.0.set_position(0);
+        self.0.reset_eta();
+        self.0.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta})",
+            )
+            .expect("valid template"),
+        );
     }
 }
 

@@ -96,20 +96,47 @@ pub fn drill(out: &Output, run: &DrillRun) -> Value {
                     skipped_suspect.join(", ")
                 ));
             }
+            for note in &report.notes {
+                out.info(format!("{name}: {note}"));
+            }
+            for c in &report.checks {
+                let line = format!(
+                    "{name}: check {:?} = {}: {}",
+                    c.name,
+                    c.value,
+                    c.why.as_deref().unwrap_or("ok")
+                );
+                if c.ok {
+                    out.info(line);
+                } else {
+                    out.error(line);
+                }
+            }
+            let rto = report.timings.as_ref().map(|t| {
+                format!(
+                    "RTO {:.1}s: download {:.1}s, restore {:.1}s, checks {:.1}s; {} at {}/s",
+                    report.duration_ms as f64 / 1000.0,
+                    t.download_ms as f64 / 1000.0,
+                    t.restore_ms as f64 / 1000.0,
+                    t.checks_ms as f64 / 1000.0,
+                    human_bytes(t.raw_bytes),
+                    human_bytes(t.rate()),
+                )
+            });
             if report.ok {
                 out.text(format!(
-                    "{name}: drill of {} on {storage} passed in {:.1}s (time to usable data: restored, checked against the manifest, removed)",
+                    "{name}: drill of {} on {storage} passed, {} ({}; restored into {}, checked, removed)",
                     report.backup_id,
-                    report.duration_ms as f64 / 1000.0
+                    rto.as_deref().unwrap_or("no timings"),
+                    report.place,
+                    report.scratch,
                 ));
-                if let Some(e) = &report.error {
-                    out.warn(format!("{name}: {e}"));
-                }
             } else {
                 out.error(format!(
-                    "{name}: drill of {} on {storage} FAILED: {}",
+                    "{name}: drill of {} on {storage} FAILED: {}{}",
                     report.backup_id,
-                    report.error.as_deref().unwrap_or("unknown error")
+                    report.error.as_deref().unwrap_or("unknown error"),
+                    rto.map(|r| format!(" ({r})")).unwrap_or_default()
                 ));
             }
             json!({"job": name, "storage": storage, "report": report, "report_key": report_key})

@@ -194,9 +194,29 @@ pub struct DrillConfig {
     /// (exit 4), with the measured time.
     #[serde(default, deserialize_with = "span_rto")]
     pub rto: Option<Span>,
+    /// A scratch server to restore into (PostgreSQL, MongoDB URL), instead of the source's.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// An image to start a throwaway server from (`postgres:16`, `mongo:7`), instead of the
+    /// source's server.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The operator's checks, run against the restored copy (see [`crate::drill::Check`]).
+    #[serde(default)]
+    pub checks: Vec<crate::drill::Check>,
 }
 
 impl DrillConfig {
+    /// Where the drill restores: `target`, `image`, or beside the source.
+    pub fn place(&self) -> crate::drill::Place {
+        use crate::drill::Place;
+        match (&self.target, &self.image) {
+            (Some(url), _) => Place::Server(url.clone()),
+            (None, Some(image)) => Place::Image(image.clone()),
+            (None, None) => Place::Beside,
+        }
+    }
+
     /// How old the last drill may be at `now`: `max_age`, else twice the schedule's period
     /// (the time between its next two runs), else `None` (drills not required).
     pub fn limit(&self, now: chrono::DateTime<chrono::Utc>) -> Option<std::time::Duration> {
@@ -269,6 +289,9 @@ impl Config {
                 &format!("job.{name}.source"),
                 lookup,
             )?;
+            if let Some(url) = job.drill.as_mut().and_then(|d| d.target.as_mut()) {
+                *url = interpolate(url, &format!("job.{name}.drill.target"), lookup)?;
+            }
         }
         config.validate(origin)?;
         Ok(config)
@@ -310,6 +333,16 @@ impl Config {
             }
             job.suspect
                 .validate(&format!("{origin}: job.{name}.suspect"))?;
+            if let Some(DrillConfig {
+                target: Some(_),
+                image: Some(_),
+                ..
+            }) = &job.drill
+            {
+                return Err(Error::config(format!(
+                    "{origin}: job.{name}.drill sets both target and image: a drill restores into one of them"
+                )));
+            }
             if let Some(signing) = &job.signing {
                 if signing.key_file.is_none() && signing.public.is_none() {
                     return Err(Error::config(format!(

@@ -17,6 +17,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod drill;
 mod error;
 mod exit;
 pub mod layout;
@@ -38,7 +39,7 @@ pub use error::{from_io, one_line, redact_url, Error, ErrorKind, Result};
 pub use exit::Exit;
 pub use manifest::Manifest;
 pub use pipeline::Compression;
-pub use source::{Dump, DumpSummary, RestoreOptions, RestoreReport, Source, StreamCheck};
+pub use source::{Dump, DumpSummary, RestoreOptions, RestoreReport, Source, StreamCheck, DeepCheck};
 pub use storage::{BoxRead, JobLock, ObjectMeta, Storage, Unfinished, Upload};
 
 /// The version of drkit, as recorded in manifests.

@@ -101,17 +101,69 @@ pub trait Source: Send + Sync {
         Ok(Vec::new())
     }
 
-    /// A scratch destination for a restore drill (a temp path, a scratch database or
-    /// volume), usable as [`RestoreOptions::to`]. `None` when the driver cannot drill.
-    async fn drill_scratch(&self, manifest: &Manifest) -> Result<Option<String>> {
-        let _ = manifest;
+    /// Prepare a scratch destination for a restore drill of `manifest` at `place`, named
+    /// after `name` ([`crate::drill::ScratchName::render`]): a scratch database on the source
+    /// server or on the named server, a throwaway container, a scratch volume, a temp file.
+    /// `None` when the driver cannot drill there (core then says so).
+    async fn drill_scratch(
+        &self,
+        manifest: &Manifest,
+        place: &crate::drill::Place,
+        name: &crate::drill::ScratchName,
+    ) -> Result<Option<crate::drill::Scratch>> {
+        let _ = (manifest, place, name);
         Ok(None)
     }
 
-    /// Remove a drill's scratch destination.
-    async fn drill_cleanup(&self, scratch: &str) -> Result<()> {
+    /// Remove a drill's scratch destination (and what else it made: a container, a network).
+    async fn drill_cleanup(&self, scratch: &crate::drill::Scratch) -> Result<()> {
         let _ = scratch;
         Ok(())
+    }
+
+    /// Remove the scratch places at `place` that drills killed before their cleanup left
+    /// behind: those whose name says they are older than [`crate::drill::STALE_AFTER`] at
+    /// `now` ([`crate::drill::is_stale`]). Returns one line per place removed. The default
+    /// removes nothing.
+    async fn drill_sweep(
+        &self,
+        place: &crate::drill::Place,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<String>> {
+        let _ = (place, now);
+        Ok(Vec::new())
+    }
+
+    /// Run an operator's check query against a drill's restored copy and return its value
+    /// (`null` when there is none). A query this driver cannot run is a config error.
+    async fn drill_check(
+        &self,
+        scratch: &crate::drill::Scratch,
+        query: &crate::drill::Query,
+    ) -> Result<serde_json::Value> {
+        let _ = scratch;
+        Err(crate::Error::config(format!(
+            "the {} driver cannot run the drill check {query}",
+            self.driver()
+        )))
+    }
+
+    /// Whether [`Source::restore`] may be fed the archive in one pass: the driver makes
+    /// nothing live, and leaves nothing behind, unless `data` reads to its end without error
+    /// (the end is where a checksum mismatch shows). The pipeline then skips its separate
+    /// verification pass, which halves the reads of a restore. The default is `false`: the
+    /// archive is verified whole first.
+    fn restores_in_one_pass(&self) -> bool {
+        false
+    }
+
+    /// A structural walk of the whole raw dump for `verify --deep`, without a server: it
+    /// counts what the archive holds (tables and rows, collections and documents, files and
+    /// bytes) and its [`DeepCheck::finish`] compares the counts with the manifest's stats.
+    /// The default is none.
+    fn deep_check(&self, manifest: &Manifest) -> Option<Box<dyn DeepCheck>> {
+        let _ = manifest;
+        None
     }
 
     /// Check the structure of a raw dump from its first bytes (a magic number, a header).
@@ -146,4 +198,14 @@ pub trait StreamCheck: Send {
     fn update(&mut self, bytes: &[u8]) -> Result<()>;
     /// The raw dump ended: check it ended where it may.
     fn finish(self: Box<Self>) -> Result<()>;
+}
+
+/// A deep check fed with the raw dump, chunk by chunk (see [`Source::deep_check`]). Its
+/// errors are reported as integrity errors naming the backup.
+pub trait DeepCheck: Send {
+    /// The next bytes of the raw dump.
+    fn update(&mut self, bytes: &[u8]) -> Result<()>;
+    /// The raw dump ended: check what was counted against the manifest, and say in one line
+    /// what was checked (e.g. `12 tables, 10500 rows: as the manifest says`).
+    fn finish(self: Box<Self>) -> Result<String>;
 }

@@ -20,7 +20,12 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
     for (name, _) in ctx.app.jobs(&args.jobs)? {
         ctx.out
             .info(format!("{name}: drilling the newest good backup ..."));
-        for run in ctx.app.drill(&name).await? {
+        let (progress, bar) = ctx.out.progress(&format!("drilling {name}"));
+        let runs = ctx.app.drill(&name, progress).await;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        for run in runs? {
             docs.push(render::drill(&ctx.out, &run));
             exit.note(run.exit());
         }

@@ -24,6 +24,10 @@ pub struct Args {
     /// Verify every backup, not only the newest of each job.
     #[arg(long)]
     all: bool,
+    /// Also walk each archive's content without a server (tables and rows, collections and
+    /// documents, files and bytes) and compare the counts with the manifest.
+    #[arg(long)]
+    deep: bool,
 }
 
 pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
@@ -49,7 +53,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
         progress
     };
     for (name, _) in ctx.app.jobs(&names)? {
-        let items = ctx.app.verify(&name, &which, &progress).await?;
+        let items = ctx.app.verify(&name, &which, args.deep, &progress).await?;
         finish();
         for item in items {
             exit.note(item.exit());

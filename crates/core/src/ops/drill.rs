@@ -6,8 +6,8 @@
 use serde::Serialize;
 
 use crate::catalog::{self, Selector};
-use crate::pipeline::{self, DrillReport, Target};
-use crate::signing::{Signer, Trust};
+use crate::pipeline::{self, DrillOptions, DrillReport, Target};
+use crate::signing::Trust;
 use crate::{Error, ErrorKind, Exit, Result, Source};
 
 /// What drilling one storage of a job came to.
@@ -72,8 +72,7 @@ pub async fn drill(
     targets: &[Target],
     trust: &Trust,
     source: &dyn Source,
-    signer: Option<&Signer>,
-    rto: Option<std::time::Duration>,
+    opts: &DrillOptions<'_>,
 ) -> Result<Vec<DrillRun>> {
     let mut runs = Vec::with_capacity(targets.len());
     for target in targets {
@@ -96,7 +95,7 @@ pub async fn drill(
                 ),
             },
             Ok((manifest, skipped_suspect, warning)) => {
-                let report = pipeline::drill(storage, &manifest, source, signer, rto).await?;
+                let report = pipeline::drill(storage, &manifest, source, opts).await?;
                 DrillResult::Ran {
                     report_key: report.key(),
                     report,

@@ -404,7 +404,7 @@ mod tests {
         let cfg = |schedule: Option<&str>, max_age: Option<&str>| crate::config::DrillConfig {
             schedule: schedule.map(str::to_string),
             max_age: max_age.map(|m| m.parse().unwrap()),
-            rto: None,
+            ..Default::default()
         };
         let cases = [
             (cfg(None, None), None),

@@ -101,13 +101,15 @@ impl Verified {
 
 /// Verify `which` backups of `job` on each of its storages. `progress` is asked for a
 /// progress callback before each backup is re-read. With a `source`, the driver's structure
-/// checks run too (what a restore would refuse, verify refuses).
+/// checks run too (what a restore would refuse, verify refuses), and with `deep` its deep
+/// check ([`crate::Source::deep_check`]).
 pub async fn verify(
     job: &str,
     targets: &[Target],
     trust: &Trust,
     which: &Which,
     source: Option<&dyn Source>,
+    deep: bool,
     progress: &(dyn Fn(&Manifest) -> Progress + Send + Sync),
 ) -> Vec<Verified> {
     let mut out = Vec::new();
@@ -165,7 +167,7 @@ pub async fn verify(
         };
         for entry in entries {
             let m = &entry.manifest;
-            let verdict = match pipeline::verify(storage, m, source, progress(m)).await {
+            let verdict = match pipeline::verify_with(storage, m, source, deep, progress(m)).await {
                 Ok(report) => Verdict::Ok {
                     entry: Box::new(entry),
                     report,

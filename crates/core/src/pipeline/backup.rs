@@ -308,7 +308,7 @@ async fn stream_dump(
             drop(stored);
             return Err(first_failure(std::mem::take(lanes)));
         }
-        progress(raw_hash.size());
+        progress.moved(raw_hash.size());
     }
     drop(stored);
 

@@ -94,6 +94,63 @@ impl<R: AsyncRead + Unpin> AsyncRead for HashReader<R> {
     }
 }
 
+/// Counts the time a reader spends waiting for its source (from the first `Pending` of a
+/// read to its completion): how long a restore waited for the storage, as opposed to the
+/// time the driver took.
+pub struct WaitClock<R> {
+    inner: R,
+    since: Option<std::time::Instant>,
+    total: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Gives the time a [`WaitClock`] waited.
+#[derive(Clone, Default)]
+pub struct WaitHandle(Arc<std::sync::atomic::AtomicU64>);
+
+impl<R> WaitClock<R> {
+    /// Wrap `inner`.
+    pub fn new(inner: R) -> (Self, WaitHandle) {
+        let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        (
+            WaitClock {
+                inner,
+                since: None,
+                total: total.clone(),
+            },
+            WaitHandle(total),
+        )
+    }
+}
+
+impl WaitHandle {
+    /// The time waited so far.
+    pub fn waited(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for WaitClock<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        match (&poll, this.since) {
+            (Poll::Pending, None) => this.since = Some(std::time::Instant::now()),
+            (Poll::Ready(_), Some(t)) => {
+                let n = t.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+                this.total
+                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                this.since = None;
+            }
+            _ => {}
+        }
+        poll
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

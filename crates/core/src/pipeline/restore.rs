@@ -1,11 +1,14 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use serde::Serialize;
-use tokio::io::{AsyncRead, ReadBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use super::hash::HashHandle;
-use super::verify::{compare, open_raw, verify};
+use super::verify::{open_raw, read_failure, verify, EndChecks};
 use super::{no_progress, Progress};
 use crate::{BoxRead, Manifest, RestoreOptions, RestoreReport, Result, Source, Storage};
 
@@ -20,6 +23,37 @@ pub struct RestoreOutcome {
     pub dry_run: bool,
     /// The driver's report.
     pub report: RestoreReport,
+    /// Where the time went.
+    pub timings: RestoreTimings,
+}
+
+/// Where a restore's time went.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RestoreTimings {
+    /// The archive was read once, verified as it was restored (the driver rolls back a bad
+    /// stream); else it was verified whole first, then read again.
+    pub one_pass: bool,
+    /// The separate verification pass (0 in one pass).
+    pub verify_ms: u64,
+    /// Time the restore pass waited for the storage (download).
+    pub storage_wait_ms: u64,
+    /// The whole restore, from the plan to the driver's last check.
+    pub total_ms: u64,
+    /// Raw bytes restored.
+    pub raw_bytes: u64,
+}
+
+impl RestoreTimings {
+    /// The time spent getting the archive: the verification pass and the waits for the
+    /// storage during the restore pass.
+    pub fn download_ms(&self) -> u64 {
+        self.verify_ms + self.storage_wait_ms
+    }
+
+    /// Raw bytes per second over the whole restore.
+    pub fn rate(&self) -> u64 {
+        (self.raw_bytes as u128 * 1000 / u128::from(self.total_ms.max(1))) as u64
+    }
 }
 
 /// How far a failed restore got.
@@ -47,9 +81,13 @@ pub struct RestoreFailure {
 /// Restore `manifest`'s backup from `storage` through `source`.
 ///
 /// Order: the driver checks the destination (refusing one that holds data unless
-/// `opts.force`); the whole archive is verified (checksums) before the first byte goes to
-/// the destination; then it is streamed again into the driver, whose reader fails at its end
-/// if the bytes changed in between. With `dry_run`, it stops after the verification.
+/// `opts.force`). Then, when the driver restores in one pass
+/// ([`Source::restores_in_one_pass`]: it makes nothing live unless the stream ends without
+/// error), the archive is read once: its head is checked, and the reader handed to the
+/// driver fails at its end if either checksum or the driver's stream check fails. Otherwise
+/// the whole archive is verified first, before the first byte goes to the destination, then
+/// streamed again into the driver through the same checking reader. With `dry_run`, it
+/// verifies the archive and stops.
 pub async fn restore(
     storage: &dyn Storage,
     manifest: &Manifest,
@@ -72,54 +110,104 @@ pub async fn restore_phased(
     dry_run: bool,
     progress: Progress,
 ) -> std::result::Result<RestoreOutcome, RestoreFailure> {
+    let clock = std::time::Instant::now();
     let at = |phase| move |error| RestoreFailure { phase, error };
     let plan = source
         .plan_restore(manifest, opts)
         .await
         .map_err(at(Phase::Plan))?;
-    verify(storage, manifest, Some(source), no_progress())
-        .await
-        .map_err(at(Phase::Verify))?;
-    if dry_run {
-        return Ok(RestoreOutcome {
-            job: manifest.job.clone(),
-            id: manifest.id.clone(),
-            dry_run: true,
-            report: plan,
-        });
+    let one_pass = source.restores_in_one_pass() && !dry_run;
+    let mut timings = RestoreTimings {
+        one_pass,
+        raw_bytes: manifest.data.raw_size,
+        ..Default::default()
+    };
+    let outcome = |report, timings| RestoreOutcome {
+        job: manifest.job.clone(),
+        id: manifest.id.clone(),
+        dry_run,
+        report,
+        timings,
+    };
+    if !one_pass {
+        verify(storage, manifest, Some(source), no_progress())
+            .await
+            .map_err(at(Phase::Verify))?;
+        timings.verify_ms = clock.elapsed().as_millis() as u64;
     }
-    let (raw, _stored, raw_hash) = open_raw(storage, manifest, 0)
+    if dry_run {
+        timings.total_ms = clock.elapsed().as_millis() as u64;
+        return Ok(outcome(plan, timings));
+    }
+    let opened = open_raw(storage, manifest, 0)
         .await
         .map_err(at(Phase::Verify))?;
+    let waited = opened.waited.clone();
+    progress.total(manifest.data.raw_size);
+    let mut raw: BoxRead = Box::new(opened.raw);
+    if one_pass {
+        // The head's structure check, before anything reaches the driver.
+        let mut head = Vec::with_capacity(HEAD);
+        (&mut raw)
+            .take(HEAD as u64)
+            .read_to_end(&mut head)
+            .await
+            .map_err(|e| at(Phase::Verify)(read_failure(manifest, e)))?;
+        source
+            .check_structure(&head)
+            .map_err(|e| at(Phase::Verify)(super::verify::corrupt(manifest, e)))?;
+        raw = Box::new(std::io::Cursor::new(head).chain(raw));
+    }
+    let archive_failed = Arc::new(AtomicBool::new(false));
     let checked = CheckedReader {
-        inner: Box::new(raw),
-        hash: raw_hash,
+        inner: raw,
+        stored_hash: opened.stored_hash,
+        raw_hash: opened.raw_hash,
+        checks: Some(EndChecks::new(
+            manifest,
+            Some(source).filter(|_| one_pass),
+            false,
+        )),
         manifest: manifest.clone(),
+        failed: archive_failed.clone(),
         progress,
         total: 0,
-        done: false,
     };
     let report = source
         .restore(Box::new(checked), manifest, opts)
         .await
-        .map_err(at(Phase::Write))?;
-    Ok(RestoreOutcome {
-        job: manifest.job.clone(),
-        id: manifest.id.clone(),
-        dry_run: false,
-        report,
-    })
+        .map_err(|error| RestoreFailure {
+            // In one pass, a bad archive left the destination as it was (the driver's
+            // promise): another copy may be tried.
+            phase: if one_pass && archive_failed.load(Ordering::Relaxed) {
+                Phase::Verify
+            } else {
+                Phase::Write
+            },
+            error,
+        })?;
+    timings.storage_wait_ms = waited.waited().as_millis() as u64;
+    timings.total_ms = clock.elapsed().as_millis() as u64;
+    Ok(outcome(report, timings))
 }
 
-/// Fails at the end of the stream when the raw bytes do not match the manifest, so a driver
-/// that only makes data live after a clean end of stream never makes corrupt data live.
+/// How many first raw bytes a one-pass restore checks before the driver sees any.
+const HEAD: usize = 4096;
+
+/// Fails at the end of the stream when the bytes do not match the manifest (both checksums,
+/// and in one pass the driver's stream check), so a driver that only makes data live after a
+/// clean end of stream never makes corrupt data live.
 struct CheckedReader {
     inner: BoxRead,
-    hash: HashHandle,
+    stored_hash: HashHandle,
+    raw_hash: HashHandle,
+    /// Taken at the end.
+    checks: Option<EndChecks>,
     manifest: Manifest,
+    /// Set when this reader failed the stream (the archive is bad).
+    failed: Arc<AtomicBool>,
     progress: Progress,
     total: u64,
-    done: bool,
 }
 
 impl AsyncRead for CheckedReader {
@@ -130,30 +218,30 @@ impl AsyncRead for CheckedReader {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+        let result = match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(())) => {
-                let n = buf.filled().len() - before;
-                this.total += n as u64;
-                (this.progress)(this.total);
-                if n == 0 && !this.done {
-                    this.done = true;
-                    let m = &this.manifest;
-                    if let Err(e) = compare(
-                        m,
-                        "raw",
-                        &this.hash.finish(),
-                        m.data.raw_size,
-                        &m.data.raw_sha256,
-                    ) {
-                        return Poll::Ready(Err(e.into()));
+                let new = &buf.filled()[before..];
+                this.total += new.len() as u64;
+                this.progress.moved(this.total);
+                match (new.is_empty(), this.checks.as_mut()) {
+                    (false, Some(c)) => {
+                        c.update(new);
+                        Ok(())
                     }
+                    (true, Some(_)) => {
+                        let checks = this.checks.take().expect("checked above");
+                        checks.finish(&this.stored_hash, &this.raw_hash).map(|_| ())
+                    }
+                    (_, None) => Ok(()),
                 }
-                Poll::Ready(Ok(()))
             }
-            Poll::Ready(Err(e)) => {
-                Poll::Ready(Err(super::verify::read_failure(&this.manifest, e).into()))
-            }
-            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Err(read_failure(&this.manifest, e)),
+        };
+        if let Err(e) = result {
+            this.failed.store(true, Ordering::Relaxed);
+            return Poll::Ready(Err(e.into()));
         }
+        Poll::Ready(Ok(()))
     }
 }

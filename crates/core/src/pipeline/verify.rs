@@ -17,19 +17,27 @@ pub struct VerifyReport {
     pub raw_size: u64,
     /// Whether the driver's structure check ran on the raw bytes.
     pub structure_checked: bool,
+    /// What the deep check (`verify --deep`) counted, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deep: Option<String>,
 }
 
-/// Open the stored archive of `manifest` and return a reader of its raw bytes, together with
-/// the handles that hash the stored and the raw stream.
+/// A stored archive opened for reading: its raw bytes, the handles that hash the stored and
+/// the raw stream, and the time spent waiting for the storage.
+pub(crate) struct Opened {
+    pub raw: HashReader<BoxRead>,
+    pub stored_hash: super::hash::HashHandle,
+    pub raw_hash: super::hash::HashHandle,
+    pub waited: super::hash::WaitHandle,
+}
+
+/// Open the stored archive of `manifest` and return a reader of its raw bytes, keeping up to
+/// `head` first raw bytes for the structure check.
 pub(crate) async fn open_raw(
     storage: &dyn Storage,
     manifest: &Manifest,
     head: usize,
-) -> Result<(
-    HashReader<BoxRead>,
-    super::hash::HashHandle,
-    super::hash::HashHandle,
-)> {
+) -> Result<Opened> {
     let stored = storage.get(&manifest.data.key).await.map_err(|e| {
         if e.kind() == ErrorKind::NotFound {
             Error::integrity(format!(
@@ -40,13 +48,19 @@ pub(crate) async fn open_raw(
             e
         }
     })?;
+    let (stored, waited) = super::hash::WaitClock::new(stored);
     let (stored, stored_hash) = HashReader::new(stored, 0);
     let decoded = manifest
         .data
         .compression
         .decoder(BufReader::with_capacity(CHUNK, stored));
-    let (raw, raw_hash) = HashReader::new(decoded, head);
-    Ok((raw, stored_hash, raw_hash))
+    let (raw, raw_hash) = HashReader::new(Box::new(decoded) as BoxRead, head);
+    Ok(Opened {
+        raw,
+        stored_hash,
+        raw_hash,
+        waited,
+    })
 }
 
 pub(crate) fn compare(
@@ -94,7 +108,7 @@ async fn drain_with<R: AsyncRead + Unpin>(
         }
         each(&buf[..n]);
         total += n as u64;
-        progress(total);
+        progress.moved(total);
     }
 }
 
@@ -107,54 +121,119 @@ pub async fn verify(
     source: Option<&dyn Source>,
     progress: Progress,
 ) -> Result<VerifyReport> {
-    let (raw, stored_hash, raw_hash) = open_raw(storage, manifest, 4096).await?;
-    let mut check = source.and_then(|s| s.stream_check(manifest));
-    let mut check_failed: Option<Error> = None;
-    let read = drain_with(raw, &progress, |chunk| {
-        if let (Some(c), None) = (check.as_mut(), check_failed.as_ref()) {
-            check_failed = c.update(chunk).err();
-        }
-    })
-    .await;
-    let stored = stored_hash.finish();
+    verify_with(storage, manifest, source, false, progress).await
+}
+
+/// [`verify`], and with `deep` also the driver's deep check ([`Source::deep_check`]): a
+/// structural walk of the whole archive whose counts are compared with the manifest's.
+pub async fn verify_with(
+    storage: &dyn Storage,
+    manifest: &Manifest,
+    source: Option<&dyn Source>,
+    deep: bool,
+    progress: Progress,
+) -> Result<VerifyReport> {
+    progress.total(manifest.data.raw_size);
+    let opened = open_raw(storage, manifest, 4096).await?;
+    let mut checks = EndChecks::new(manifest, source, deep);
+    let read = drain_with(opened.raw, &progress, |chunk| checks.update(chunk)).await;
     if let Err(e) = read {
         return Err(read_failure(manifest, e));
     }
-    compare(
-        manifest,
-        "stored",
-        &stored,
-        manifest.data.stored_size,
-        &manifest.data.stored_sha256,
-    )?;
-    compare(
-        manifest,
-        "raw",
-        &raw_hash.finish(),
-        manifest.data.raw_size,
-        &manifest.data.raw_sha256,
-    )?;
-    let mut structure_checked = false;
+    let stored_size = opened.stored_hash.finish().size;
+    let deep = checks.finish(&opened.stored_hash, &opened.raw_hash)?;
     if let Some(src) = source {
-        let corrupt = |e: Error| {
-            Error::integrity(format!(
-                "backup {}/{} is corrupt: {e}",
-                manifest.job, manifest.id
-            ))
-        };
-        src.check_structure(&raw_hash.head()).map_err(corrupt)?;
-        match (check, check_failed) {
-            (_, Some(e)) => return Err(corrupt(e)),
-            (Some(c), None) => c.finish().map_err(corrupt)?,
-            (None, None) => {}
-        }
-        structure_checked = true;
+        src.check_structure(&opened.raw_hash.head())
+            .map_err(|e| corrupt(manifest, e))?;
     }
     Ok(VerifyReport {
         job: manifest.job.clone(),
         id: manifest.id.clone(),
-        stored_size: stored.size,
+        stored_size,
         raw_size: manifest.data.raw_size,
-        structure_checked,
+        structure_checked: source.is_some(),
+        deep,
     })
+}
+
+pub(crate) fn corrupt(manifest: &Manifest, e: Error) -> Error {
+    Error::integrity(format!(
+        "backup {}/{} is corrupt: {e}",
+        manifest.job, manifest.id
+    ))
+}
+
+/// What is checked once the whole raw stream was read: both checksums, the driver's stream
+/// check, and (for `verify --deep`) its deep check. Fed chunk by chunk, by [`verify_with`]
+/// and by a one-pass restore's reader; it owns what it needs, so a reader handed to a driver
+/// can carry it. (The head's structure check is the caller's: it needs the source.)
+pub(crate) struct EndChecks {
+    manifest: Manifest,
+    stream: Option<Box<dyn crate::StreamCheck>>,
+    deep: Option<Box<dyn crate::DeepCheck>>,
+    /// The first error of a stream or deep check (later chunks are not fed).
+    failed: Option<Error>,
+}
+
+impl EndChecks {
+    pub(crate) fn new(manifest: &Manifest, source: Option<&dyn Source>, deep: bool) -> Self {
+        EndChecks {
+            manifest: manifest.clone(),
+            stream: source.and_then(|s| s.stream_check(manifest)),
+            deep: source
+                .filter(|_| deep)
+                .and_then(|s| s.deep_check(manifest)),
+            failed: None,
+        }
+    }
+
+    pub(crate) fn update(&mut self, chunk: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let Some(c) = self.stream.as_mut() {
+            self.failed = c.update(chunk).err();
+        }
+        if let (Some(c), None) = (self.deep.as_mut(), &self.failed) {
+            self.failed = c.update(chunk).err();
+        }
+    }
+
+    /// Check the end; returns the deep check's summary when one ran.
+    pub(crate) fn finish(
+        self,
+        stored: &super::hash::HashHandle,
+        raw: &super::hash::HashHandle,
+    ) -> Result<Option<String>> {
+        let manifest = &self.manifest;
+        compare(
+            manifest,
+            "stored",
+            &stored.finish(),
+            manifest.data.stored_size,
+            &manifest.data.stored_sha256,
+        )?;
+        compare(
+            manifest,
+            "raw",
+            &raw.finish(),
+            manifest.data.raw_size,
+            &manifest.data.raw_sha256,
+        )?;
+        if let Some(e) = self.failed {
+            return Err(corrupt(manifest, e));
+        }
+        if let Some(c) = self.stream {
+            c.finish().map_err(|e| corrupt(manifest, e))?;
+        }
+        match self.deep {
+            Some(c) => c.finish().map(Some).map_err(|e| {
+                Error::integrity(format!(
+                    "backup {}/{}: the deep check failed: {e}",
+                    manifest.job, manifest.id
+                ))
+            }),
+            None => Ok(None),
+        }
+    }
 }

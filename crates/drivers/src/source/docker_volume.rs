@@ -510,14 +510,26 @@ impl Source for DockerVolumeSource {
         Ok(notes)
     }
 
-    async fn drill_scratch(&self, manifest: &Manifest) -> Result<Option<String>> {
-        let _ = manifest;
-        Ok(Some(format!("drkit-drill-{:08x}", rand::random::<u32>())))
+    async fn drill_scratch(
+        &self,
+        _manifest: &Manifest,
+        place: &drkit_core::drill::Place,
+        name: &drkit_core::drill::ScratchName,
+    ) -> Result<Option<drkit_core::drill::Scratch>> {
+        if *place != drkit_core::drill::Place::Beside {
+            return Ok(None);
+        }
+        let to = name.render('-', 200);
+        Ok(Some(drkit_core::drill::Scratch {
+            to: to.clone(),
+            shown: to,
+            ..Default::default()
+        }))
     }
 
-    async fn drill_cleanup(&self, scratch: &str) -> Result<()> {
+    async fn drill_cleanup(&self, scratch: &drkit_core::drill::Scratch) -> Result<()> {
         let engine = self.engine().await?;
-        match volumes::remove(&engine, scratch).await {
+        match volumes::remove(&engine, &scratch.to).await {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }

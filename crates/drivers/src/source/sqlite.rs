@@ -549,16 +549,29 @@ impl Source for SqliteSource {
         Ok(notes)
     }
 
-    async fn drill_scratch(&self, _manifest: &Manifest) -> Result<Option<String>> {
-        let dir = std::env::temp_dir().join(format!("drkit-drill-{:08x}", rand::random::<u32>()));
+    async fn drill_scratch(
+        &self,
+        _manifest: &Manifest,
+        place: &drkit_core::drill::Place,
+        name: &drkit_core::drill::ScratchName,
+    ) -> Result<Option<drkit_core::drill::Scratch>> {
+        if *place != drkit_core::drill::Place::Beside {
+            return Ok(None);
+        }
+        let dir = std::env::temp_dir().join(name.render('-', 200));
         std::fs::create_dir(&dir).map_err(|e| {
             Error::source_error(format!("cannot create drill folder {}: {e}", dir.display()))
         })?;
-        Ok(Some(dir.join("restore.db").display().to_string()))
+        let path = dir.join("restore.db").display().to_string();
+        Ok(Some(drkit_core::drill::Scratch {
+            to: path.clone(),
+            shown: path,
+            ..Default::default()
+        }))
     }
 
-    async fn drill_cleanup(&self, scratch: &str) -> Result<()> {
-        if let Some(dir) = Path::new(scratch).parent() {
+    async fn drill_cleanup(&self, scratch: &drkit_core::drill::Scratch) -> Result<()> {
+        if let Some(dir) = Path::new(&scratch.to).parent() {
             std::fs::remove_dir_all(dir).map_err(|e| {
                 Error::source_error(format!("cannot remove {}: {e}", dir.display()))
             })?;

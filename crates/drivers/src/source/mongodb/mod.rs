@@ -103,12 +103,24 @@ impl Source for MongoSource {
         Ok(plan::preflight_notes(&conn, &plan, self.cfg.snapshot))
     }
 
-    async fn drill_scratch(&self, manifest: &Manifest) -> Result<Option<String>> {
-        select::drill_scratch(manifest, rand::random::<u32>())
+    async fn drill_scratch(
+        &self,
+        manifest: &Manifest,
+        place: &drkit_core::drill::Place,
+        name: &drkit_core::drill::ScratchName,
+    ) -> Result<Option<drkit_core::drill::Scratch>> {
+        if *place != drkit_core::drill::Place::Beside {
+            return Ok(None);
+        }
+        Ok(select::drill_scratch(manifest, name.tag)?.map(|to| drkit_core::drill::Scratch {
+            to: to.clone(),
+            shown: to,
+            ..Default::default()
+        }))
     }
 
-    async fn drill_cleanup(&self, scratch: &str) -> Result<()> {
-        let target = RestoreTarget::parse(Some(scratch)).map_err(Error::config)?;
+    async fn drill_cleanup(&self, scratch: &drkit_core::drill::Scratch) -> Result<()> {
+        let target = RestoreTarget::parse(Some(&scratch.to)).map_err(Error::config)?;
         let conn = self.restore_conn(&target).await?;
         for (_, db) in &target.map {
             if !db.starts_with("drkit_drill_") {

@@ -303,14 +303,27 @@ impl Source for PostgresSource {
         dump::preflight(self).await
     }
 
-    async fn drill_scratch(&self, manifest: &Manifest) -> Result<Option<String>> {
+    async fn drill_scratch(
+        &self,
+        manifest: &Manifest,
+        place: &drkit_core::drill::Place,
+        name: &drkit_core::drill::ScratchName,
+    ) -> Result<Option<drkit_core::drill::Scratch>> {
+        if *place != drkit_core::drill::Place::Beside {
+            return Ok(None);
+        }
         let several = manifest.source.get("layout").and_then(|l| l.as_str()) == Some("tar");
-        let name = format!("{DRILL_PREFIX}{:08x}", rand::random::<u32>());
-        Ok(Some(if several { format!("{name}_*") } else { name }))
+        let name = name.render('_', 50);
+        let to = if several { format!("{name}_*") } else { name };
+        Ok(Some(drkit_core::drill::Scratch {
+            to: to.clone(),
+            shown: to,
+            ..Default::default()
+        }))
     }
 
-    async fn drill_cleanup(&self, scratch: &str) -> Result<()> {
-        restore::drop_scratch(self, scratch).await
+    async fn drill_cleanup(&self, scratch: &drkit_core::drill::Scratch) -> Result<()> {
+        restore::drop_scratch(self, &scratch.to).await
     }
 
     fn measure(&self, stats: &serde_json::Value) -> drkit_core::suspect::Measure {
