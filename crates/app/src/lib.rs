@@ -378,6 +378,20 @@ impl Drkit {
         ops::drill::drill(job, &targets, &self.trust(job)?, source.as_ref(), &opts).await
     }
 
+    /// Remove the scratch places of `job`'s drills that a killed drill left more than a day
+    /// before `now` (at the job's drill place); one line per place removed. `doctor` runs it;
+    /// every drill runs it first too.
+    pub async fn sweep_drill_scratch(&self, job: &str, now: DateTime<Utc>) -> Result<Vec<String>> {
+        let place = self
+            .config
+            .job(job)?
+            .drill
+            .as_ref()
+            .map(|d| d.place())
+            .unwrap_or_default();
+        self.source(job)?.drill_sweep(&place, now).await
+    }
+
     /// Let drills stop (removing their scratch copies) when `cancel` turns `true`: the CLI
     /// sends it on SIGINT and SIGTERM.
     pub fn set_cancel(&mut self, cancel: tokio::sync::watch::Receiver<bool>) {

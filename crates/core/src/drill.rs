@@ -75,7 +75,11 @@ impl ScratchName {
             .chars()
             .map(|c| if c == '_' { sep } else { c })
             .collect();
-        let tail = format!("{sep}{}{sep}{:08x}", self.at.format("%Y%m%dT%H%M%S"), self.tag);
+        let tail = format!(
+            "{sep}{}{sep}{:08x}",
+            self.at.format("%Y%m%dT%H%M%S"),
+            self.tag
+        );
         let room = max_len.saturating_sub(prefix.len() + tail.len());
         let job: String = self
             .job
@@ -117,11 +121,7 @@ pub fn scratch_time(name: &str) -> Option<DateTime<Utc>> {
 /// [`STALE_AFTER`] before `now` (a drill killed before it could clean up). Names that are not
 /// drkit scratch names are never stale.
 pub fn is_stale(name: &str, now: DateTime<Utc>) -> bool {
-    scratch_time(name).is_some_and(|t| {
-        (now - t)
-            .to_std()
-            .is_ok_and(|age| age > STALE_AFTER)
-    })
+    scratch_time(name).is_some_and(|t| (now - t).to_std().is_ok_and(|age| age > STALE_AFTER))
 }
 
 /// What an operator's check asks of the restored copy.
@@ -324,9 +324,10 @@ mod tests {
         assert_eq!(c.query, Query::Sql("select 1".into()));
         assert_eq!(c.expect.max, Some(0.0));
         assert_eq!(c.name, "sql \"select 1\"");
-        let c =
-            check(r#"{ name = "active", collection = "users", filter = { active = true }, min = 1 }"#)
-                .unwrap();
+        let c = check(
+            r#"{ name = "active", collection = "users", filter = { active = true }, min = 1 }"#,
+        )
+        .unwrap();
         assert_eq!(
             c.query,
             Query::Count {
@@ -395,8 +396,14 @@ mod tests {
             at,
             tag: 0xab,
         };
-        assert_eq!(n.render('_', 63), "drkit_drill_app_db_prod_20261203T040506_000000ab");
-        assert_eq!(n.render('-', 63), "drkit-drill-app-db-prod-20261203T040506-000000ab");
+        assert_eq!(
+            n.render('_', 63),
+            "drkit_drill_app_db_prod_20261203T040506_000000ab"
+        );
+        assert_eq!(
+            n.render('-', 63),
+            "drkit-drill-app-db-prod-20261203T040506-000000ab"
+        );
         let long = ScratchName {
             job: "x".repeat(100),
             at,

@@ -728,6 +728,9 @@ pub struct FakeSource {
     pause: Mutex<Option<PausePoint>>,
     dumps: AtomicUsize,
     restored: Mutex<Option<Vec<u8>>>,
+    one_pass: bool,
+    restore_delay: Option<std::time::Duration>,
+    cleanups: AtomicUsize,
 }
 
 impl std::fmt::Debug for FakeSource {
@@ -754,7 +757,29 @@ impl FakeSource {
             pause: Mutex::new(None),
             dumps: AtomicUsize::new(0),
             restored: Mutex::new(None),
+            one_pass: false,
+            restore_delay: None,
+            cleanups: AtomicUsize::new(0),
         }
+    }
+
+    /// Say the restore may be fed in one pass ([`Source::restores_in_one_pass`]): it keeps
+    /// the bytes only when the stream ends without error, which is what one pass needs.
+    pub fn one_pass(mut self) -> Self {
+        self.one_pass = true;
+        self
+    }
+
+    /// Make every restore wait `delay` after its first read (a slow restore, or one to
+    /// interrupt).
+    pub fn restore_delay(mut self, delay: std::time::Duration) -> Self {
+        self.restore_delay = Some(delay);
+        self
+    }
+
+    /// How many drill scratch places were removed.
+    pub fn cleanups(&self) -> usize {
+        self.cleanups.load(Ordering::SeqCst)
     }
 
     /// Hand out the dump in reads of at most `bytes` bytes (64 KiB by default).
@@ -939,6 +964,15 @@ impl Source for FakeSource {
         _opts: &RestoreOptions,
     ) -> Result<RestoreReport> {
         let mut got = Vec::new();
+        if let Some(delay) = self.restore_delay {
+            let mut first = [0u8; 1];
+            let n = data
+                .read(&mut first)
+                .await
+                .map_err(|e| crate::from_io(e, ErrorKind::Storage, "reading the restore stream"))?;
+            got.extend_from_slice(&first[..n]);
+            tokio::time::sleep(delay).await;
+        }
         data.read_to_end(&mut got)
             .await
             .map_err(|e| crate::from_io(e, ErrorKind::Storage, "reading the restore stream"))?;
@@ -947,6 +981,44 @@ impl Source for FakeSource {
             destination: "memory".into(),
             ..Default::default()
         })
+    }
+
+    fn restores_in_one_pass(&self) -> bool {
+        self.one_pass
+    }
+
+    /// Drills restore into memory.
+    async fn drill_scratch(
+        &self,
+        _manifest: &Manifest,
+        _place: &crate::drill::Place,
+        name: &crate::drill::ScratchName,
+    ) -> Result<Option<crate::drill::Scratch>> {
+        Ok(Some(crate::drill::Scratch {
+            to: "memory".into(),
+            shown: name.render('-', 100),
+            ..Default::default()
+        }))
+    }
+
+    async fn drill_cleanup(&self, _scratch: &crate::drill::Scratch) -> Result<()> {
+        self.cleanups.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// One query: `sql = "restored bytes"`, the size of the last restore.
+    async fn drill_check(
+        &self,
+        _scratch: &crate::drill::Scratch,
+        query: &crate::drill::Query,
+    ) -> Result<serde_json::Value> {
+        match query {
+            crate::drill::Query::Sql(q) if q == "restored bytes" => Ok(self
+                .restored()
+                .map(|r| serde_json::json!(r.len()))
+                .unwrap_or(serde_json::Value::Null)),
+            _ => Err(Error::config(format!("the fake driver cannot run {query}"))),
+        }
     }
 }
 

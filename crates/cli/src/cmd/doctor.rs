@@ -55,6 +55,7 @@ pub async fn run(ctx: &Ctx, _args: Args) -> Result<Exit> {
             let source = ctx.app.source(name)?;
             let mut notes = vec![source.describe()];
             notes.extend(source.preflight().await?);
+            notes.extend(ctx.app.sweep_drill_scratch(name, Utc::now()).await?);
             notes.push(if job.trust(name)?.is_blind() {
                 "no signing public key: whatever is in the storage is trusted blindly (anyone who can write it can forge a backup; see docs/security.md)".to_string()
             } else {

@@ -139,7 +139,9 @@ pub async fn drill(
     let started_at = Utc::now().trunc_subsecs(3);
     let mut notes = match source.drill_sweep(&opts.place, started_at).await {
         Ok(lines) => lines,
-        Err(e) => vec![format!("could not look for scratch left by earlier drills: {e}")],
+        Err(e) => vec![format!(
+            "could not look for scratch left by earlier drills: {e}"
+        )],
     };
     let name = ScratchName {
         job: manifest.job.clone(),
@@ -208,7 +210,10 @@ pub async fn drill(
             }
         }
     }
-    if let Some(limit) = opts.rto.filter(|l| report.ok && clock_over(report.duration_ms, *l)) {
+    if let Some(limit) = opts
+        .rto
+        .filter(|l| report.ok && clock_over(report.duration_ms, *l))
+    {
         report.ok = false;
         report.error = Some(format!(
             "restored and checked, but it took {:.1}s, over the recovery time objective rto = {}s",

@@ -180,9 +180,7 @@ impl EndChecks {
         EndChecks {
             manifest: manifest.clone(),
             stream: source.and_then(|s| s.stream_check(manifest)),
-            deep: source
-                .filter(|_| deep)
-                .and_then(|s| s.deep_check(manifest)),
+            deep: source.filter(|_| deep).and_then(|s| s.deep_check(manifest)),
             failed: None,
         }
     }
