@@ -219,3 +219,111 @@ fn a_drill_over_its_rto_fails_with_the_measured_time() {
         .expect_code(2)
         .expect_one_line_error("drill.rto");
 }
+
+/// A SQLite database of about `mib` MiB of random blobs (zstd cannot shrink it, so a drill
+/// takes long enough to be interrupted).
+fn big_setup(mib: u32) -> Scratch {
+    let s = setup("");
+    let c = rusqlite::Connection::open(s.path("app.db")).unwrap();
+    c.execute_batch(&format!(
+        "CREATE TABLE big(b); WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < {mib}) INSERT INTO big SELECT randomblob(1048576) FROM n;"
+    ))
+    .unwrap();
+    s
+}
+
+/// The drill scratch folders under `tmp` (the drill's TMPDIR).
+fn scratch_dirs(tmp: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("drkit-drill-"))
+        .collect()
+}
+
+#[test]
+fn sigterm_during_a_drill_removes_the_scratch_copy_and_keeps_no_report() {
+    let s = big_setup(200);
+    s.drkit(&["backup"]).expect_code(0);
+    let tmp = s.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let mut child = s
+        .command(&["drill"])
+        .env("TMPDIR", &tmp)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt as soon as the scratch copy exists, mid-restore.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while scratch_dirs(&tmp).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scratch copy appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the drill ended before it could be interrupted"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let run = drkit_tests::Run::from(child.wait_with_output().unwrap());
+    run.expect_code(1).expect_one_line_error("interrupted");
+    assert!(run.stderr.contains("removed"), "{}", run.stderr);
+    assert_eq!(
+        scratch_dirs(&tmp),
+        Vec::<String>::new(),
+        "scratch left behind"
+    );
+    assert!(
+        drill_reports(&s).is_empty(),
+        "an interrupted drill keeps no report"
+    );
+}
+
+#[test]
+fn a_drill_removes_scratch_left_by_a_killed_drill_a_day_ago_and_says_so() {
+    let s = setup("[job.app.drill]\nchecks = [ { sql = \"select count(*) from t\", min = 2 }, { name = \"no negatives\", sql = \"select count(*) from t where x < 0\", max = 0 } ]");
+    s.drkit(&["backup"]).expect_code(0);
+    let tmp = s.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let old = (chrono::Utc::now() - chrono::Duration::days(2)).format("%Y%m%dT%H%M%S");
+    let fresh = chrono::Utc::now().format("%Y%m%dT%H%M%S");
+    let stale = format!("drkit-drill-app-{old}-0000abcd");
+    let young = format!("drkit-drill-app-{fresh}-0000abce");
+    for d in [&stale, &young] {
+        std::fs::create_dir(tmp.join(d)).unwrap();
+        std::fs::write(tmp.join(d).join("restore.db"), b"left over").unwrap();
+    }
+    let d = s
+        .command(&["--json", "drill"])
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    let d = drkit_tests::Run::from(d);
+    d.expect_code(0);
+    let report = &d.json()[0]["report"];
+    assert_eq!(report["ok"], true, "{report}");
+    let notes = report["notes"].to_string();
+    assert!(notes.contains(&stale), "{notes}");
+    assert_eq!(
+        scratch_dirs(&tmp),
+        vec![young.clone()],
+        "only the day-old scratch goes"
+    );
+    assert_eq!(report["checks"][0]["value"], 2);
+    assert_eq!(report["checks"][1]["ok"], true);
+    let t = &report["timings"];
+    assert_eq!(
+        report["duration_ms"].as_u64().unwrap(),
+        t["download_ms"].as_u64().unwrap()
+            + t["restore_ms"].as_u64().unwrap()
+            + t["checks_ms"].as_u64().unwrap()
+    );
+}
