@@ -6,6 +6,7 @@ use drkit_core::{Exit, RestoreOptions, Result};
 use serde_json::json;
 
 use crate::ctx::Ctx;
+use crate::output::human_bytes;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -89,8 +90,9 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
             }
         ));
     } else {
+        let t = &outcome.timings;
         ctx.out.text(format!(
-            "restored {}/{} to {}{}",
+            "restored {}/{} to {}{} in {:.1}s ({} at {}/s, {})",
             outcome.job,
             outcome.id,
             r.destination,
@@ -98,6 +100,14 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
                 "; counts match the manifest"
             } else {
                 ""
+            },
+            t.total_ms as f64 / 1000.0,
+            human_bytes(t.raw_bytes),
+            human_bytes(t.rate()),
+            if t.one_pass {
+                "read once, verified as it streamed"
+            } else {
+                "verified first, then streamed"
             }
         ));
         if let Some(kept) = &r.kept_previous {

@@ -63,10 +63,17 @@ pub struct LastDrill {
     pub started_at: DateTime<Utc>,
     /// Whether it passed.
     pub ok: bool,
-    /// How long the restore and its checks took.
+    /// How long the restore and its checks took (the RTO).
     pub duration_ms: u64,
     /// Why it failed.
     pub error: Option<String>,
+    /// Where the time went (absent when the restore failed, and in earlier reports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timings: Option<crate::pipeline::DrillTimings>,
+    /// How many operator checks ran.
+    pub checks_run: usize,
+    /// How many of them failed.
+    pub checks_failed: usize,
 }
 
 /// The verdict on the last drill: pure, `now` given. `limit` is how old it may be (`None`:
@@ -84,7 +91,14 @@ pub fn assess_drill(
         };
     };
     let age = (now - d.started_at).to_std().unwrap_or_default();
-    let took = format!("{:.1}s", d.duration_ms as f64 / 1000.0);
+    let took = match d.checks_run {
+        0 => format!("RTO {:.1}s", d.duration_ms as f64 / 1000.0),
+        n => format!(
+            "RTO {:.1}s, {n} check{} passed",
+            d.duration_ms as f64 / 1000.0,
+            if n == 1 { "" } else { "s" }
+        ),
+    };
     if !d.ok {
         let why = d.error.as_deref().unwrap_or("unknown error");
         let text = format!("last drill {} ago FAILED: {why}", human_age(age));
@@ -101,7 +115,7 @@ pub fn assess_drill(
         ),
         _ => (
             None,
-            format!("last drill passed {} ago in {took}", human_age(age)),
+            format!("last drill passed {} ago, {took}", human_age(age)),
         ),
     }
 }
@@ -297,6 +311,9 @@ async fn with_drill(
         ok: r.ok,
         duration_ms: r.duration_ms,
         error: r.error.clone(),
+        timings: r.timings.clone(),
+        checks_run: r.checks.len(),
+        checks_failed: r.checks.iter().filter(|c| !c.ok).count(),
     });
     if let Some(first) = last.ignored.first() {
         row.detail.push_str(&format!("; {first}"));
@@ -341,6 +358,9 @@ mod tests {
             ok,
             duration_ms: 1500,
             error: (!ok).then(|| "restored counts differ".to_string()),
+            timings: None,
+            checks_run: 2,
+            checks_failed: 0,
         };
         let day = Some(Duration::from_secs(86_400));
         type Case = (
@@ -356,7 +376,7 @@ mod tests {
                 Some(drill("2026-12-02T10:00:00Z", true)),
                 None,
                 None,
-                "last drill passed 2h 0m ago in 1.5s",
+                "last drill passed 2h 0m ago, RTO 1.5s, 2 checks passed",
             ),
             (
                 Some(drill("2026-01-01T10:00:00Z", false)),
