@@ -17,7 +17,7 @@ pub enum DrillResult {
     /// The drill ran; its report says whether it passed.
     Ran {
         /// The report, as kept in the storage.
-        report: DrillReport,
+        report: Box<DrillReport>,
         /// The report's key in the storage.
         report_key: String,
         /// Suspect backups passed over to reach the newest good one (newest first).
@@ -98,7 +98,7 @@ pub async fn drill(
                 let report = pipeline::drill(storage, &manifest, source, opts).await?;
                 DrillResult::Ran {
                     report_key: report.key(),
-                    report,
+                    report: Box::new(report),
                     skipped_suspect,
                     warning,
                 }
