@@ -714,6 +714,20 @@ struct PausePoint {
     resume: oneshot::Receiver<()>,
 }
 
+/// `len` bytes that zstd cannot shrink much (a xorshift stream from `seed`), so archive sizes
+/// stay near the raw size.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 /// A [`Source`] that streams given bytes. Its restore keeps the bytes it read (see
 /// [`FakeSource::restored`]).
 pub struct FakeSource {

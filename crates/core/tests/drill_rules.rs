@@ -7,20 +7,8 @@ use std::sync::Arc;
 
 use drkit_core::drill::{Check, Expect, Place, Query};
 use drkit_core::pipeline::{self, BackupOptions, DrillOptions, Target};
-use drkit_core::testing::{FakeSource, MemStore};
+use drkit_core::testing::{noise, FakeSource, MemStore};
 use drkit_core::{ErrorKind, Manifest};
-
-fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 async fn backed_up(source: &FakeSource, stores: &[&MemStore]) -> Manifest {
     let targets: Vec<Target> = stores
@@ -52,40 +40,39 @@ fn corrupt(store: &MemStore, m: &Manifest) {
     store.insert(&m.data.key, bytes);
 }
 
-#[tokio::test]
-async fn one_pass_restore_refuses_a_bad_archive_and_keeps_nothing() {
-    let data = noise(300 * 1024);
-    let source = FakeSource::new(data.clone()).one_pass();
-    let store = MemStore::new();
-    let m = backed_up(&source, &[&store]).await;
-
-    let ok = pipeline::restore(
-        &store,
-        &m,
-        &source,
+/// Restore `m` from `store` through `source` into its default place.
+async fn restore_from(
+    store: &MemStore,
+    m: &Manifest,
+    source: &FakeSource,
+) -> Result<pipeline::RestoreOutcome, pipeline::RestoreFailure> {
+    pipeline::restore_phased(
+        store,
+        m,
+        source,
         &Default::default(),
         false,
         pipeline::no_progress(),
     )
     .await
-    .unwrap();
+}
+
+#[tokio::test]
+async fn one_pass_restore_refuses_a_bad_archive_and_keeps_nothing() {
+    let data = noise(300 * 1024, 7);
+    let source = FakeSource::new(data.clone()).one_pass();
+    let store = MemStore::new();
+    let m = backed_up(&source, &[&store]).await;
+
+    let ok = restore_from(&store, &m, &source).await.unwrap();
     assert!(ok.timings.one_pass);
     assert_eq!(ok.timings.verify_ms, 0, "no separate verification pass");
     assert_eq!(ok.timings.raw_bytes, data.len() as u64);
     assert_eq!(source.restored(), Some(data));
 
-    let fresh = FakeSource::new(noise(10)).one_pass();
+    let fresh = FakeSource::new(noise(10, 7)).one_pass();
     corrupt(&store, &m);
-    let err = pipeline::restore_phased(
-        &store,
-        &m,
-        &fresh,
-        &Default::default(),
-        false,
-        pipeline::no_progress(),
-    )
-    .await
-    .unwrap_err();
+    let err = restore_from(&store, &m, &fresh).await.unwrap_err();
     assert_eq!(err.error.kind(), ErrorKind::Integrity, "{}", err.error);
     assert_eq!(err.phase, pipeline::Phase::Verify, "nothing was made live");
     assert_eq!(fresh.restored(), None, "the driver kept nothing");
@@ -93,39 +80,21 @@ async fn one_pass_restore_refuses_a_bad_archive_and_keeps_nothing() {
 
 #[tokio::test]
 async fn two_pass_restore_verifies_before_the_driver_sees_a_byte() {
-    let source = FakeSource::new(noise(200 * 1024));
+    let source = FakeSource::new(noise(200 * 1024, 7));
     let store = MemStore::new();
     let m = backed_up(&source, &[&store]).await;
-    let ok = pipeline::restore(
-        &store,
-        &m,
-        &source,
-        &Default::default(),
-        false,
-        pipeline::no_progress(),
-    )
-    .await
-    .unwrap();
+    let ok = restore_from(&store, &m, &source).await.unwrap();
     assert!(!ok.timings.one_pass);
     corrupt(&store, &m);
-    let fresh = FakeSource::new(noise(10));
-    let err = pipeline::restore_phased(
-        &store,
-        &m,
-        &fresh,
-        &Default::default(),
-        false,
-        pipeline::no_progress(),
-    )
-    .await
-    .unwrap_err();
+    let fresh = FakeSource::new(noise(10, 7));
+    let err = restore_from(&store, &m, &fresh).await.unwrap_err();
     assert_eq!(err.phase, pipeline::Phase::Verify);
     assert_eq!(fresh.restored(), None);
 }
 
 #[tokio::test]
 async fn a_one_pass_restore_falls_over_to_the_next_good_copy() {
-    let data = noise(100 * 1024);
+    let data = noise(100 * 1024, 7);
     let source = FakeSource::new(data.clone()).one_pass();
     let (a, b) = (MemStore::new(), MemStore::new());
     let m = backed_up(&source, &[&a, &b]).await;
@@ -140,7 +109,7 @@ async fn a_one_pass_restore_falls_over_to_the_next_good_copy() {
             storage: Arc::new(b.clone()),
         },
     ];
-    let fresh = FakeSource::new(noise(10)).one_pass();
+    let fresh = FakeSource::new(noise(10, 7)).one_pass();
     let run = drkit_core::ops::restore::restore(
         "db",
         &targets,
@@ -171,7 +140,7 @@ fn check(name: &str, min: Option<f64>, max: Option<f64>) -> Check {
 
 #[tokio::test]
 async fn drill_checks_values_timings_and_verdicts() {
-    let data = noise(64 * 1024);
+    let data = noise(64 * 1024, 7);
     let source = FakeSource::new(data.clone()).one_pass();
     let store = MemStore::new();
     let m = backed_up(&source, &[&store]).await;
@@ -236,7 +205,7 @@ async fn drill_checks_values_timings_and_verdicts() {
 
 #[tokio::test]
 async fn an_interrupted_drill_removes_its_scratch_and_keeps_no_report() {
-    let source = FakeSource::new(noise(64 * 1024))
+    let source = FakeSource::new(noise(64 * 1024, 7))
         .one_pass()
         .restore_delay(std::time::Duration::from_secs(3600));
     let store = MemStore::new();

@@ -12,21 +12,8 @@ use drkit_core::layout::{self, manifest_key};
 use drkit_core::ops::prune::{self, Action};
 use drkit_core::pipeline::{self, BackupOptions, BackupOutcome, Target};
 use drkit_core::signing::Trust;
-use drkit_core::testing::{FakeSource, MemStore, Op};
+use drkit_core::testing::{noise, FakeSource, MemStore, Op};
 use drkit_core::{ErrorKind, Result, Storage};
-
-/// `len` bytes that zstd cannot shrink much (so sizes stay above the suspect floor).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 fn target(name: &str, store: &MemStore) -> Target {
     Target {
