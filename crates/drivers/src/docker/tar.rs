@@ -137,6 +137,29 @@ pub struct Scanner {
     examples: Vec<Unsafe>,
     root_seen: bool,
     root: Option<RootMeta>,
+    watch: Option<Watched>,
+}
+
+/// What a scan found at one path ([`Scanner::watch`]): whether any entry is at or under it,
+/// and the content bytes of the regular files among them (hard links and symbolic links
+/// count nothing: a link is never followed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Watched {
+    /// The path, normalized (`""` for the whole archive).
+    pub path: String,
+    /// Whether an entry is at or under the path.
+    pub found: bool,
+    /// Bytes of regular file content at or under the path.
+    pub bytes: u64,
+}
+
+impl Watched {
+    fn covers(&self, normalized: &str) -> bool {
+        self.path.is_empty()
+            || normalized
+                .strip_prefix(self.path.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
 }
 
 /// The volume root's own metadata, from the archive's `./` entry. The engine's archive
@@ -171,7 +194,18 @@ impl Scanner {
             examples: Vec::new(),
             root_seen: false,
             root: None,
+            watch: None,
         }
+    }
+
+    /// Also sum the entries at or under `path` (a normalized archive path, `""` for all):
+    /// see [`Finished::watched`].
+    pub fn watch(mut self, path: &str) -> Self {
+        self.watch = Some(Watched {
+            path: path.to_string(),
+            ..Default::default()
+        });
+        self
     }
 
     /// Feed bytes; in [`Mode::Enforce`], the bytes that are safe to pass on are appended to
@@ -294,6 +328,7 @@ impl Scanner {
             problems: self.problems,
             examples: self.examples,
             root: self.root,
+            watched: self.watch,
         })
     }
 
@@ -385,6 +420,12 @@ impl Scanner {
 
     /// Count the entry in the stats; for the root (`normalized` empty), keep its metadata.
     fn count(&mut self, e: &EntryInfo, normalized: &str) {
+        if let Some(w) = self.watch.as_mut().filter(|w| w.covers(normalized)) {
+            w.found = true;
+            if matches!(e.typeflag, b'0' | 0 | b'7') {
+                w.bytes += e.content;
+            }
+        }
         if normalized.is_empty() {
             self.root_seen = true;
             if e.typeflag == b'5' {
@@ -721,6 +762,8 @@ pub struct Finished {
     pub examples: Vec<Unsafe>,
     /// The root directory's metadata, when the archive has a `./` entry.
     pub root: Option<RootMeta>,
+    /// What was found at the watched path, when one was set ([`Scanner::watch`]).
+    pub watched: Option<Watched>,
 }
 
 impl Finished {
@@ -1020,6 +1063,39 @@ mod tests {
             );
             assert!(s.digest.starts_with("sha256:"));
         }
+    }
+
+    #[test]
+    fn watch_sums_the_files_at_or_under_a_path() {
+        let a = archive(&[
+            entry("./", b'5', "", b""),
+            entry("./a.txt", b'0', "", b"hello"),
+            entry("./sub/", b'5', "", b""),
+            entry("./sub/big", b'0', "", &[7u8; 1500]),
+            entry("./sub/deeper/", b'5', "", b""),
+            entry("./sub/deeper/c", b'0', "", b"abc"),
+            entry("./sub/hard", b'1', "./a.txt", b""),
+            entry("./subway", b'0', "", b"not under sub"),
+            entry("./link", b'2', "sub", b""),
+        ]);
+        let watch = |path: &str| {
+            let mut s = Scanner::new(Mode::Observe).watch(path);
+            for c in a.chunks(100) {
+                s.feed(c, None).unwrap();
+            }
+            let w = s.finish().unwrap().watched.unwrap();
+            (w.found, w.bytes)
+        };
+        assert_eq!(watch("a.txt"), (true, 5));
+        assert_eq!(watch("sub"), (true, 1503));
+        assert_eq!(watch("sub/deeper"), (true, 3));
+        assert_eq!(watch("sub/deeper/c"), (true, 3));
+        assert_eq!(watch("sub/hard"), (true, 0));
+        assert_eq!(watch("link"), (true, 0), "a symlink is not followed");
+        assert_eq!(watch("link/big"), (false, 0), "nor walked through");
+        assert_eq!(watch("su"), (false, 0));
+        assert_eq!(watch("missing"), (false, 0));
+        assert_eq!(watch(""), (true, 5 + 1503 + 13));
     }
 
     #[test]

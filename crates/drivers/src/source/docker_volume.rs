@@ -15,9 +15,10 @@ use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use drkit_core::drill::{Place, Query, Scratch, ScratchName};
 use drkit_core::{
-    from_io, BoxRead, DriverSpec, Dump, DumpSummary, Error, ErrorKind, Manifest, RestoreOptions,
-    RestoreReport, Result, Source, StreamCheck,
+    from_io, BoxRead, DeepCheck, DriverSpec, Dump, DumpSummary, Error, ErrorKind, Manifest,
+    RestoreOptions, RestoreReport, Result, Source, StreamCheck,
 };
 use futures::{FutureExt, Stream};
 use serde::Deserialize;
@@ -269,6 +270,8 @@ async fn restore_new(
 ) -> Result<tar::TarStats> {
     let recorded_labels = if opts.to.is_none() {
         labels_of(manifest)
+    } else if is_scratch_volume(name) {
+        [(LABEL_DRILL.to_string(), "1".to_string())].into()
     } else {
         BTreeMap::new()
     };
@@ -510,29 +513,99 @@ impl Source for DockerVolumeSource {
         Ok(notes)
     }
 
+    /// A volume drill always restores into a new scratch volume on the source's engine
+    /// (`drkit-drill-<job>-<time>-<tag>`, labelled `drkit.drill`): a `target` server or an
+    /// `image` means nothing to a volume, so those places are declined.
     async fn drill_scratch(
         &self,
         _manifest: &Manifest,
-        place: &drkit_core::drill::Place,
-        name: &drkit_core::drill::ScratchName,
-    ) -> Result<Option<drkit_core::drill::Scratch>> {
-        if *place != drkit_core::drill::Place::Beside {
+        place: &Place,
+        name: &ScratchName,
+    ) -> Result<Option<Scratch>> {
+        if *place != Place::Beside {
             return Ok(None);
         }
-        let to = name.render('-', 200);
-        Ok(Some(drkit_core::drill::Scratch {
+        let engine = self.engine().await?;
+        let to = name.render('-', SCRATCH_NAME_MAX);
+        Ok(Some(Scratch {
+            notes: vec![format!(
+                "restored into scratch volume {to} on this Docker engine ({}), removed after the checks",
+                engine.host
+            )],
             to: to.clone(),
-            shown: to,
+            shown: format!("docker volume {to}"),
             ..Default::default()
         }))
     }
 
-    async fn drill_cleanup(&self, scratch: &drkit_core::drill::Scratch) -> Result<()> {
+    async fn drill_cleanup(&self, scratch: &Scratch) -> Result<()> {
         let engine = self.engine().await?;
         match volumes::remove(&engine, &scratch.to).await {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// Scratch volumes (`drkit-drill-*`) whose name time is more than a day old: removed,
+    /// unless a container uses them (then the line says so and they stay).
+    async fn drill_sweep(
+        &self,
+        place: &Place,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<String>> {
+        if *place != Place::Beside {
+            return Ok(Vec::new());
+        }
+        let engine = self.engine().await?;
+        // Helpers of a killed drkit on this host would hold a scratch volume: gone first.
+        let _ = helper::clean_stale(&engine).await;
+        let prefix = scratch_prefix();
+        let mut lines = Vec::new();
+        for v in volumes::list(&engine, &[("name", prefix.clone())]).await? {
+            if v.name.starts_with(&prefix) && drkit_core::drill::is_stale(&v.name, now) {
+                lines.push(sweep_one(&engine, &v.name).await);
+            }
+        }
+        Ok(lines)
+    }
+
+    /// `{ path = "..." }`: the bytes of that path in the scratch volume (a file's size, a
+    /// folder's files summed), `null` when it is missing. See [`path_size`].
+    async fn drill_check(&self, scratch: &Scratch, query: &Query) -> Result<serde_json::Value> {
+        let Query::Path(path) = query else {
+            return Err(Error::config(format!(
+                "the docker-volume driver cannot run the drill check {query}: a volume drill checks paths, e.g. {{ path = \"data/app.db\", min_size = \"1KiB\" }}"
+            )));
+        };
+        let rel = volume_path(path)?;
+        let engine = self.engine().await?;
+        Ok(match path_size(&engine, &scratch.to, &rel).await? {
+            Some(n) => serde_json::json!(n),
+            None => serde_json::Value::Null,
+        })
+    }
+
+    /// Not in one pass, on purpose. The restore into an existing volume would qualify: it
+    /// extracts into a staging volume, and only a stream read cleanly to its end is copied
+    /// in. But a restore into a new volume (the job's own volume gone, or `--to NEW`, and
+    /// every drill) extracts straight into the volume under its final name, and removes it
+    /// again on failure: during the stream the partial volume is visible to the engine (a
+    /// `docker compose up` would adopt and mount it, since it carries the project's labels),
+    /// and its removal fails if a container mounted it meanwhile, or the engine hiccups. A
+    /// stream failing at its end could then leave partial data live and behind. A volume
+    /// cannot be renamed, so making that safe costs a staging copy (as large as the verify
+    /// pass it saves); the archive is verified whole first instead (docs/docker.md).
+    fn restores_in_one_pass(&self) -> bool {
+        false
+    }
+
+    /// The whole archive, entry by entry (bounded memory: headers only), counted and
+    /// digested as the backup did, and compared with the manifest's stats.
+    fn deep_check(&self, manifest: &Manifest) -> Option<Box<dyn DeepCheck>> {
+        Some(Box::new(DeepTarCheck {
+            scanner: Scanner::new(Mode::Observe),
+            stats: manifest.stats.clone(),
+        }))
     }
 
     fn measure(&self, stats: &serde_json::Value) -> drkit_core::suspect::Measure {
@@ -557,6 +630,220 @@ impl Source for DockerVolumeSource {
                 "the archive is not a tar archive (bad first header)",
             ))
         }
+    }
+}
+
+/// The label on a drill's scratch volume.
+pub const LABEL_DRILL: &str = "drkit.drill";
+
+/// The longest scratch volume name drkit makes (the engine's local driver allows 255).
+const SCRATCH_NAME_MAX: usize = 128;
+
+/// `drkit-drill-`: the prefix of every scratch volume.
+fn scratch_prefix() -> String {
+    drkit_core::drill::SCRATCH_PREFIX.replace('_', "-")
+}
+
+/// Whether `name` is a drill's scratch volume name (prefix and time).
+fn is_scratch_volume(name: &str) -> bool {
+    name.starts_with(&scratch_prefix()) && drkit_core::drill::scratch_time(name).is_some()
+}
+
+/// Remove the stale scratch volume `name`, unless a container uses it; one line either way.
+async fn sweep_one(engine: &Engine, name: &str) -> String {
+    let when = drkit_core::drill::scratch_time(name)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default();
+    let users = match volumes::users(engine, name).await {
+        Ok(u) => u,
+        Err(e) => return format!("scratch volume {name} of a drill of {when} is left over; could not tell whether it is in use: {e}"),
+    };
+    if !users.is_empty() {
+        let names: Vec<&str> = users.iter().map(|c| c.name.as_str()).collect();
+        return format!(
+            "scratch volume {name} of a drill of {when} is left over but in use by containers {}: not removed (remove them, then `docker volume rm {name}`)",
+            names.join(", ")
+        );
+    }
+    match volumes::remove(engine, name).await {
+        Ok(()) => format!(
+            "removed scratch volume {name}, left by a drill of {when} that did not clean up"
+        ),
+        Err(e) if e.to_string().contains("in use") => format!(
+            "scratch volume {name} of a drill of {when} is left over but in use: not removed ({e})"
+        ),
+        Err(e) => format!("could not remove scratch volume {name} of a drill of {when}: {e}"),
+    }
+}
+
+/// A drill check's path, normalized: relative to the volume's root (`""` for the root),
+/// with no `..` and no absolute path.
+fn volume_path(path: &str) -> Result<String> {
+    let bad = |why: &str| {
+        Error::config(format!(
+            "drill check path {path:?} {why}: write a path relative to the volume's root, e.g. \"data/app.db\""
+        ))
+    };
+    if path.starts_with('/') {
+        return Err(bad("is absolute"));
+    }
+    if path.contains('\0') {
+        return Err(bad("holds a NUL byte"));
+    }
+    let mut parts = Vec::new();
+    for comp in path.split('/') {
+        match comp {
+            "" | "." => {}
+            ".." => return Err(bad("climbs out with '..'")),
+            c => parts.push(c),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+/// The bytes of the regular files at or under `rel` (normalized, [`volume_path`]) in
+/// `volume`; `None` when nothing is there.
+///
+/// Read through the engine's archive endpoint, never a command's output: the tar of the
+/// path's first component (`/data/<first>`, or the whole volume for the root) is scanned and
+/// the entries at or under `rel` summed. The engine resolves symbolic links in the
+/// directories *above* the last component of the path it is asked for, in the container's
+/// root: asking for the first component, right under the mount, leaves none to resolve (a
+/// symbolic link there is archived as the link itself). Deeper components are matched by
+/// name in the archive, which never follows a link: a path through a symbolic link is
+/// missing, and a link counts 0 bytes.
+pub async fn path_size(engine: &Engine, volume: &str, rel: &str) -> Result<Option<u64>> {
+    let first = rel.split('/').next().unwrap_or_default();
+    let source = if first.is_empty() {
+        format!("{MOUNT}/.")
+    } else {
+        format!("{MOUNT}/{first}")
+    };
+    let helper = Helper::create(engine, volume, MOUNT, true).await?;
+    let mut reader = helper.download(&source);
+    let mut scanner = Scanner::new(Mode::Observe).watch(rel);
+    let mut buf = vec![0u8; 256 * 1024];
+    let result = loop {
+        match reader.read(&mut buf).await {
+            Ok(0) => {
+                break scanner
+                    .finish()
+                    .map(|f| f.watched.filter(|w| w.found).map(|w| w.bytes))
+                    .map_err(|e| Error::source_error(format!("volume {volume}: {e}")))
+            }
+            Ok(n) => {
+                if let Err(e) = scanner.feed(&buf[..n], None) {
+                    break Err(Error::source_error(format!("volume {volume}: {e}")));
+                }
+            }
+            Err(e) => {
+                let e = from_io(e, ErrorKind::Source, format!("reading volume {volume}"));
+                // The engine's 404: the path's first component is not there.
+                break if e.kind() == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(e)
+                };
+            }
+        }
+    };
+    drop(reader);
+    helper.remove().await?;
+    result
+}
+
+/// `drkit verify --deep` of a volume archive: entries, files, bytes (and the other counts
+/// and the content digest) against the manifest's stats.
+struct DeepTarCheck {
+    scanner: Scanner,
+    stats: serde_json::Value,
+}
+
+impl DeepCheck for DeepTarCheck {
+    fn update(&mut self, bytes: &[u8]) -> Result<()> {
+        self.scanner
+            .feed(bytes, None)
+            .map_err(|e| Error::integrity(e.to_string()))
+    }
+
+    fn finish(self: Box<Self>) -> Result<String> {
+        let got = self
+            .scanner
+            .finish()
+            .map_err(|e| Error::integrity(e.to_string()))?
+            .stats;
+        compare_stats(&got, &self.stats)
+    }
+}
+
+/// Compare what an archive holds with the manifest's `stats`: a mismatch names the figure and
+/// both numbers. `entries`, `files` and `bytes` must be recorded; the other counts and the
+/// digest are compared when they are.
+fn compare_stats(got: &tar::TarStats, stats: &serde_json::Value) -> Result<String> {
+    let figures = [
+        ("entries", got.entries, true),
+        ("files", got.files, true),
+        ("bytes", got.bytes, true),
+        ("dirs", got.dirs, false),
+        ("symlinks", got.symlinks, false),
+        ("hardlinks", got.hardlinks, false),
+        ("other", got.other, false),
+    ];
+    for (name, have, required) in figures {
+        let want = match stats.get(name) {
+            None if required => {
+                return Err(Error::integrity(format!(
+                    "the manifest's stats record no {name} count to compare with (the archive holds {have})"
+                )))
+            }
+            None => continue,
+            Some(v) => v.as_u64().ok_or_else(|| {
+                Error::integrity(format!(
+                    "the manifest's stats.{name} is {}, not a count",
+                    short_json(v)
+                ))
+            })?,
+        };
+        if want != have {
+            return Err(Error::integrity(format!(
+                "{name}: the archive holds {have}, the manifest says {want}"
+            )));
+        }
+    }
+    let digest = match stats.get("digest") {
+        None => false,
+        Some(v) => {
+            let want = v.as_str().ok_or_else(|| {
+                Error::integrity(format!(
+                    "the manifest's stats.digest is {}, not a digest",
+                    short_json(v)
+                ))
+            })?;
+            if want != got.digest {
+                return Err(Error::integrity(format!(
+                    "content digest: the archive's is {}, the manifest says {}",
+                    short(&got.digest),
+                    short(want)
+                )));
+            }
+            true
+        }
+    };
+    Ok(format!(
+        "{} entries, {} files, {} bytes{}: as the manifest says",
+        got.entries,
+        got.files,
+        got.bytes,
+        if digest { ", content digest" } else { "" }
+    ))
+}
+
+/// A JSON value for a message, cut to a few characters.
+fn short_json(v: &serde_json::Value) -> String {
+    let text = v.to_string();
+    match text.char_indices().nth(40) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text,
     }
 }
 
@@ -610,8 +897,13 @@ async fn check_restored(
     Ok(got)
 }
 
+/// A digest cut to its first characters (`sha256:` and 12 hex digits); never splits a
+/// character (a manifest's digest is hostile text).
 fn short(d: &str) -> &str {
-    &d[..d.len().min(19)]
+    match d.char_indices().nth(19) {
+        Some((i, _)) => &d[..i],
+        None => d,
+    }
 }
 
 struct Expected {
@@ -975,5 +1267,78 @@ mod tests {
             DockerVolumeSource::from_spec(&spec("volume = \"db\"\nproject = \"shop-prod\""), "s")
                 .unwrap();
         assert!(by_compose.names(&v) && by_name.names(&v) && !other.names(&v));
+    }
+
+    #[test]
+    fn drill_check_paths_stay_in_the_volume() {
+        for (path, want) in [
+            ("data/app.db", "data/app.db"),
+            ("./data//app.db/", "data/app.db"),
+            (".", ""),
+            ("", ""),
+            ("with space/ß", "with space/ß"),
+        ] {
+            assert_eq!(volume_path(path).unwrap(), want, "{path}");
+        }
+        for (path, why) in [
+            ("/etc/passwd", "is absolute"),
+            ("../x", "'..'"),
+            ("a/../../x", "'..'"),
+            ("a\0b", "NUL"),
+        ] {
+            let e = volume_path(path).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config, "{path}");
+            assert!(e.to_string().contains(why), "{path}: {e}");
+        }
+        assert!(is_scratch_volume(
+            "drkit-drill-app-20261203T040506-000000ab"
+        ));
+        assert!(!is_scratch_volume("drkit-drill-app"));
+        assert!(!is_scratch_volume(
+            "drkit_drill_app_20261203T040506_000000ab"
+        ));
+    }
+
+    #[test]
+    fn deep_counts_are_compared_with_the_manifest() {
+        let got = tar::TarStats {
+            entries: 5,
+            files: 3,
+            dirs: 1,
+            symlinks: 1,
+            bytes: 100,
+            digest: "sha256:abcdef0123456789abcdef".into(),
+            ..Default::default()
+        };
+        let stats = got.to_json();
+        assert_eq!(
+            compare_stats(&got, &stats).unwrap(),
+            "5 entries, 3 files, 100 bytes, content digest: as the manifest says"
+        );
+        let with = |k: &str, v: serde_json::Value| {
+            let mut s = stats.clone();
+            s[k] = v;
+            compare_stats(&got, &s).unwrap_err().to_string()
+        };
+        assert_eq!(
+            with("files", serde_json::json!(4)),
+            "files: the archive holds 3, the manifest says 4"
+        );
+        assert!(with("bytes", serde_json::json!(99))
+            .contains("bytes: the archive holds 100, the manifest says 99"));
+        assert!(with("symlinks", serde_json::json!(0)).contains("symlinks"));
+        assert!(with("entries", serde_json::json!("x".repeat(500))).contains("not a count"));
+        assert!(
+            with("digest", serde_json::json!("sha256:ééééééééééééééééééé"))
+                .contains("content digest")
+        );
+        assert!(with("digest", serde_json::json!(3)).contains("not a digest"));
+        let mut none = stats.clone();
+        none.as_object_mut().unwrap().remove("bytes");
+        assert!(compare_stats(&got, &none)
+            .unwrap_err()
+            .to_string()
+            .contains("no bytes count"));
+        assert!(compare_stats(&got, &serde_json::json!("junk")).is_err());
     }
 }
