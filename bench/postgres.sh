@@ -6,6 +6,13 @@
 #
 #   bash bench/postgres.sh [SCALE]     # pgbench scale, default 50 (5 M accounts, ~750 MB)
 #
+# Restore (same run, pgbench database only): `drkit restore` of the backup from the local
+# folder against the floor `zstd -dc FILE | pg_restore --single-transaction --exit-on-error -d
+# db` of the same stored archive, into a freshly created empty database each time, alternating
+# the two DRKIT_BENCH_RESTORE_RUNS times (default 5): the ratio of the medians. Then one
+# `drkit --json drill` of that database (its RTO and where the time went).
+# DRKIT_BENCH_ONLY=restore skips the backup measurements (and the poorly compressible data).
+#
 # Uses the server of DRKIT_BENCH_PG_URL (+ DRKIT_TEST_PG_BINDIR) when set; otherwise starts
 # its own PostgreSQL 15 on a free loopback port in a temp dir (as the `postgres` user when
 # run as root) and stops it at the end. Figures go to stdout; copy them into
@@ -15,6 +22,10 @@ cd "$(dirname "$0")/.."
 SCALE=${1:-50}
 BINDIR=${DRKIT_TEST_PG_BINDIR:-/usr/lib/postgresql/15/bin}
 RUNS=${DRKIT_BENCH_RUNS:-3}
+RESTORE_RUNS=${DRKIT_BENCH_RESTORE_RUNS:-5}
+ONLY=${DRKIT_BENCH_ONLY:-all}
+DBS="bench_pgbench bench_noise"
+[ "$ONLY" = restore ] && DBS=bench_pgbench
 
 need=()
 command -v hyperfine >/dev/null || need+=(hyperfine)
@@ -62,10 +73,11 @@ PGPASSWORD=$(python3 -c 'import sys, urllib.parse as u; print(u.unquote(u.urlpar
 psql_() { "$BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -d "$(url_of "$1")" "${@:2}"; }
 
 echo "== preparing data (pgbench scale $SCALE, and ~500 MB of random bytea/text)" >&2
-for db in bench_pgbench bench_noise; do
+for db in $DBS; do
   psql_ postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
 done
 "$BINDIR/pgbench" -i -q -s "$SCALE" "$(url_of bench_pgbench)" 2>&1 | tail -n 1 >&2
+if [ "$ONLY" != restore ]; then
 psql_ bench_noise <<'SQL'
 CREATE EXTENSION pgcrypto;
 CREATE TABLE noise (id int PRIMARY KEY, blob bytea, txt text);
@@ -73,6 +85,7 @@ INSERT INTO noise SELECT i, gen_random_bytes(1000), encode(gen_random_bytes(400)
 FROM generate_series(1, 300000) AS i;
 VACUUM ANALYZE noise;
 SQL
+fi
 psql_ bench_pgbench -c "VACUUM ANALYZE"
 
 {
@@ -84,7 +97,7 @@ echo "- drkit: release build, zstd level 3, local storage (fsync on commit), sha
 echo
 } > "$work/report.md"
 
-for db in bench_pgbench bench_noise; do
+for db in $DBS; do
   size=$(psql_ postgres -Atc "SELECT pg_size_pretty(pg_database_size('$db'))")
   cat > "$work/$db.toml" <<TOML
 [storage.local]
@@ -96,6 +109,7 @@ source = { type = "postgres", url = "$(url_of "$db")", bindir = "$BINDIR" }
 storage = ["local"]
 TOML
   sed 's/bindir = "\([^"]*\)" }/bindir = "\1", stats = "estimate" }/' "$work/$db.toml" > "$work/$db.estimate.toml"
+  [ "$ONLY" = restore ] && continue
   echo "== $db ($size)" >&2
   /usr/bin/time -v "$DRKIT" -q --config "$work/$db.toml" backup 2> "$work/time.txt" >/dev/null
   rss=$(awk -F: '/Maximum resident set size/ {gsub(/ /, "", $2); print $2}' "$work/time.txt")
@@ -132,4 +146,56 @@ print(f"- archive: drkit {stored / mib:.1f} MiB vs gzip {gz / mib:.1f} MiB (goal
 print()
 PY
 done
+
+# ---- restore: drkit against zstd -dc | pg_restore of the same stored archive -------------
+echo "== restore of bench_pgbench, $RESTORE_RUNS alternating runs each" >&2
+rm -rf "$work/backups"
+cat >> "$work/bench_pgbench.toml" <<TOML
+
+[job.bench_pgbench.drill]
+checks = [ { sql = "SELECT count(*) FROM pgbench_accounts", min = 1 } ]
+TOML
+"$DRKIT" -q --config "$work/bench_pgbench.toml" backup
+stored=$(find "$work/backups" -name 'data.pgdump.zst' | head -n 1)
+fresh() { psql_ postgres -c "DROP DATABASE IF EXISTS bench_restore WITH (FORCE)" -c "CREATE DATABASE bench_restore"; }
+now() { date +%s.%N; }
+: > "$work/restore.tsv"
+for i in $(seq 1 "$RESTORE_RUNS"); do
+  sync
+  fresh
+  t0=$(now)
+  zstd -q -dc "$stored" | "$BINDIR/pg_restore" --no-password --exit-on-error --single-transaction -d "$(url_of bench_restore)"
+  t1=$(now)
+  echo "floor	$i	$(echo "$t1 - $t0" | bc)" >> "$work/restore.tsv"
+  sync
+  fresh
+  t0=$(now)
+  "$DRKIT" -q --config "$work/bench_pgbench.toml" restore bench_pgbench --to bench_restore >/dev/null
+  t1=$(now)
+  echo "drkit	$i	$(echo "$t1 - $t0" | bc)" >> "$work/restore.tsv"
+done
+"$DRKIT" --json --config "$work/bench_pgbench.toml" restore bench_pgbench --to bench_restore --force > "$work/restore.json"
+psql_ postgres -c "DROP DATABASE IF EXISTS bench_restore WITH (FORCE)"
+"$DRKIT" --json --config "$work/bench_pgbench.toml" drill bench_pgbench > "$work/drill.json"
+python3 - "$work/restore.tsv" "$work/restore.json" "$work/drill.json" "$stored" "$SCALE" >> "$work/report.md" <<'PY'
+import json, os, statistics, sys
+rows = [l.split("\t") for l in open(sys.argv[1]).read().split("\n") if l]
+t = {"floor": [], "drkit": []}
+for name, _, secs in rows:
+    t[name].append(float(secs))
+restore = json.load(open(sys.argv[2]))
+drill = json.load(open(sys.argv[3]))[0]["report"]
+mib = 1024 * 1024
+f, d = statistics.median(t["floor"]), statistics.median(t["drkit"])
+print(f"## Restore of bench_pgbench (scale {sys.argv[5]}, {os.path.getsize(sys.argv[4]) / mib:.1f} MiB stored zstd archive)\n")
+print("| command | median | runs |\n|---|---|---|")
+print(f"| `zstd -dc FILE \\| pg_restore --single-transaction --exit-on-error -d db` | {f:.2f} s | " + ", ".join(f"{x:.2f}" for x in t["floor"]) + " |")
+print(f"| `drkit restore JOB --to db` | {d:.2f} s | " + ", ".join(f"{x:.2f}" for x in t["drkit"]) + " |")
+print()
+print(f"- drkit / the floor: **{d / f:.2f}x** the median wall time (goal: at most 1.05x)")
+print(f"- drkit's restore timings (one more run, --json): {json.dumps(restore.get('restore', restore).get('timings', {}))}")
+tm = drill.get("timings") or {}
+print(f"- drill (`drkit --json drill bench_pgbench`, scratch database beside the source, one count check): ok={drill.get('ok')}, RTO **{drill.get('duration_ms', 0) / 1000:.2f} s** = download {tm.get('download_ms')} ms + restore {tm.get('restore_ms')} ms + checks {tm.get('checks_ms')} ms")
+print()
+PY
 cat "$work/report.md"

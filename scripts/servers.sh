@@ -25,6 +25,8 @@
 #     DRKIT_TEST_MOTO_ENDPOINT   http://127.0.0.1:PORT   (+ _ACCESS_KEY, _SECRET_KEY)
 #     DRKIT_TEST_S3S_ENDPOINT    http://127.0.0.1:PORT   (+ _ACCESS_KEY, _SECRET_KEY)
 #     DRKIT_TEST_DOCKER=1        when the Docker engine answers
+#     DRKIT_TEST_PG_IMAGE        drkit-test-postgres:15, a local image of Debian's PostgreSQL 15 with
+#                                the official postgres image's interface (built once, when Docker answers)
 #     DRKIT_TEST_SERVERS=1       the harness ran
 # Extras (informational): DRKIT_TEST_SERVERS_DIR (temp dir with every server's log),
 #     DRKIT_TEST_COMPOSE ("docker-compose" or "docker compose", when one is there).
@@ -212,6 +214,105 @@ _drkit_install_busybox() {
     [[ -x /bin/busybox ]] && return 0
     _drkit_say "installing busybox-static (apt; the Docker tests' image)"
     _drkit_apt_install busybox-static || { _drkit_say "FAILED: apt-get install busybox-static"; return 1; }
+}
+
+# The drill tests' throwaway PostgreSQL image, `drkit-test-postgres:15` (no registry here):
+# Debian bookworm's postgresql-15 by debootstrap, imported with an entrypoint that honours the
+# official postgres image's interface (POSTGRES_PASSWORD, POSTGRES_USER, PGDATA, initdb into
+# /var/lib/postgresql/data when empty, listen on 0.0.0.0:5432, scram-sha-256 for remote
+# connections). Built once (skipped when the engine has it); a failed build fails the run.
+# Exported to the tests as DRKIT_TEST_PG_IMAGE.
+DRKIT_DRILL_PG_IMAGE=drkit-test-postgres:15
+_drkit_pg_entrypoint() {
+    cat <<'SCRIPT'
+#!/bin/sh
+# drkit's test image: the official postgres image's interface, for PostgreSQL 15 of Debian.
+set -eu
+PGDATA=${PGDATA:-/var/lib/postgresql/data}
+POSTGRES_USER=${POSTGRES_USER:-postgres}
+export PGDATA POSTGRES_USER
+bin=/usr/lib/postgresql/15/bin
+if [ "${1:-postgres}" = postgres ]; then
+    [ $# -gt 0 ] && shift
+    if [ "$(id -u)" = 0 ]; then
+        mkdir -p "$PGDATA" /run/postgresql
+        chown -R postgres:postgres "$PGDATA" /run/postgresql
+        chmod 700 "$PGDATA"
+        exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" postgres "$@"
+    fi
+    if [ ! -s "$PGDATA/PG_VERSION" ]; then
+        if [ -z "${POSTGRES_PASSWORD:-}" ]; then
+            echo "Error: Database is uninitialized and superuser password is not specified." >&2
+            echo "       Set POSTGRES_PASSWORD to a non-empty value for the superuser." >&2
+            exit 1
+        fi
+        pwfile=$(mktemp)
+        printf '%s\n' "$POSTGRES_PASSWORD" >"$pwfile"
+        "$bin/initdb" -D "$PGDATA" -U "$POSTGRES_USER" --pwfile="$pwfile" -E UTF8 \
+            --locale=C.UTF-8 --auth-local=trust --auth-host=scram-sha-256 >/dev/null
+        rm -f "$pwfile"
+        echo "host all all all scram-sha-256" >>"$PGDATA/pg_hba.conf"
+        printf "listen_addresses = '*'\nport = 5432\n" >>"$PGDATA/postgresql.conf"
+        echo "PostgreSQL init process complete; ready for start up."
+    fi
+    exec "$bin/postgres" -D "$PGDATA" "$@"
+fi
+exec "$@"
+SCRIPT
+}
+
+_drkit_build_pg_image() {
+    if ! timeout 20 docker info >/dev/null 2>&1; then
+        [[ ${DRKIT_TEST_REQUIRE_DOCKER:-1} == 1 ]] || return 0 # reported by _drkit_check_docker
+        _drkit_fail "$DRKIT_DRILL_PG_IMAGE" "" "the Docker engine does not answer: cannot build the image"
+        return 1
+    fi
+    if docker image inspect "$DRKIT_DRILL_PG_IMAGE" >/dev/null 2>&1; then
+        export DRKIT_TEST_PG_IMAGE=$DRKIT_DRILL_PG_IMAGE
+        return 0
+    fi
+    local mirror t0 dir log pid
+    t0=$(_drkit_now)
+    mirror=$(grep -hsE '^(URIs:|deb )' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources \
+        /etc/apt/sources.list.d/*.list 2>/dev/null | grep -v -- '-security' |
+        grep -oE 'https?://[^ ]+' | head -n 1)
+    [[ -n $mirror ]] || { _drkit_fail "$DRKIT_DRILL_PG_IMAGE" "" "no Debian mirror in /etc/apt/sources.list{,.d}"; return 1; }
+    if ! command -v debootstrap >/dev/null 2>&1; then
+        _drkit_say "installing debootstrap (apt; for the drill tests' PostgreSQL image)"
+        _drkit_apt_install debootstrap || { _drkit_say "FAILED: apt-get install debootstrap"; return 1; }
+    fi
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/drkit-pg-image.XXXXXX") || return 1
+    log="$dir.log"
+    _drkit_say "building $DRKIT_DRILL_PG_IMAGE: debootstrap bookworm + postgresql-15 from $mirror (once, a few minutes)"
+    if ! _drkit_as_root debootstrap --variant=minbase --include=postgresql-15 bookworm "$dir/root" "$mirror" >"$log" 2>&1; then
+        _drkit_fail "$DRKIT_DRILL_PG_IMAGE" "$log" "debootstrap failed"
+        _drkit_as_root rm -rf "$dir"
+        return 1
+    fi
+    # Nothing the packages' scripts started in the chroot keeps running.
+    for pid in /proc/[0-9]*; do
+        [[ $(readlink "$pid/root" 2>/dev/null) == "$dir/root" ]] && _drkit_as_root kill -KILL "${pid#/proc/}" 2>/dev/null
+    done
+    # The package's own cluster is not used: the entrypoint makes one in PGDATA.
+    _drkit_as_root rm -rf "$dir/root/var/cache/apt/archives/"*.deb "$dir/root/var/lib/apt/lists/"* \
+        "$dir/root/var/lib/postgresql/15" "$dir/root/etc/postgresql/15"
+    _drkit_pg_entrypoint | _drkit_as_root tee "$dir/root/usr/local/bin/docker-entrypoint.sh" >/dev/null
+    _drkit_as_root chmod 755 "$dir/root/usr/local/bin/docker-entrypoint.sh"
+    if ! _drkit_as_root tar -C "$dir/root" -c . 2>>"$log" | docker import \
+        --change 'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]' \
+        --change 'CMD ["postgres"]' \
+        --change 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change 'ENV PGDATA=/var/lib/postgresql/data' \
+        --change 'VOLUME /var/lib/postgresql/data' \
+        --change 'EXPOSE 5432' \
+        - "$DRKIT_DRILL_PG_IMAGE" >>"$log" 2>&1; then
+        _drkit_fail "$DRKIT_DRILL_PG_IMAGE" "$log" "docker import failed"
+        _drkit_as_root rm -rf "$dir"
+        return 1
+    fi
+    _drkit_as_root rm -rf "$dir" "$log"
+    export DRKIT_TEST_PG_IMAGE=$DRKIT_DRILL_PG_IMAGE
+    _drkit_say "built $DRKIT_DRILL_PG_IMAGE ($(_drkit_elapsed "$t0"))"
 }
 
 # Installs whatever is missing. Safe to call repeatedly (checks are fast).
@@ -622,6 +723,7 @@ _drkit_check_external() {
         else failed=1; fi
     done
     _drkit_check_docker || failed=1
+    _drkit_build_pg_image || failed=1
     return "$failed"
 }
 
@@ -631,7 +733,7 @@ _drkit_unset_exports() {
     unset DRKIT_TEST_PG_URL DRKIT_TEST_PG_BINDIR DRKIT_TEST_MONGO_URL DRKIT_TEST_MOTO_ENDPOINT \
         DRKIT_TEST_MOTO_ACCESS_KEY DRKIT_TEST_MOTO_SECRET_KEY DRKIT_TEST_S3S_ENDPOINT \
         DRKIT_TEST_S3S_ACCESS_KEY DRKIT_TEST_S3S_SECRET_KEY DRKIT_TEST_DOCKER DRKIT_TEST_COMPOSE \
-        DRKIT_TEST_SERVERS DRKIT_TEST_SERVERS_DIR
+        DRKIT_TEST_PG_IMAGE DRKIT_TEST_SERVERS DRKIT_TEST_SERVERS_DIR
 }
 
 start_all() {
@@ -662,6 +764,7 @@ start_all() {
 
     # Launch the three background servers first, then bring PostgreSQL up while they boot.
     if ! { _drkit_check_docker &&
+        _drkit_build_pg_image &&
         _drkit_launch_mongo "$mongo_port" &&
         _drkit_launch_moto "$moto_port" &&
         _drkit_launch_s3s "$s3s_port" &&

@@ -585,7 +585,7 @@ fn several_databases_and_roles_in_one_archive() {
     assert_eq!(
         pg.psql(
             "postgres",
-            "SELECT count(*) FROM pg_database WHERE datname LIKE 'drkit\\_drill\\_%'"
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'drkit\\_drill\\_app\\_%'"
         )
         .trim(),
         "0",

@@ -39,7 +39,9 @@ pub use error::{from_io, one_line, redact_url, Error, ErrorKind, Result};
 pub use exit::Exit;
 pub use manifest::Manifest;
 pub use pipeline::Compression;
-pub use source::{Dump, DumpSummary, RestoreOptions, RestoreReport, Source, StreamCheck, DeepCheck};
+pub use source::{
+    DeepCheck, Dump, DumpSummary, RestoreOptions, RestoreReport, Source, StreamCheck,
+};
 pub use storage::{BoxRead, JobLock, ObjectMeta, Storage, Unfinished, Upload};
 
 /// The version of drkit, as recorded in manifests.

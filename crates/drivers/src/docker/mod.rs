@@ -1,7 +1,8 @@
 //! The Docker Engine, through its API (bollard): the helper image and containers that read
 //! and write volumes through the archive endpoints, volume resolution (by name or compose
 //! identity), stopping and restarting the containers that use a volume, volume sizes, and
-//! the lookalike-volume checks.
+//! the lookalike-volume checks, and throwaway server containers for restore drills
+//! ([`throwaway`]).
 //!
 //! Nothing here parses `docker` CLI output, and nothing needs an image from a registry: the
 //! helper image is imported from an empty tar, and its containers are created but never
@@ -17,6 +18,7 @@ pub mod containers;
 pub(crate) mod helper;
 pub mod lookalike;
 pub(crate) mod tar;
+pub mod throwaway;
 pub mod volumes;
 
 /// Compose's label naming a container's or volume's project.

@@ -579,6 +579,47 @@ impl Source for SqliteSource {
         Ok(())
     }
 
+    async fn drill_sweep(
+        &self,
+        place: &drkit_core::drill::Place,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        if *place != drkit_core::drill::Place::Beside {
+            return Ok(Vec::new());
+        }
+        let tmp = std::env::temp_dir();
+        tokio::task::spawn_blocking(move || sweep_scratch_dirs(&tmp, now))
+            .await
+            .map_err(|e| Error::source_error(format!("the drill sweep failed: {e}")))?
+    }
+
+    async fn drill_check(
+        &self,
+        scratch: &drkit_core::drill::Scratch,
+        query: &drkit_core::drill::Query,
+    ) -> Result<Value> {
+        let drkit_core::drill::Query::Sql(sql) = query else {
+            return Err(Error::config(format!(
+                "the sqlite driver cannot run the drill check {query}: write sql = \"...\""
+            )));
+        };
+        let (path, sql) = (PathBuf::from(&scratch.to), sql.clone());
+        tokio::task::spawn_blocking(move || sql_value(&path, &sql))
+            .await
+            .map_err(|e| Error::source_error(format!("the drill check failed: {e}")))?
+    }
+
+    /// `true`: the restore writes a temp file beside the destination, checks it, and renames
+    /// it into place only then; a stream that fails (at its end too) removes the temp file
+    /// and leaves the destination as it was.
+    fn restores_in_one_pass(&self) -> bool {
+        true
+    }
+
+    fn deep_check(&self, manifest: &Manifest) -> Option<Box<dyn drkit_core::DeepCheck>> {
+        Some(Box::new(DeepCheck::new(manifest)))
+    }
+
     fn measure(&self, stats: &serde_json::Value) -> drkit_core::suspect::Measure {
         crate::source::measure::sqlite(stats)
     }
@@ -687,4 +728,369 @@ fn tokio_stream_from(
     mut rx: mpsc::Receiver<std::io::Result<Bytes>>,
 ) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + Unpin {
     Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
+
+/// Open the database file `path` read-only and immutable: no lock, no `-wal` or `-shm` file
+/// is made beside it (it works for a database whose header says WAL mode, too).
+fn open_immutable(path: &Path) -> rusqlite::Result<Connection> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            uri.push(b as char);
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push_str("?mode=ro&immutable=1");
+    Connection::open_with_flags(
+        uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+}
+
+/// The value of a drill check: the first column of the first row of `sql` run on the
+/// restored copy `path`, opened read-only (`null` when there is no row). A statement that
+/// would write, or that fails, is a config error.
+fn sql_value(path: &Path, sql: &str) -> Result<Value> {
+    let conn = open_immutable(path).map_err(|e| sql_error(path, e))?;
+    let bad = |why: String| Error::config(format!("drill check sql {sql:?}: {why}"));
+    let mut stmt = conn.prepare(sql).map_err(|e| bad(e.to_string()))?;
+    if !stmt.readonly() {
+        return Err(bad(
+            "it would change the database; a check only reads".into()
+        ));
+    }
+    if stmt.column_count() == 0 {
+        return Err(bad("it returns no column".into()));
+    }
+    let mut rows = stmt.query([]).map_err(|e| bad(e.to_string()))?;
+    let Some(row) = rows.next().map_err(|e| bad(e.to_string()))? else {
+        return Ok(Value::Null);
+    };
+    use rusqlite::types::ValueRef;
+    Ok(match row.get_ref(0).map_err(|e| bad(e.to_string()))? {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => json!(i),
+        ValueRef::Real(f) => json!(f),
+        ValueRef::Text(t) => json!(String::from_utf8_lossy(t)),
+        ValueRef::Blob(b) => json!(format!("blob of {} bytes", b.len())),
+    })
+}
+
+/// Remove the drill folders in `tmp` (named as drkit scratch, with `-`) older than a day at
+/// `now`; one line per folder removed (or that could not be).
+fn sweep_scratch_dirs(tmp: &Path, now: chrono::DateTime<Utc>) -> Result<Vec<String>> {
+    let prefix = drkit_core::drill::SCRATCH_PREFIX.replace('_', "-");
+    let entries = std::fs::read_dir(tmp).map_err(|e| {
+        Error::source_error(format!(
+            "cannot list the temp folder {}: {e}",
+            tmp.display()
+        ))
+    })?;
+    let mut lines = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with(&prefix) || !drkit_core::drill::is_stale(name, now) {
+            continue;
+        }
+        let path = entry.path();
+        // A folder, not a link to one.
+        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        lines.push(match std::fs::remove_dir_all(&path) {
+            Ok(()) => format!(
+                "removed drill folder {}, left by an earlier drill more than a day ago",
+                path.display()
+            ),
+            Err(e) => format!(
+                "could not remove drill folder {}, left by an earlier drill: {e}",
+                path.display()
+            ),
+        });
+    }
+    lines.sort();
+    Ok(lines)
+}
+
+/// `verify --deep`: the raw stream written to a temp file (in a temp folder removed when the
+/// check ends, whatever the outcome), then `PRAGMA integrity_check` and each table's row
+/// count compared with the manifest's.
+struct DeepCheck {
+    /// The temp folder and the file in it; `None` once a write failed.
+    file: Option<(tempfile::TempDir, std::fs::File)>,
+    /// Why the temp file could not be written.
+    failed: Option<String>,
+    /// The manifest's `stats.tables`.
+    want: Value,
+}
+
+impl DeepCheck {
+    fn new(manifest: &Manifest) -> DeepCheck {
+        let made = tempfile::Builder::new()
+            .prefix("drkit-verify-")
+            .tempdir()
+            .and_then(|dir| {
+                use std::os::unix::fs::OpenOptionsExt;
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(NEW_FILE_MODE)
+                    .open(dir.path().join("check.db"))?;
+                Ok((dir, f))
+            });
+        let (file, failed) = match made {
+            Ok(f) => (Some(f), None),
+            Err(e) => (
+                None,
+                Some(format!(
+                    "cannot create a temp file to check the database in: {e}"
+                )),
+            ),
+        };
+        DeepCheck {
+            file,
+            failed,
+            want: manifest.stats.get("tables").cloned().unwrap_or(Value::Null),
+        }
+    }
+}
+
+impl drkit_core::DeepCheck for DeepCheck {
+    fn update(&mut self, bytes: &[u8]) -> Result<()> {
+        use std::io::Write;
+        if let Some((dir, f)) = self.file.as_mut() {
+            if let Err(e) = f.write_all(bytes) {
+                self.failed = Some(format!(
+                    "cannot write the database to a temp file in {}: {e}",
+                    dir.path().display()
+                ));
+                self.file = None;
+            }
+        }
+        match &self.failed {
+            Some(why) => Err(Error::source_error(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn finish(self: Box<Self>) -> Result<String> {
+        let Some((dir, f)) = self.file else {
+            return Err(Error::source_error(
+                self.failed
+                    .unwrap_or_else(|| "the temp file is gone".into()),
+            ));
+        };
+        drop(f);
+        let result = check_copy(&dir.path().join("check.db"), &self.want);
+        drop(dir);
+        result
+    }
+}
+
+/// Check the database copy `path` against the manifest's `stats.tables` (`want`).
+fn check_copy(path: &Path, want: &Value) -> Result<String> {
+    let Some(want) = want.as_object() else {
+        return Err(Error::integrity(
+            "the manifest has no SQLite stats (stats.tables)",
+        ));
+    };
+    let conn = open_immutable(path)
+        .map_err(|e| Error::integrity(format!("the database does not open: {e}")))?;
+    let verdict: Vec<String> = conn
+        .prepare("PRAGMA integrity_check")
+        .and_then(|mut s| s.query_map([], |r| r.get::<_, String>(0))?.collect())
+        .map_err(|e| Error::integrity(format!("PRAGMA integrity_check cannot run: {e}")))?;
+    if verdict != ["ok"] {
+        let shown: Vec<String> = verdict.iter().take(5).cloned().collect();
+        return Err(Error::integrity(format!(
+            "PRAGMA integrity_check fails: {}",
+            shown.join("; ")
+        )));
+    }
+    let got = read_stats(&conn)
+        .map_err(|e| Error::integrity(format!("the tables cannot be counted: {e}")))?;
+    let got = got["tables"].as_object().cloned().unwrap_or_default();
+    let wrong = table_mismatches(&got, want);
+    if !wrong.is_empty() {
+        return Err(Error::integrity(format!(
+            "the database does not match the manifest: {}",
+            wrong.join("; ")
+        )));
+    }
+    let rows: i64 = got.values().filter_map(Value::as_i64).sum();
+    Ok(format!(
+        "{} table{}, {rows} row{}, PRAGMA integrity_check ok: as the manifest says",
+        got.len(),
+        if got.len() == 1 { "" } else { "s" },
+        if rows == 1 { "" } else { "s" },
+    ))
+}
+
+/// How the row counts `got` differ from the manifest's `want`: one line per table naming
+/// both numbers (at most 5, then how many more).
+fn table_mismatches(got: &Map<String, Value>, want: &Map<String, Value>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (table, n) in got {
+        let t = shown_name(table);
+        match want.get(table) {
+            Some(w) if w == n => {}
+            Some(w) => out.push(format!(
+                "table {t}: the database holds {n} row(s), the manifest says {}",
+                shown_count(w)
+            )),
+            None => out.push(format!(
+                "table {t}: in the database ({n} row(s)), not in the manifest"
+            )),
+        }
+    }
+    for (table, w) in want {
+        if !got.contains_key(table) {
+            out.push(format!(
+                "table {}: in the manifest ({} row(s)), not in the database",
+                shown_name(table),
+                shown_count(w)
+            ));
+        }
+    }
+    if out.len() > 5 {
+        let more = out.len() - 5;
+        out.truncate(5);
+        out.push(format!("and {more} more"));
+    }
+    out
+}
+
+/// A name read from a manifest or a database, fit for a one-line message: as it is when it
+/// is short and printable, else quoted with escapes and cut.
+fn shown_name(name: &str) -> String {
+    if name.len() <= 100 && !name.chars().any(char::is_control) {
+        return name.to_string();
+    }
+    let cut: String = name.chars().take(100).collect();
+    format!("{cut:?}{}", if cut.len() < name.len() { "..." } else { "" })
+}
+
+/// A count read from a manifest: the number, or what it is instead.
+fn shown_count(v: &Value) -> String {
+    match v {
+        Value::Number(n) => n.to_string(),
+        _ => "a value that is not a number".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn make(path: &Path, wal: bool) {
+        let c = Connection::open(path).unwrap();
+        if wal {
+            c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+                .unwrap();
+        }
+        c.execute_batch(
+            "CREATE TABLE t(x); INSERT INTO t VALUES (1), (2.5), ('a'), (NULL), (x'0102');
+             CREATE TABLE u(y); INSERT INTO u VALUES (7);",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn checks_read_values_from_an_immutable_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        // A WAL database in a folder whose name needs escaping in a URI.
+        let sub = dir.path().join("a b?c#d%e");
+        std::fs::create_dir(&sub).unwrap();
+        let path = sub.join("db.sqlite");
+        make(&path, true);
+        let before: Vec<_> = std::fs::read_dir(&sub)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        let v = |sql: &str| sql_value(&path, sql);
+        assert_eq!(v("SELECT count(*) FROM t").unwrap(), json!(5));
+        assert_eq!(v("SELECT x FROM t WHERE rowid = 2").unwrap(), json!(2.5));
+        assert_eq!(v("SELECT x FROM t WHERE rowid = 3").unwrap(), json!("a"));
+        assert_eq!(v("SELECT x FROM t WHERE rowid = 4").unwrap(), Value::Null);
+        assert_eq!(
+            v("SELECT x FROM t WHERE rowid = 5").unwrap(),
+            json!("blob of 2 bytes")
+        );
+        assert_eq!(v("SELECT x FROM t WHERE 0").unwrap(), Value::Null);
+        for bad in ["DELETE FROM t", "SELECT * FROM nope", "not sql"] {
+            let e = v(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config, "{bad}");
+        }
+        assert_eq!(v("SELECT count(*) FROM t").unwrap(), json!(5));
+        let after: Vec<_> = std::fs::read_dir(&sub)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(before, after, "the check left files beside the database");
+    }
+
+    #[test]
+    fn deep_check_compares_tables_with_the_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        make(&path, false);
+        assert_eq!(
+            check_copy(&path, &json!({"t": 5, "u": 1})).unwrap(),
+            "2 tables, 6 rows, PRAGMA integrity_check ok: as the manifest says"
+        );
+        let e = check_copy(&path, &json!({"t": 6, "v": "x"})).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Integrity);
+        let text = e.to_string();
+        assert!(
+            text.contains("table t: the database holds 5 row(s), the manifest says 6"),
+            "{text}"
+        );
+        assert!(text.contains("table u: in the database"), "{text}");
+        assert!(
+            text.contains("table v: in the manifest (a value that is not a number"),
+            "{text}"
+        );
+        assert!(check_copy(&path, &json!(null)).is_err());
+        std::fs::write(&path, b"SQLite format 3\0garbage").unwrap();
+        assert_eq!(
+            check_copy(&path, &json!({})).unwrap_err().kind(),
+            ErrorKind::Integrity
+        );
+    }
+
+    #[test]
+    fn sweep_removes_only_stale_scratch_folders() {
+        let tmp = tempfile::tempdir().unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 12, 3, 4, 5, 6).unwrap();
+        let name = |hours: i64| {
+            drkit_core::drill::ScratchName {
+                job: "app".into(),
+                at: now - chrono::Duration::hours(hours),
+                tag: 1,
+            }
+            .render('-', 200)
+        };
+        let (old, fresh) = (name(48), name(2));
+        for d in [&old, &fresh, &"drkit-drill-other".to_string()] {
+            std::fs::create_dir(tmp.path().join(d)).unwrap();
+            std::fs::write(tmp.path().join(d).join("restore.db"), b"x").unwrap();
+        }
+        // A file and a link with a stale name are left alone.
+        std::fs::write(tmp.path().join(name(50)), b"x").unwrap();
+        std::os::unix::fs::symlink(tmp.path().join(&fresh), tmp.path().join(name(60))).unwrap();
+        let lines = sweep_scratch_dirs(tmp.path(), now).unwrap();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains(&old), "{lines:?}");
+        assert!(!tmp.path().join(&old).exists());
+        assert!(tmp.path().join(&fresh).join("restore.db").exists());
+        assert!(tmp.path().join(name(50)).exists());
+    }
 }

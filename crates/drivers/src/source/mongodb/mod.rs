@@ -12,14 +12,16 @@
 //! This file holds [`MongoSource`] and its [`Source`] impl, which delegates to:
 //! - `conn`: the `source` table and its checks, the password, connecting, driver errors;
 //! - `select`: names, namespace selection, `--to` targets and drill scratch databases;
+//! - `drill`: restore drills: scratch places, the operator's count checks, the sweep;
 //! - `plan`: what is on the server before a dump (and what a preflight says);
 //! - `dump`: writing the archive and the manifest's summary;
 //! - `restore`: planning and running a restore, and checking its counts;
-//! - `verify`: the archive checks of a verify, against the manifest;
+//! - `verify`: the archive checks of a verify (and of `verify --deep`), against the manifest;
 //! - [`archive`]: the archive format itself, written and parsed with no server.
 
 pub(crate) mod archive;
 mod conn;
+mod drill;
 mod dump;
 mod plan;
 mod restore;
@@ -109,32 +111,38 @@ impl Source for MongoSource {
         place: &drkit_core::drill::Place,
         name: &drkit_core::drill::ScratchName,
     ) -> Result<Option<drkit_core::drill::Scratch>> {
-        if *place != drkit_core::drill::Place::Beside {
-            return Ok(None);
-        }
-        Ok(select::drill_scratch(manifest, name.tag)?.map(|to| drkit_core::drill::Scratch {
-            to: to.clone(),
-            shown: to,
-            ..Default::default()
-        }))
+        self.scratch(manifest, place, name)
     }
 
     async fn drill_cleanup(&self, scratch: &drkit_core::drill::Scratch) -> Result<()> {
-        let target = RestoreTarget::parse(Some(&scratch.to)).map_err(Error::config)?;
-        let conn = self.restore_conn(&target).await?;
-        for (_, db) in &target.map {
-            if !db.starts_with("drkit_drill_") {
-                return Err(Error::refused(format!(
-                    "refusing to drop {db}: not a drill database"
-                )));
-            }
-            conn.client
-                .database(db)
-                .drop()
-                .await
-                .map_err(|e| conn.error(e, &format!("dropping drill database {db}")))?;
-        }
-        Ok(())
+        self.cleanup(scratch).await
+    }
+
+    async fn drill_sweep(
+        &self,
+        place: &drkit_core::drill::Place,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<String>> {
+        self.sweep(place, now).await
+    }
+
+    async fn drill_check(
+        &self,
+        scratch: &drkit_core::drill::Scratch,
+        query: &drkit_core::drill::Query,
+    ) -> Result<serde_json::Value> {
+        self.check(scratch, query).await
+    }
+
+    /// `false`: a restore inserts documents as the archive streams in, and with `--force` it
+    /// drops the collections it replaces first, so a stream that fails at its end would
+    /// leave data live (or lost). The archive is verified whole first.
+    fn restores_in_one_pass(&self) -> bool {
+        false
+    }
+
+    fn deep_check(&self, manifest: &Manifest) -> Option<Box<dyn drkit_core::DeepCheck>> {
+        Some(Box::new(verify::DeepArchiveCheck::new(manifest)))
     }
 
     fn measure(&self, stats: &serde_json::Value) -> drkit_core::suspect::Measure {

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use drkit_core::drill::ScratchName;
 use drkit_core::{Error, Manifest, Result};
 
 /// Databases never dumped: the server's own.
@@ -97,12 +98,37 @@ impl RestoreTarget {
         let Some(to) = to.map(str::trim).filter(|s| !s.is_empty()) else {
             return Ok(RestoreTarget::default());
         };
-        if to.starts_with("mongodb://") || to.starts_with("mongodb+srv://") {
-            return Ok(RestoreTarget {
-                url: Some(to.to_string()),
-                map: Vec::new(),
-            });
+        // `app=copy;mongodb://host/`: a mapping onto another server. A database name holds no
+        // `/`, so the first `mongodb://` is where the URL starts.
+        let url_at = ["mongodb://", "mongodb+srv://"]
+            .iter()
+            .filter_map(|scheme| to.find(scheme))
+            .min();
+        match url_at {
+            Some(0) => {
+                return Ok(RestoreTarget {
+                    url: Some(to.to_string()),
+                    map: Vec::new(),
+                })
+            }
+            Some(at) => {
+                let Some(mapping) = to[..at].trim_end().strip_suffix(';') else {
+                    return Err(format!(
+                        "--to {}: write a database mapping and a server as app=app_restored;mongodb://host/",
+                        drkit_core::redact_url(to)
+                    ));
+                };
+                let mut target = RestoreTarget::parse_mapping(mapping)?;
+                target.url = Some(to[at..].to_string());
+                return Ok(target);
+            }
+            None => {}
         }
+        RestoreTarget::parse_mapping(to)
+    }
+
+    /// `app=app_restored[,other=other_copy]`.
+    fn parse_mapping(to: &str) -> std::result::Result<RestoreTarget, String> {
         let mut map: Vec<(String, String)> = Vec::new();
         for pair in to.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let Some((from, into)) = pair.split_once('=') else {
@@ -154,9 +180,14 @@ impl RestoreTarget {
     }
 }
 
-/// The `--to` of a drill of backup `manifest`: its databases into scratch databases tagged
-/// `tag`; None when the backup holds no database.
-pub(super) fn drill_scratch(manifest: &Manifest, tag: u32) -> Result<Option<String>> {
+/// The `--to` of a drill of backup `manifest`: its databases into scratch databases named
+/// after `name` (on the server `url`, when given: `mapping;url`); None when the backup holds
+/// no database.
+pub(super) fn drill_scratch(
+    manifest: &Manifest,
+    name: &ScratchName,
+    url: Option<&str>,
+) -> Result<Option<String>> {
     let (counts, views) = manifest_namespaces(manifest)?;
     let mut dbs: Vec<&str> = counts
         .keys()
@@ -168,23 +199,38 @@ pub(super) fn drill_scratch(manifest: &Manifest, tag: u32) -> Result<Option<Stri
     if dbs.is_empty() {
         return Ok(None);
     }
-    Ok(Some(drill_mapping(&dbs, tag)))
+    let mapping = drill_mapping(&dbs, name);
+    Ok(Some(match url {
+        Some(url) => format!("{mapping};{url}"),
+        None => mapping,
+    }))
 }
 
-/// `--to` for a drill: every database of the backup into a scratch database
-/// `drkit_drill_<tag>_<db>` (cut to MongoDB's 63-byte limit).
-fn drill_mapping(dbs: &[&str], tag: u32) -> String {
+/// `--to` for a drill: database number `i` of the backup into the scratch database
+/// `drkit_drill_<job>_<time>_<tag>_<i>` (the job cut so that the whole fits MongoDB's 63
+/// bytes; [`drkit_core::drill::scratch_time`] reads the time through the `_<i>` suffix).
+fn drill_mapping(dbs: &[&str], name: &ScratchName) -> String {
     dbs.iter()
         .enumerate()
-        .map(|(i, db)| {
-            let mut name = format!("drkit_drill_{tag:08x}_{i}_{db}");
-            while name.len() > 63 {
-                name.pop();
-            }
-            format!("{db}={name}")
-        })
+        .map(|(i, db)| format!("{db}={}", scratch_db(name, i)))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// The scratch database of the `i`th database of a drill named `name`.
+fn scratch_db(name: &ScratchName, i: usize) -> String {
+    let suffix = format!("_{i}");
+    format!("{}{suffix}", name.render('_', MAX_DB_NAME - suffix.len()))
+}
+
+/// MongoDB's limit on a database name, in bytes.
+const MAX_DB_NAME: usize = 63;
+
+/// Whether `db` is named like a drill's scratch database (and so may be dropped by a drill's
+/// cleanup or sweep).
+pub(super) fn is_scratch_db(db: &str) -> bool {
+    db.starts_with(drkit_core::drill::SCRATCH_PREFIX)
+        && drkit_core::drill::scratch_time(db).is_some()
 }
 
 /// Every database that `--to` maps must be in the backup.
@@ -331,17 +377,59 @@ mod tests {
 
     #[test]
     fn drill_mapping_names_scratch_databases() {
+        use chrono::TimeZone;
+        let at = chrono::Utc.with_ymd_and_hms(2026, 12, 3, 4, 5, 6).unwrap();
+        let name = ScratchName {
+            job: "m".into(),
+            at,
+            tag: 0xabc,
+        };
         let long = "x".repeat(60);
-        let m = drill_mapping(&["app", &long], 0xabc);
+        let m = drill_mapping(&["app", &long], &name);
         let t = RestoreTarget::parse(Some(&m)).unwrap();
         assert_eq!(
             t.target_db("app").as_deref(),
-            Some("drkit_drill_00000abc_0_app")
+            Some("drkit_drill_m_20261203T040506_00000abc_0")
         );
-        let l = t.target_db(&long).unwrap();
-        assert!(
-            l.len() == 63 && l.starts_with("drkit_drill_00000abc_1_x"),
-            "{l}"
+        assert_eq!(
+            t.target_db(&long).as_deref(),
+            Some("drkit_drill_m_20261203T040506_00000abc_1")
         );
+        let long_job = ScratchName {
+            job: "j".repeat(80),
+            ..name.clone()
+        };
+        for i in [0, 7, 123] {
+            let db = scratch_db(&long_job, i);
+            assert!(db.len() <= 63 && db.ends_with(&format!("_{i}")), "{db}");
+            assert_eq!(drkit_core::drill::scratch_time(&db), Some(at), "{db}");
+            assert!(is_scratch_db(&db));
+            assert!(check_db_name(&db).is_ok());
+        }
+        for other in [
+            "app",
+            "drkit_drill_x",
+            "drkit_drill_00000abc_0_app",
+            "drkit-drill-m-20261203T040506-00000abc",
+        ] {
+            assert!(!is_scratch_db(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn restore_target_with_mapping_and_server() {
+        let t = RestoreTarget::parse(Some("app=copy,b=c;mongodb://u:pw@h:1/?authSource=admin"))
+            .unwrap();
+        assert_eq!(
+            t.url.as_deref(),
+            Some("mongodb://u:pw@h:1/?authSource=admin")
+        );
+        assert_eq!(t.target_db("app").as_deref(), Some("copy"));
+        assert_eq!(t.target_db("b").as_deref(), Some("c"));
+        let t = RestoreTarget::parse(Some("app=copy ; mongodb+srv://h/")).unwrap();
+        assert_eq!(t.url.as_deref(), Some("mongodb+srv://h/"));
+        let e = RestoreTarget::parse(Some("app=copy mongodb://u:secret@h/")).unwrap_err();
+        assert!(!e.contains("secret"), "{e}");
+        assert!(RestoreTarget::parse(Some("app;mongodb://h/")).is_err());
     }
 }

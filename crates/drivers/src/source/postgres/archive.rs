@@ -20,7 +20,8 @@ pub const INDEX_NAME: &str = "drkit-postgres.json";
 pub const FORMAT: &str = "drkit-postgres-tar";
 /// Largest member (one part of a stream). Also the memory a writer or reader holds.
 pub const PART_SIZE: usize = 1 << 20;
-const BLOCK: usize = 512;
+/// A tar block: headers and padding come in these.
+pub const BLOCK: usize = 512;
 
 /// One stream of the archive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,14 +16,17 @@
 //! they become paths ([`archive::check_file_name`]), and with `restore_role` pg_restore runs
 //! `--role=NAME`.
 //!
-//! Restore: the archive (verified first by the pipeline) is streamed into `pg_restore
-//! --single-transaction`; the last chunk of every database is held back until the whole
-//! stream has been read and checked, so a damaged archive never commits. With `jobs`, the
-//! archive is staged in a temp folder and restored with `pg_restore --jobs`. Then the row
-//! counts are compared with the manifest.
+//! Restore, in one pass (the pipeline checks the checksums as the stream ends): the archive
+//! is streamed into `pg_restore --single-transaction`; the last chunk of every database is
+//! held back until the whole stream has been read and checked, so a damaged archive never
+//! commits. With `jobs`, the archive is staged in a temp folder and restored with
+//! `pg_restore --jobs`; an archive with roles is staged too, so the roles run only after the
+//! checksums matched. Then the row counts are compared with the manifest.
 
 pub(crate) mod archive;
 pub(crate) mod conn;
+mod deep;
+mod drill;
 mod dump;
 pub(crate) mod globals;
 mod restore;
@@ -230,7 +233,8 @@ impl PostgresSource {
     }
 }
 
-/// Drill databases are named `drkit_drill_<8 hex>` (`..._*` for several databases).
+/// The prefix of drill scratch databases (`drkit_drill_<job>_<time>_<tag>`, and
+/// `..._<tag>_<db>` for each database of a backup of several; see [`drkit_core::drill`]).
 pub const DRILL_PREFIX: &str = "drkit_drill_";
 
 /// `PGDMP`, the magic of a pg_dump custom archive.
@@ -309,21 +313,27 @@ impl Source for PostgresSource {
         place: &drkit_core::drill::Place,
         name: &drkit_core::drill::ScratchName,
     ) -> Result<Option<drkit_core::drill::Scratch>> {
-        if *place != drkit_core::drill::Place::Beside {
-            return Ok(None);
-        }
-        let several = manifest.source.get("layout").and_then(|l| l.as_str()) == Some("tar");
-        let name = name.render('_', 50);
-        let to = if several { format!("{name}_*") } else { name };
-        Ok(Some(drkit_core::drill::Scratch {
-            to: to.clone(),
-            shown: to,
-            ..Default::default()
-        }))
+        drill::scratch(self, manifest, place, name).await.map(Some)
     }
 
     async fn drill_cleanup(&self, scratch: &drkit_core::drill::Scratch) -> Result<()> {
-        restore::drop_scratch(self, &scratch.to).await
+        drill::cleanup(self, scratch).await
+    }
+
+    async fn drill_sweep(
+        &self,
+        place: &drkit_core::drill::Place,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<String>> {
+        drill::sweep(self, place, now).await
+    }
+
+    async fn drill_check(
+        &self,
+        scratch: &drkit_core::drill::Scratch,
+        query: &drkit_core::drill::Query,
+    ) -> Result<serde_json::Value> {
+        drill::check(self, scratch, query).await
     }
 
     fn measure(&self, stats: &serde_json::Value) -> drkit_core::suspect::Measure {
@@ -332,6 +342,19 @@ impl Source for PostgresSource {
 
     fn check_structure(&self, head: &[u8]) -> Result<()> {
         check_head(head)
+    }
+
+    /// One pass is safe (see docs/postgres.md, "Restore in one pass"): each pg_restore runs
+    /// `--single-transaction` and gets the last chunk of its database only once the whole
+    /// archive was read without error, the databases drkit created are dropped when the
+    /// restore fails, and an archive with the roles is staged whole before its roles script
+    /// runs (the roles are not transactional with the databases).
+    fn restores_in_one_pass(&self) -> bool {
+        true
+    }
+
+    fn deep_check(&self, manifest: &Manifest) -> Option<Box<dyn drkit_core::DeepCheck>> {
+        Some(deep::deep_check(manifest))
     }
 }
 

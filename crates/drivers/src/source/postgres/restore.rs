@@ -167,6 +167,11 @@ pub(super) async fn plan(
             "the archive is staged in a temp folder ({}) for pg_restore --jobs {n}",
             std::env::temp_dir().display()
         ));
+    } else if info.globals && tar {
+        notes.push(format!(
+            "the archive is staged in a temp folder ({}) until all of it is read and checked: its roles run first, and cannot be rolled back",
+            std::env::temp_dir().display()
+        ));
     }
     let report = RestoreReport {
         destination: destination(&base, &targets, tar),
@@ -435,34 +440,55 @@ fn destination(base: &ConnParams, targets: &[Target], tar: bool) -> String {
     }
 }
 
-/// Drop the drill databases matching `scratch` (`drkit_drill_<hex>` or `drkit_drill_<hex>_*`)
-/// on the job's server. Refuses any other name.
-pub(super) async fn drop_scratch(src: &PostgresSource, scratch: &str) -> Result<()> {
-    if !scratch.starts_with(super::DRILL_PREFIX) || scratch.contains("://") {
-        return Err(Error::refused(format!(
-            "{scratch:?} is not a drill database: not dropping it"
-        )));
-    }
-    let maint = if src.params.dbname().starts_with(super::DRILL_PREFIX) {
-        src.params.with_dbname("postgres")
-    } else {
-        src.params.clone()
-    };
-    let password = src.password_for(&maint)?;
-    let client = conn::connect(&maint, password.as_deref()).await?;
-    let like = scratch.replace('_', "\\_").replace('*', "%");
-    let names: Vec<String> = client
+/// The password drkit uses for a connection to `params` on any server: the URL's, the job's
+/// `password_file` only when `params` is on the job's own server, then `PGPASSWORD` and
+/// `~/.pgpass` (as a restore with `--to URL` finds it).
+pub(super) fn password_on(src: &PostgresSource, params: &ConnParams) -> Result<Option<String>> {
+    Passwords::new(src, params).get(params)
+}
+
+/// The drill scratch databases on the server of `maint` (a connection to a database that is
+/// not one of them): every database whose name is a drkit scratch name
+/// ([`super::drill::is_scratch_name`]).
+pub(super) async fn scratch_databases(
+    maint: &ConnParams,
+    password: Option<&str>,
+) -> Result<Vec<String>> {
+    let client = conn::connect(maint, password).await?;
+    let like = format!("{}%", super::DRILL_PREFIX.replace('_', "\\_"));
+    Ok(client
         .query(
-            "SELECT datname::text FROM pg_database WHERE datname LIKE $1",
+            "SELECT datname::text FROM pg_database WHERE datname LIKE $1 ORDER BY datname",
             &[&like],
         )
         .await
-        .map_err(|e| pg_error(&e, &maint, "listing drill databases"))?
+        .map_err(|e| pg_error(&e, maint, "listing drill databases"))?
         .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .map(|r| r.get::<_, String>(0))
+        .filter(|n| super::drill::is_scratch_name(n))
+        .collect())
+}
+
+/// Drop the drill databases `names` on the server of `maint`. Refuses, before dropping
+/// anything, any name that is not a drkit scratch name.
+pub(super) async fn drop_databases(
+    maint: &ConnParams,
+    password: Option<&str>,
+    names: &[String],
+) -> Result<()> {
+    if let Some(n) = names.iter().find(|n| !super::drill::is_scratch_name(n)) {
+        return Err(Error::refused(format!(
+            "{n:?} is not a drill scratch database: not dropping it"
+        )));
+    }
+    if names.is_empty() {
+        return Ok(());
+    }
+    let client = conn::connect(maint, password).await?;
     for n in names {
-        let plain = format!("DROP DATABASE IF EXISTS {}", quote_ident(&n));
+        // FORCE (PostgreSQL 13+) ends sessions a killed pg_restore left; older servers
+        // take the plain form.
+        let plain = format!("DROP DATABASE IF EXISTS {}", quote_ident(n));
         if client
             .batch_execute(&format!("{plain} WITH (FORCE)"))
             .await
@@ -471,10 +497,40 @@ pub(super) async fn drop_scratch(src: &PostgresSource, scratch: &str) -> Result<
             client
                 .batch_execute(&plain)
                 .await
-                .map_err(|e| pg_error(&e, &maint, &format!("dropping drill database {n:?}")))?;
+                .map_err(|e| pg_error(&e, maint, &format!("dropping drill database {n:?}")))?;
         }
     }
     Ok(())
+}
+
+/// Drop the drill databases of `pattern` (a scratch name, or one with `*` standing for each
+/// archived database) on the server of `maint`. Refuses a pattern that is not a drkit
+/// scratch name, and drops only databases whose names are.
+pub(super) async fn drop_scratch(
+    maint: &ConnParams,
+    password: Option<&str>,
+    pattern: &str,
+) -> Result<()> {
+    let fixed = pattern.split('*').next().unwrap_or("");
+    if !fixed.starts_with(super::DRILL_PREFIX)
+        || pattern.contains("://")
+        || !super::drill::is_scratch_name(&pattern.replace('*', "x"))
+    {
+        return Err(Error::refused(format!(
+            "{pattern:?} is not a drill scratch database: not dropping it"
+        )));
+    }
+    let names: Vec<String> = scratch_databases(maint, password)
+        .await?
+        .into_iter()
+        .filter(|n| match pattern.split_once('*') {
+            None => n == pattern,
+            Some((head, tail)) => {
+                n.len() > head.len() + tail.len() && n.starts_with(head) && n.ends_with(tail)
+            }
+        })
+        .collect();
+    drop_databases(maint, password, &names).await
 }
 
 /// Databases drkit created for this restore, dropped again if it fails.
@@ -800,6 +856,11 @@ pub(super) async fn restore(
         fallback_owner: src.restore_role.clone(),
     };
     let result = match plan.jobs {
+        // The roles script creates roles, which no pg_restore transaction can take back: an
+        // archive that holds them is staged until the whole of it was read and checked.
+        None if plan.globals && plan.tar => {
+            staged_feed(src, &plan, data, opts.force, &mut created, &mut notes).await
+        }
         None => stream(src, &plan, data, opts.force, &mut created, &mut notes).await,
         Some(n) => staged(src, &plan, data, opts.force, n, &mut created, &mut notes).await,
     };
@@ -1119,6 +1180,54 @@ async fn staged(
         );
         Process::spawn(&mut cmd, &name)?.wait_ok().await?;
         created.keep(t.params.dbname());
+        let _ = tokio::fs::remove_file(path).await;
+    }
+    Ok(())
+}
+
+/// An archive with the roles, restored without `--jobs` (also in one pass, see
+/// docs/postgres.md): its streams are staged in a temp folder until the whole archive was
+/// read and checked, then the roles run, then each database is fed from its file into
+/// `pg_restore --single-transaction`.
+async fn staged_feed(
+    src: &PostgresSource,
+    plan: &Plan,
+    data: BoxRead,
+    force: bool,
+    created: &mut Created,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("drkit-pg-restore-")
+        .tempdir()
+        .map_err(|e| {
+            Error::source_error(format!(
+                "cannot create a staging folder in {}: {e}",
+                std::env::temp_dir().display()
+            ))
+        })?;
+    let stage_err = stage_error(dir.path());
+    let (files, roles) = stage_streams(plan, data, dir.path()).await?;
+    if let Some(script) = roles {
+        run_globals(src, plan, &script, notes).await?;
+    }
+    let mut buf = vec![0u8; archive::PART_SIZE];
+    for (path, db) in &files {
+        let t = target_of(plan, db)?;
+        if !t.exists {
+            created.create(t, notes).await?;
+        }
+        let mut feed = Feed::start(src, t, force)?;
+        let mut f = tokio::fs::File::open(path).await.map_err(stage_err)?;
+        loop {
+            let n = archive::fill(&mut f, &mut buf).await.map_err(stage_err)?;
+            if n == 0 {
+                break;
+            }
+            feed.push(&buf[..n]).await?;
+        }
+        let db = feed.finish().await?;
+        created.keep(&db);
         let _ = tokio::fs::remove_file(path).await;
     }
     Ok(())
