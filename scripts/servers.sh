@@ -16,7 +16,8 @@
 # Or executed:
 #     bash scripts/servers.sh run CMD [ARGS...]   start all, run CMD with DRKIT_TEST_* set, stop all
 #     bash scripts/servers.sh check               start all, print DRKIT_TEST_*, stop all
-#     bash scripts/servers.sh install             only install what is missing
+#     bash scripts/servers.sh install             only install what is missing (servers, and the
+#                                                 tools the tests run: busybox, prometheus, age)
 #
 # Exported for the tests (the contract):
 #     DRKIT_TEST_PG_URL          postgres://drkit:drkit-test-pw@127.0.0.1:PORT/postgres
@@ -28,6 +29,8 @@
 #     DRKIT_TEST_PG_IMAGE        drkit-test-postgres:15, a local image of Debian's PostgreSQL 15 with
 #                                the official postgres image's interface (built once, when Docker answers)
 #     DRKIT_TEST_SERVERS=1       the harness ran
+#     DRKIT_PROMETHEUS           /usr/bin/prometheus  (Debian's prometheus package; kept when already set)
+#     DRKIT_PROMTOOL             /usr/bin/promtool    (same package: the monitoring examples' checks)
 # Extras (informational): DRKIT_TEST_SERVERS_DIR (temp dir with every server's log),
 #     DRKIT_TEST_COMPOSE ("docker-compose" or "docker compose", when one is there).
 #
@@ -216,6 +219,36 @@ _drkit_install_busybox() {
     _drkit_apt_install busybox-static || { _drkit_say "FAILED: apt-get install busybox-static"; return 1; }
 }
 
+# Debian's prometheus: /usr/bin/prometheus (the metrics tests scrape drkit with it) and
+# /usr/bin/promtool (checks of examples/prometheus/). The package's postinst would start a
+# system Prometheus on :9090: a policy-rc.d that refuses keeps it from starting, unless the
+# machine already has its own policy-rc.d.
+_drkit_install_prometheus() {
+    command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 && return 0
+    _drkit_say "installing prometheus (apt; prometheus and promtool for the monitoring tests)"
+    local policy=/usr/sbin/policy-rc.d ours=0 rc=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' | _drkit_as_root tee "$policy" >/dev/null &&
+            _drkit_as_root chmod 755 "$policy" && ours=1
+    fi
+    _drkit_apt_install prometheus || rc=1
+    [[ $ours -eq 1 ]] && _drkit_as_root rm -f "$policy"
+    [[ $rc -eq 0 ]] || { _drkit_say "FAILED: apt-get install prometheus"; return 1; }
+}
+
+# Debian's age (the `age` encryption tool), for the tests that run it.
+_drkit_install_age() {
+    command -v age >/dev/null 2>&1 && return 0
+    _drkit_say "installing age (apt)"
+    _drkit_apt_install age || { _drkit_say "FAILED: apt-get install age"; return 1; }
+}
+
+# The tools' paths for the tests (not servers: the same in every mode).
+_drkit_export_tools() {
+    export DRKIT_PROMETHEUS=${DRKIT_PROMETHEUS:-/usr/bin/prometheus}
+    export DRKIT_PROMTOOL=${DRKIT_PROMTOOL:-/usr/bin/promtool}
+}
+
 # The drill tests' throwaway PostgreSQL image, `drkit-test-postgres:15` (no registry here):
 # Debian bookworm's postgresql-15 by debootstrap, imported with an entrypoint that honours the
 # official postgres image's interface (POSTGRES_PASSWORD, POSTGRES_USER, PGDATA, initdb into
@@ -322,6 +355,8 @@ install_servers() {
     _drkit_install_python_servers || return 1
     _drkit_install_s3s || return 1
     _drkit_install_busybox || return 1
+    _drkit_install_prometheus || return 1
+    _drkit_install_age || return 1
 }
 
 # ------------------------------------------------------------------------------ checks -----
@@ -743,6 +778,7 @@ start_all() {
         _drkit_say "DRKIT_TEST_EXTERNAL=1: starting nothing, checking the given servers"
         _drkit_resolve_python || return 1
         _drkit_check_external || return 1
+        _drkit_export_tools
         export DRKIT_TEST_SERVERS=1
         return 0
     fi
@@ -776,6 +812,7 @@ start_all() {
         _drkit_unset_exports
         return 1
     fi
+    _drkit_export_tools
     export DRKIT_TEST_SERVERS=1
     _drkit_say "all servers ready in $(_drkit_elapsed "$t0") (logs in $_DRKIT_DIR)"
 }
@@ -794,7 +831,7 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
         ;;
     check)
         start_all || exit 1
-        env | grep '^DRKIT_TEST_' | sort
+        env | grep -E '^DRKIT_(TEST_|PROMETHEUS=|PROMTOOL=)' | sort
         exit 0
         ;;
     install)

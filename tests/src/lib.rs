@@ -3,6 +3,8 @@
 pub mod fault_proxy;
 pub mod mongodb;
 pub mod postgres;
+pub mod prometheus;
+pub mod receiver;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod guard;
+pub mod monitor;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,7 +32,10 @@ use chrono::{DateTime, Utc};
 use drkit_core::catalog::Selector;
 use drkit_core::config::parse_env_file;
 use drkit_core::ops::daemon::Task;
+use drkit_core::metrics::{JobLimits, Tally, NOTIFY_FAILURES};
+use drkit_core::notify::Notifier;
 use drkit_core::ops::drill::DrillRun;
+use drkit_core::ops::events::{self, Announcement};
 use drkit_core::ops::health::{self, JobHealth};
 use drkit_core::ops::prune::StoragePrune;
 use drkit_core::ops::restore::RestoreRun;
@@ -50,6 +54,20 @@ pub struct Drkit {
     path: Option<PathBuf>,
     /// Turns `true` when long operations that can clean up (drills) must stop.
     cancel: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The `[notify.NAME]` notifiers, by name.
+    notifiers: Notifiers,
+    /// Counters and the last look at the storages (shared by clones).
+    monitor: Arc<monitor::Monitor>,
+}
+
+/// The notifiers of a config, by name.
+#[derive(Clone, Default)]
+struct Notifiers(std::collections::BTreeMap<String, Arc<dyn Notifier>>);
+
+impl std::fmt::Debug for Notifiers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
 }
 
 /// What to restore, from where, and how.
@@ -154,10 +172,150 @@ impl Drkit {
     /// contacted).
     pub fn from_config(config: Config) -> Result<Drkit> {
         drkit_drivers::validate(&config)?;
+        let mut notifiers = Notifiers::default();
+        for (name, n) in &config.notify {
+            notifiers
+                .0
+                .insert(name.clone(), drkit_drivers::open_notifier(name, n)?);
+        }
         Ok(Drkit {
             config,
             path: None,
             cancel: None,
+            notifiers,
+            monitor: Arc::default(),
+        })
+    }
+
+    /// Tell the notifiers of `job` (every notifier when `None`) what `a` announces, and count
+    /// it. A notifier that fails is a warning and a count, never an error.
+    pub async fn announce(&self, job: Option<&str>, a: Announcement) {
+        self.monitor.count(&a.tally);
+        let chosen: Vec<Arc<dyn Notifier>> = match job.and_then(|j| self.config.job.get(j)) {
+            Some(j) => j
+                .notifiers(&self.config.notify)
+                .into_iter()
+                .filter_map(|n| self.notifiers.0.get(n).cloned())
+                .collect(),
+            None => self.notifiers.0.values().cloned().collect(),
+        };
+        if chosen.is_empty() || a.signals.is_empty() {
+            return;
+        }
+        let failed = drkit_core::notify::deliver(&chosen, &a.signals).await;
+        let mut tally = Tally::default();
+        for f in failed {
+            tracing::warn!(
+                event = "notify.failed",
+                notifier = f.notifier.as_str(),
+                "notifier {} did not take the event: {}",
+                f.notifier,
+                f.why
+            );
+            tally.add(NOTIFY_FAILURES, &[&f.notifier], 1.0);
+        }
+        self.monitor.count(&tally);
+    }
+
+    /// The counters and the last look at the storages.
+    pub fn monitor(&self) -> Arc<monitor::Monitor> {
+        self.monitor.clone()
+    }
+
+    /// What the metrics need of each job (its freshness limit, its drill's goal and age).
+    pub fn job_limits(&self) -> Vec<JobLimits> {
+        self.config
+            .job
+            .iter()
+            .map(|(name, j)| JobLimits {
+                job: name.clone(),
+                max_age: j
+                    .max_age
+                    .as_ref()
+                    .map(|s| s.duration())
+                    .unwrap_or(health::DEFAULT_MAX_AGE),
+                rto_goal: j.drill.as_ref().and_then(|d| d.rto.as_ref()).map(|s| s.duration()),
+                drill_max_age: j
+                    .drill
+                    .as_ref()
+                    .and_then(|d| d.max_age.as_ref())
+                    .map(|s| s.duration()),
+            })
+            .collect()
+    }
+
+    /// Tell the notifiers what a `status` found wrong (missing, stale, suspect, drill overdue
+    /// or failed, storage unreadable).
+    pub async fn report_health(&self, rows: &[JobHealth]) {
+        let mut a = events::health(rows, Utc::now());
+        a.tally = Tally::default(); // `status` counted its reads already
+        for r in rows {
+            let one = Announcement {
+                signals: a
+                    .signals
+                    .iter()
+                    .filter(|s| s.job() == Some(r.job.as_str()))
+                    .cloned()
+                    .collect(),
+                tally: Tally::default(),
+            };
+            a.signals.retain(|s| s.job() != Some(r.job.as_str()));
+            self.announce(Some(&r.job), one).await;
+        }
+    }
+
+    /// Tell every notifier that the guard refused a command (`message`: what and why).
+    pub async fn report_refusal(&self, message: &str) {
+        self.announce(None, events::refused(message, Utc::now())).await;
+    }
+
+    /// Look at every job's storages again (as `status`), and tell the notifiers about rows
+    /// that turned unhealthy since the previous look: what the daemon runs every minute.
+    pub async fn look_again(&self) -> Result<()> {
+        let before = self.monitor.last_look();
+        let now = Utc::now();
+        let rows = self.status(None, now).await?;
+        let changed = events::health_changes(&before, &rows, now);
+        for (job, _) in self.jobs(&[])? {
+            let mine = Announcement {
+                signals: changed
+                    .signals
+                    .iter()
+                    .filter(|s| s.job() == Some(job.as_str()))
+                    .cloned()
+                    .collect(),
+                tally: Tally::default(),
+            };
+            self.announce(Some(&job), mine).await;
+        }
+        Ok(())
+    }
+
+    /// Write the metrics of every job to `path` for node_exporter's textfile collector:
+    /// atomically (a temp file beside it, then rename), counters continued from the file
+    /// already there.
+    pub async fn write_metrics_file(&self, path: &Path) -> Result<()> {
+        let rows = match self.monitor.fresh_look() {
+            Some(rows) => rows,
+            None => self.status(None, Utc::now()).await?,
+        };
+        let mut tally = match read_bounded(path) {
+            Ok(text) => Tally::parse(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Tally::default(),
+            Err(e) => {
+                return Err(Error::config(format!(
+                    "--metrics-file {}: cannot read the previous file: {e}",
+                    path.display()
+                )))
+            }
+        };
+        tally.merge(&self.monitor.tally());
+        let text = drkit_core::metrics::exposition(&self.job_limits(), &rows, &tally);
+        write_atomically(path, text.as_bytes()).map_err(|e| {
+            Error::config(format!(
+                "--metrics-file {}: cannot write it: {e}",
+                path.display()
+            ))
         })
     }
 
@@ -223,13 +381,27 @@ impl Drkit {
 
     /// Back up `job` to each of its storages. A storage that fails is in the outcome (the
     /// others still commit); an error means no storage has the backup.
+    /// The job's notifiers hear the run's start and end and what it found.
     pub async fn backup(&self, job: &str, progress: Progress) -> Result<BackupOutcome> {
-        let source = self.source(job)?;
-        let targets = self.targets(job)?;
-        let opts = self.config.job(job)?.backup_options(job)?;
-        pipeline::backup(job, source.as_ref(), &targets, &opts, progress)
-            .await
-            .map_err(|e| e.context(job))
+        let storages = self.config.job(job)?.storage.clone();
+        let start = Announcement {
+            signals: vec![events::backup_started(job)],
+            tally: Tally::default(),
+        };
+        self.announce(Some(job), start).await;
+        let result = async {
+            let source = self.source(job)?;
+            let targets = self.targets(job)?;
+            let opts = self.config.job(job)?.backup_options(job)?;
+            pipeline::backup(job, source.as_ref(), &targets, &opts, progress)
+                .await
+                .map_err(|e| e.context(job))
+        }
+        .await;
+        self.monitor.changed();
+        self.announce(Some(job), events::backup(job, &storages, &result, Utc::now()))
+            .await;
+        result
     }
 
     /// The backups of `job` on each of its storages (valid, suspect, accepted and broken).
@@ -249,7 +421,7 @@ impl Drkit {
         let source = self.source(job)?;
         let targets = self.targets(job)?;
         let trust = self.trust(job)?;
-        Ok(ops::verify::verify(
+        let items = ops::verify::verify(
             job,
             &targets,
             &trust,
@@ -258,7 +430,10 @@ impl Drkit {
             deep,
             progress,
         )
-        .await)
+        .await;
+        self.announce(Some(job), events::verify(job, &items, Utc::now()))
+            .await;
+        Ok(items)
     }
 
     /// Choose a backup of `job` across its storages and restore it.
@@ -303,9 +478,13 @@ impl Drkit {
         };
         let targets = self.targets(job)?;
         let trust = self.trust(job)?;
-        Ok(Some(
-            ops::prune::prune_job(job, &targets, policy, &trust, now, dry_run).await,
-        ))
+        let prunes = ops::prune::prune_job(job, &targets, policy, &trust, now, dry_run).await;
+        if !dry_run {
+            self.monitor.changed();
+            self.announce(Some(job), events::prune(job, &prunes, Utc::now()))
+                .await;
+        }
+        Ok(Some(prunes))
     }
 
     /// The health of every job on every storage. `max_age` overrides each job's `max_age`
@@ -333,6 +512,10 @@ impl Drkit {
                 )
                 .await,
             );
+        }
+        self.monitor.count(&events::health(&out, now).tally);
+        if max_age.is_none() {
+            self.monitor.looked(out.clone(), now);
         }
         Ok(out)
     }
@@ -375,7 +558,11 @@ impl Drkit {
             progress,
             cancel: self.cancel.clone(),
         };
-        ops::drill::drill(job, &targets, &self.trust(job)?, source.as_ref(), &opts).await
+        let runs = ops::drill::drill(job, &targets, &self.trust(job)?, source.as_ref(), &opts).await;
+        self.monitor.changed();
+        self.announce(Some(job), events::drill(job, &runs, Utc::now()))
+            .await;
+        runs
     }
 
     /// Remove the scratch places of `job`'s drills that a killed drill left more than a day
@@ -442,6 +629,39 @@ impl Drkit {
         }
         run
     }
+}
+
+/// Read a previous metrics file, at most 4 MiB of it (it is ours, but a file a wrong path
+/// names must not cost memory).
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(4 << 20)
+        .read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// Write `bytes` to `path` through a temp file in the same folder and a rename, so that a
+/// reader (node_exporter) sees the old file or the new one, never half of one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".drkit-metrics.")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    // node_exporter may run as another user: the file is world-readable, as metrics are.
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// The examples of docs/library.md, compiled as doc tests so that they keep up with the API.

@@ -15,12 +15,20 @@ pub struct Ctx {
     pub config_path: PathBuf,
     /// How to print.
     pub out: Output,
+    /// `--metrics-file`: where to write the metrics after the command (the daemon: after
+    /// every look at the storages).
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl Ctx {
     /// Find (`--config`, else `$DRKIT_CONFIG`, else `./drkit.toml`), read, interpolate and
     /// validate the config.
-    pub fn load(config: Option<&Path>, env_files: &[PathBuf], out: Output) -> Result<Ctx> {
+    pub fn load(
+        config: Option<&Path>,
+        env_files: &[PathBuf],
+        out: Output,
+        metrics_file: Option<PathBuf>,
+    ) -> Result<Ctx> {
         let path = config
             .map(Path::to_path_buf)
             .unwrap_or_else(Drkit::default_path);
@@ -29,6 +37,7 @@ impl Ctx {
             app,
             config_path: path,
             out,
+            metrics_file,
         })
     }
 }

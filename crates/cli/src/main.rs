@@ -15,6 +15,7 @@ use drkit_core::{Error, Exit};
 mod alloc;
 mod cmd;
 mod ctx;
+mod log;
 mod output;
 mod render;
 
@@ -38,6 +39,13 @@ pub struct Cli {
     /// Only errors on stderr.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// How stderr lines look: text, or one JSON object per line (docs/monitoring.md).
+    #[arg(long, global = true, value_enum, default_value = "text", value_name = "FORMAT")]
+    log_format: log::Format,
+    /// After the command, write every job's metrics (Prometheus text format) to FILE,
+    /// atomically, counters continued from the file there (node_exporter's textfile collector).
+    #[arg(long, global = true, value_name = "FILE")]
+    metrics_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -72,7 +80,7 @@ enum Command {
 const CLEANUP_TIME: std::time::Duration = std::time::Duration::from_secs(60);
 
 async fn run(cli: Cli) -> Result<Exit, Error> {
-    let out = output::Output::new(cli.json, cli.quiet, cli.verbose);
+    let out = output::Output::new(cli.json, cli.quiet);
     let command = match cli.command {
         Command::Guard(a) => {
             // The guard loads the config only for commands that destroy volumes.
@@ -86,25 +94,46 @@ async fn run(cli: Cli) -> Result<Exit, Error> {
         }
         other => other,
     };
-    let mut ctx = ctx::Ctx::load(cli.config.as_deref(), &cli.env_files, out)?;
+    let mut ctx = ctx::Ctx::load(
+        cli.config.as_deref(),
+        &cli.env_files,
+        out,
+        cli.metrics_file.clone(),
+    )?;
     let is_daemon = matches!(command, Command::Daemon(_));
     // A drill told to stop removes its scratch copy before it returns.
     let cleans_up = matches!(command, Command::Drill(_));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     ctx.app.set_cancel(stopped);
     let ctx = ctx;
+    let result = run_command(&ctx, command, stop, cleans_up, is_daemon).await;
+    if let Some(path) = &ctx.metrics_file {
+        if let Err(e) = ctx.app.write_metrics_file(path).await {
+            ctx.out.warn(e.to_string());
+        }
+    }
+    result
+}
+
+async fn run_command(
+    ctx: &ctx::Ctx,
+    command: Command,
+    stop: tokio::sync::watch::Sender<bool>,
+    cleans_up: bool,
+    is_daemon: bool,
+) -> Result<Exit, Error> {
     let work = async {
         match command {
-            Command::Backup(a) => cmd::backup::run(&ctx, a).await,
-            Command::List(a) => cmd::list::run(&ctx, a).await,
-            Command::Verify(a) => cmd::verify::run(&ctx, a).await,
-            Command::Restore(a) => cmd::restore::run(&ctx, a).await,
-            Command::Prune(a) => cmd::prune::run(&ctx, a).await,
-            Command::Status(a) => cmd::status::run(&ctx, a).await,
-            Command::Accept(a) => cmd::accept::run(&ctx, a).await,
-            Command::Drill(a) => cmd::drill::run(&ctx, a).await,
-            Command::Doctor(a) => cmd::doctor::run(&ctx, a).await,
-            Command::Daemon(a) => cmd::daemon::run(&ctx, a).await,
+            Command::Backup(a) => cmd::backup::run(ctx, a).await,
+            Command::List(a) => cmd::list::run(ctx, a).await,
+            Command::Verify(a) => cmd::verify::run(ctx, a).await,
+            Command::Restore(a) => cmd::restore::run(ctx, a).await,
+            Command::Prune(a) => cmd::prune::run(ctx, a).await,
+            Command::Status(a) => cmd::status::run(ctx, a).await,
+            Command::Accept(a) => cmd::accept::run(ctx, a).await,
+            Command::Drill(a) => cmd::drill::run(ctx, a).await,
+            Command::Doctor(a) => cmd::doctor::run(ctx, a).await,
+            Command::Daemon(a) => cmd::daemon::run(ctx, a).await,
             Command::Guard(_) => unreachable!("handled above"),
         }
     };
@@ -137,6 +166,8 @@ fn main() -> ExitCode {
     alloc::tune();
     let cli = Cli::parse();
     let json = cli.json;
+    let timestamps = matches!(cli.command, Command::Daemon(_));
+    log::init(cli.log_format, cli.quiet, cli.verbose, timestamps);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -12,40 +12,45 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub struct Output {
     pub json: bool,
     pub quiet: bool,
-    pub verbose: u8,
 }
 
 impl Output {
-    pub fn new(json: bool, quiet: bool, verbose: u8) -> Self {
-        Output {
-            json,
-            quiet,
-            verbose,
-        }
+    pub fn new(json: bool, quiet: bool) -> Self {
+        Output { json, quiet }
     }
 
     /// A progress message on stderr (not with -q).
     pub fn info(&self, msg: impl AsRef<str>) {
-        if !self.quiet {
-            stderr_line(msg.as_ref());
-        }
+        tracing::info!("{}", msg.as_ref());
     }
 
-    /// A warning on stderr (always).
+    /// A warning on stderr (not with -q).
     pub fn warn(&self, msg: impl AsRef<str>) {
-        stderr_line(&format!("WARNING: {}", msg.as_ref()));
+        tracing::warn!("{}", msg.as_ref());
     }
 
     /// One error line on stderr (always) for a failure the command reports and goes on from
     /// (one storage of several, one job of several); the exit code says it at the end.
     pub fn error(&self, msg: impl AsRef<str>) {
-        stderr_line(&format!("error: {}", msg.as_ref().replace('\n', " ")));
+        tracing::error!("{}", msg.as_ref());
     }
 
     /// Detail shown with -v.
     pub fn detail(&self, msg: impl AsRef<str>) {
-        if self.verbose > 0 {
-            stderr_line(msg.as_ref());
+        tracing::debug!("{}", msg.as_ref());
+    }
+
+    /// A structured record for `--log-format json` (in text, the command prints its own
+    /// lines for humans and this prints nothing).
+    pub fn record(&self, r: Record<'_>) {
+        let job = r.job.unwrap_or_default();
+        let storage = r.storage.unwrap_or_default();
+        let backup_id = r.backup_id.unwrap_or_default();
+        let duration_s = r.duration.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN);
+        if r.ok {
+            tracing::info!(record = true, event = r.event, job, storage, backup_id, duration_s, "{}", r.message);
+        } else {
+            tracing::error!(record = true, event = r.event, job, storage, backup_id, duration_s, "{}", r.message);
         }
     }
 
@@ -78,6 +83,25 @@ impl Output {
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
         (Arc::new(Bar(bar.clone())), Some(bar))
     }
+}
+
+/// One structured log record: what happened (`backup.done`, `drill.failed`, ...), about what.
+#[derive(Debug, Default)]
+pub struct Record<'a> {
+    /// The event's name.
+    pub event: &'a str,
+    /// The job.
+    pub job: Option<&'a str>,
+    /// The storage.
+    pub storage: Option<&'a str>,
+    /// The backup.
+    pub backup_id: Option<&'a str>,
+    /// How long it took.
+    pub duration: Option<std::time::Duration>,
+    /// Whether it went well (INFO) or not (ERROR).
+    pub ok: bool,
+    /// One line.
+    pub message: String,
 }
 
 /// A progress bar as the library's [`drkit_core::pipeline::Meter`].
@@ -117,7 +141,7 @@ fn stdout_line(line: &str) {
 /// Print an error as one line on stderr (and as JSON on stdout with --json).
 pub fn print_error(e: &Error, json: bool) {
     let line = e.to_string().replace('\n', " ");
-    stderr_line(&format!("error: {line}"));
+    tracing::error!(kind = e.kind().as_str(), "{line}");
     if json {
         let doc = serde_json::json!({"error": {"kind": e.kind().as_str(), "message": line}});
         stdout_line(&serde_json::to_string_pretty(&doc).expect("JSON value serializes"));

@@ -10,7 +10,7 @@ use drkit_core::pipeline::BackupOutcome;
 use drkit_core::Error;
 use serde_json::{json, Value};
 
-use crate::output::{human_bytes, table, Output};
+use crate::output::{human_bytes, table, Output, Record};
 
 /// An error as `{"kind": ..., "message": ...}`.
 pub fn error_json(e: &Error) -> Value {
@@ -39,14 +39,29 @@ pub fn backup(out: &Output, name: &str, o: &BackupOutcome, took: Duration) -> Va
         .filter(|s| s.ok)
         .map(|s| s.storage.as_str())
         .collect();
-    out.text(format!(
+    let line = format!(
         "{name}: backup {} written to {} ({} raw, {} stored, {:.1}s)",
         m.id,
         ok.join(", "),
         human_bytes(m.data.raw_size),
         human_bytes(m.data.stored_size),
         took.as_secs_f64()
-    ));
+    );
+    out.text(&line);
+    for s in &o.storages {
+        out.record(Record {
+            event: if s.ok { "backup.done" } else { "backup.failed" },
+            job: Some(name),
+            storage: Some(&s.storage),
+            backup_id: Some(&m.id),
+            duration: Some(took),
+            ok: s.ok,
+            message: match &s.error {
+                None => line.clone(),
+                Some(e) => format!("{name}: storage {} failed: {e}", s.storage),
+            },
+        });
+    }
     for w in &m.warnings {
         out.warn(format!("{name}: {w}"));
     }
@@ -139,6 +154,19 @@ pub fn drill(out: &Output, run: &DrillRun) -> Value {
                     rto.map(|r| format!(" ({r})")).unwrap_or_default()
                 ));
             }
+            out.record(Record {
+                event: if report.ok { "drill.passed" } else { "drill.failed" },
+                job: Some(name),
+                storage: Some(storage),
+                backup_id: Some(&report.backup_id),
+                duration: Some(Duration::from_millis(report.duration_ms)),
+                ok: report.ok,
+                message: format!(
+                    "{name}: drill of {} on {storage} {}",
+                    report.backup_id,
+                    if report.ok { "passed" } else { "FAILED" }
+                ),
+            });
             json!({"job": name, "storage": storage, "report": report, "report_key": report_key})
         }
     }

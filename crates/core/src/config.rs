@@ -22,6 +22,9 @@ pub struct Config {
     /// Named jobs.
     #[serde(default)]
     pub job: BTreeMap<String, JobConfig>,
+    /// Named notifiers (`[notify.NAME]`, docs/monitoring.md).
+    #[serde(default)]
+    pub notify: BTreeMap<String, crate::notify::NotifierConfig>,
 }
 
 /// A driver's settings: its `type` and the rest of its table, read by the driver.
@@ -94,9 +97,20 @@ pub struct JobConfig {
     /// Sign manifests with a private key, and/or accept only those a public key signed.
     #[serde(default)]
     pub signing: Option<crate::signing::SigningConfig>,
+    /// The notifiers this job tells (default: every `[notify.NAME]`; `[]`: none).
+    #[serde(default)]
+    pub notify: Option<Vec<String>>,
 }
 
 impl JobConfig {
+    /// The names of the notifiers this job tells, given every defined one (`all`).
+    pub fn notifiers<'a>(&'a self, all: &'a BTreeMap<String, crate::notify::NotifierConfig>) -> Vec<&'a str> {
+        match &self.notify {
+            Some(names) => names.iter().map(String::as_str).collect(),
+            None => all.keys().map(String::as_str).collect(),
+        }
+    }
+
     /// What readers of this job's storages trust: its signing key, or nothing (blind).
     pub fn trust(&self, job: &str) -> Result<crate::signing::Trust> {
         match &self.signing {
@@ -293,14 +307,39 @@ impl Config {
                 *url = interpolate(url, &format!("job.{name}.drill.target"), lookup)?;
             }
         }
+        for (name, n) in config.notify.iter_mut() {
+            let what = format!("notify.{name}");
+            for v in n.url.iter_mut().chain(n.secret.iter_mut()) {
+                *v = interpolate(v, &what, lookup)?;
+            }
+            for v in n.headers.values_mut() {
+                *v = interpolate(v, &format!("{what}.headers"), lookup)?;
+            }
+            for v in n.command.iter_mut().flatten() {
+                *v = interpolate(v, &format!("{what}.command"), lookup)?;
+            }
+        }
         config.validate(origin)?;
         Ok(config)
     }
 
     /// Cross-checks that need the whole file.
     fn validate(&self, origin: &str) -> Result<()> {
+        for (name, n) in &self.notify {
+            check_name("notify", name, origin)?;
+            n.validate(&format!("{origin}: notify.{name}"))?;
+        }
         for (name, job) in &self.job {
             check_name("job", name, origin)?;
+            for n in job.notify.iter().flatten() {
+                if !self.notify.contains_key(n) {
+                    let known: Vec<&str> = self.notify.keys().map(String::as_str).collect();
+                    return Err(Error::config(format!(
+                        "{origin}: job.{name}.notify names {n:?}, which is not defined (defined: {})",
+                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    )));
+                }
+            }
             if job.storage.is_empty() {
                 return Err(Error::config(format!(
                     "{origin}: job.{name}.storage is empty: name at least one storage"

@@ -22,6 +22,8 @@ mod error;
 mod exit;
 pub mod layout;
 pub mod manifest;
+pub mod metrics;
+pub mod notify;
 pub mod ops;
 pub mod pipeline;
 pub mod retention;

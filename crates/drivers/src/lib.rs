@@ -30,6 +30,7 @@ use drkit_core::{Config, DriverSpec, Error, Result, Source, Storage};
 pub mod docker;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub(crate) mod notify;
 pub(crate) mod process;
 pub mod source;
 pub mod storage;
@@ -128,10 +129,27 @@ pub fn open_storage(name: &str, spec: &DriverSpec) -> Result<Arc<dyn Storage>> {
     }
 }
 
-/// Check every source and storage of a config (their keys and values), contacting nothing.
+/// Build the notifier named `name` from its `[notify.NAME]` table. Nothing is contacted yet.
+pub fn open_notifier(
+    name: &str,
+    cfg: &drkit_core::notify::NotifierConfig,
+) -> Result<Arc<dyn drkit_core::notify::Notifier>> {
+    use drkit_core::notify::NotifierKind;
+    Ok(match cfg.kind {
+        NotifierKind::Webhook => Arc::new(notify::Webhook::new(name, cfg)?),
+        NotifierKind::Ping => Arc::new(notify::Ping::new(name, cfg)?),
+        NotifierKind::Command => Arc::new(notify::Command::new(name, cfg)),
+    })
+}
+
+/// Check every source, storage and notifier of a config (their keys and values), contacting
+/// nothing.
 pub fn validate(config: &Config) -> Result<()> {
     for (name, spec) in &config.storage {
         open_storage(name, spec)?;
+    }
+    for (name, n) in &config.notify {
+        open_notifier(name, n)?;
     }
     for (name, job) in &config.job {
         open_source(name, &job.source)?;

@@ -39,6 +39,13 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
                 exit.note(o.exit());
             }
             Err(e) => {
+                ctx.out.record(crate::output::Record {
+                    event: "backup.failed",
+                    job: Some(&name),
+                    duration: Some(started.elapsed()),
+                    message: format!("{name}: backup failed: {e}"),
+                    ..Default::default()
+                });
                 results.push(json!({"job": name, "ok": false, "error": render::error_json(&e)}));
                 if args.jobs.len() == 1 && !ctx.out.json {
                     return Err(e);

@@ -1,9 +1,11 @@
 //! `drkit daemon`: run each job's `schedule` (backup, then prune when it has a `keep`
 //! policy) and `drill.schedule` until SIGTERM or SIGINT. One job runs at a time; a run that
 //! fails is logged and the schedule goes on. What runs when: `drkit_core::ops::daemon`; what
-//! a task does: `drkit_app::Drkit::run_task`.
+//! a task does: `drkit_app::Drkit::run_task`. Every minute, and after each task, it looks at
+//! the storages again: for `--listen`'s `/metrics` and `/healthz`, for `--metrics-file`,
+//! and to tell the notifiers about jobs that turned stale, suspect or failed.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use drkit_core::ops::daemon::Plan;
@@ -13,10 +15,48 @@ use crate::ctx::Ctx;
 use crate::render;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Serve GET /metrics (Prometheus) and GET /healthz on this address, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+}
 
-pub async fn run(ctx: &Ctx, _args: Args) -> Result<Exit> {
+/// How often the daemon looks at the storages between tasks.
+const LOOK_EVERY: Duration = Duration::from_secs(60);
+
+/// Look at the storages again; tell what changed; write the metrics file.
+async fn look(ctx: &Ctx) {
+    if let Err(e) = ctx.app.look_again().await {
+        ctx.out.warn(format!("daemon: cannot look at the storages: {e}"));
+    }
+    if let Some(path) = &ctx.metrics_file {
+        if let Err(e) = ctx.app.write_metrics_file(path).await {
+            ctx.out.warn(e.to_string());
+        }
+    }
+}
+
+pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
     let plan = Plan::of(ctx.app.config())?;
+    let listener = match &args.listen {
+        Some(addr) => Some(drkit_app::monitor::bind(addr).await?),
+        None => None,
+    };
+    look(ctx).await;
+    if let Some(listener) = listener {
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tokio::spawn(drkit_app::monitor::serve(
+            listener,
+            ctx.app.monitor(),
+            ctx.app.job_limits(),
+        ));
+        ctx.out
+            .info(format!("daemon: serving /metrics and /healthz on http://{addr}"));
+    }
+    let mut next_look = Instant::now() + LOOK_EVERY;
     let mut after = Utc::now();
     loop {
         let (at, due) = plan.next(after)?;
@@ -26,8 +66,17 @@ pub async fn run(ctx: &Ctx, _args: Args) -> Result<Exit> {
             at.to_rfc3339(),
             names.join(", ")
         ));
-        let wait = (at - Utc::now()).to_std().unwrap_or_default();
-        tokio::time::sleep(wait).await;
+        loop {
+            let wait = (at - Utc::now()).to_std().unwrap_or_default();
+            let to_look = next_look.saturating_duration_since(Instant::now());
+            if wait <= to_look {
+                tokio::time::sleep(wait).await;
+                break;
+            }
+            tokio::time::sleep(to_look).await;
+            look(ctx).await;
+            next_look = Instant::now() + LOOK_EVERY;
+        }
         for task in &due {
             let started = Instant::now();
             let run = ctx
@@ -87,6 +136,8 @@ pub async fn run(ctx: &Ctx, _args: Args) -> Result<Exit> {
                 ));
             }
         }
+        look(ctx).await;
+        next_look = Instant::now() + LOOK_EVERY;
         after = at;
     }
 }

@@ -81,7 +81,7 @@ pub async fn run(
     let Some(analysis) = analyse(&args.command, &world)? else {
         return exec(&args.command);
     };
-    let ctx = Ctx::load(config, env_files, out).map_err(|e| {
+    let ctx = Ctx::load(config, env_files, out, None).map_err(|e| {
         e.context(format!(
             "this command destroys {}, and the guard needs the drkit config to find their backups",
             analysis.summary
@@ -125,6 +125,19 @@ pub async fn run(
         format!("back them up with: {hint}"),
     ]);
     out.json_doc(&refusal_json(&verdict, summary, &hint));
+    let unprotected: Vec<&str> = verdict
+        .unprotected()
+        .iter()
+        .map(|p| p.volume.info.name.as_str())
+        .collect();
+    ctx.app
+        .report_refusal(&format!(
+            "drkit guard refused `{}`: it destroys {summary}, and {} lack a verified backup newer than {}; back them up with: {hint}",
+            args.command.join(" "),
+            unprotected.join(", "),
+            args.max_age
+        ))
+        .await;
     Err(Error::refused(format!(
         "nothing was run: {} of {} volume(s) lack a verified backup newer than {}; back them up with: {hint}",
         verdict.unprotected().len(),

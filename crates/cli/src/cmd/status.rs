@@ -28,6 +28,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
         None => None,
     };
     let report = ctx.app.status(max_age, Utc::now()).await?;
+    ctx.app.report_health(&report).await;
     render::health_errors(&ctx.out, &report);
     if ctx.out.json {
         ctx.out.json_doc(&json!(report));

@@ -121,7 +121,13 @@ pub struct LastDrill {
     pub report: Option<DrillReport>,
     /// One line per report that was ignored, newest first.
     pub ignored: Vec<String>,
+    /// When the newest valid report that passed started (the newest one, or an older one
+    /// when the newest failed; looked for among the next [`MAX_PASSED_SEARCH`] reports).
+    pub passed_at: Option<chrono::DateTime<chrono::Utc>>,
 }
+
+/// How many reports older than a failed newest one are read to find the last that passed.
+pub const MAX_PASSED_SEARCH: usize = 16;
 
 /// How many newer reports may be unusable before the search stops (a storage full of junk
 /// must not make `status` read it all).
@@ -140,9 +146,13 @@ pub async fn last(storage: &dyn crate::Storage, job: &str, trust: &Trust) -> Res
         .collect();
     keys.sort_unstable_by(|a, b| b.cmp(a));
     let mut out = LastDrill::default();
-    for key in keys {
+    let mut keys = keys.into_iter();
+    for key in keys.by_ref() {
         match read_report(storage, &key, job, trust).await {
             Ok(report) => {
+                if report.ok {
+                    out.passed_at = Some(report.started_at);
+                }
                 out.report = Some(report);
                 break;
             }
@@ -150,6 +160,16 @@ pub async fn last(storage: &dyn crate::Storage, job: &str, trust: &Trust) -> Res
                 out.ignored
                     .push(format!("drill report {key} ignored: {why}"));
                 if out.ignored.len() >= MAX_IGNORED {
+                    return Ok(out);
+                }
+            }
+        }
+    }
+    if out.passed_at.is_none() {
+        for key in keys.take(MAX_PASSED_SEARCH) {
+            if let Ok(r) = read_report(storage, &key, job, trust).await {
+                if r.ok {
+                    out.passed_at = Some(r.started_at);
                     break;
                 }
             }

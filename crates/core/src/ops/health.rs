@@ -127,6 +127,10 @@ pub struct Newest {
     pub id: String,
     /// When it started.
     pub started_at: DateTime<Utc>,
+    /// When it finished.
+    pub finished_at: DateTime<Utc>,
+    /// Its size before compression.
+    pub raw_size: u64,
     /// Its stored size.
     pub stored_size: u64,
     /// Good, suspect or accepted.
@@ -150,6 +154,12 @@ pub struct JobHealth {
     pub broken: usize,
     /// The last valid restore drill on this storage, if any.
     pub drill: Option<LastDrill>,
+    /// Complete backups on the storage (good, suspect and accepted).
+    pub backups: usize,
+    /// When the newest good (or accepted) backup finished.
+    pub last_good_at: Option<DateTime<Utc>>,
+    /// When the newest drill that passed started: the last verified restore.
+    pub drill_passed_at: Option<DateTime<Utc>>,
 }
 
 /// The verdict on one listing: pure, `now` given.
@@ -248,6 +258,9 @@ pub async fn health(
                 newest: None,
                 broken: 0,
                 drill: None,
+                backups: 0,
+                last_good_at: None,
+                drill_passed_at: None,
             },
             Ok(listing) => {
                 let (state, mut detail) = assess(&listing, now, max_age);
@@ -270,11 +283,16 @@ pub async fn health(
                     newest: listing.backups.first().map(|e| Newest {
                         id: e.manifest.id.clone(),
                         started_at: e.manifest.started_at,
+                        finished_at: e.manifest.finished_at,
+                        raw_size: e.manifest.data.raw_size,
                         stored_size: e.manifest.data.stored_size,
                         state: e.state(),
                     }),
                     broken: listing.broken.len(),
                     drill: None,
+                    backups: listing.backups.len(),
+                    last_good_at: listing.newest_good().map(|g| g.manifest.finished_at),
+                    drill_passed_at: None,
                 }
             }
         };
@@ -304,6 +322,7 @@ async fn with_drill(
             return row;
         }
     };
+    row.drill_passed_at = last.passed_at;
     row.drill = last.report.as_ref().map(|r| LastDrill {
         report_id: r.report_id.clone(),
         backup_id: r.backup_id.clone(),

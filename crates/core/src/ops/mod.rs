@@ -5,6 +5,7 @@
 pub mod accept;
 pub mod daemon;
 pub mod drill;
+pub mod events;
 pub mod health;
 pub mod prune;
 pub mod restore;

@@ -45,6 +45,9 @@ pub struct StorageOutcome {
     /// Why it failed there.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The kind of that error (`refused` when another run holds the job's lock).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<crate::ErrorKind>,
     /// Leftovers of crashed runs removed before the backup.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cleaned: Vec<String>,
@@ -99,6 +102,7 @@ impl Lane {
     fn fail(&mut self, e: Error) {
         self.outcome.ok = false;
         self.outcome.error = Some(e.to_string());
+        self.outcome.error_kind = Some(e.kind());
         self.failure = Some(e);
     }
     fn live(&self) -> bool {
@@ -199,6 +203,7 @@ async fn prepare_lanes(
                 storage: t.name.clone(),
                 ok: false,
                 error: None,
+                error_kind: None,
                 cleaned: Vec::new(),
                 notes: Vec::new(),
             },
