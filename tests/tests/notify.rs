@@ -183,7 +183,6 @@ fn a_suspect_backup_delivers_one_suspect_event_with_the_backup_id() {
     let (_, e) = one_event(&r);
     assert_event_shape(&e, "suspect", "backup");
     assert_eq!(e["backup_id"], id.as_str(), "{e}");
-    assert_eq!(e["storage"], "local", "{e}");
 }
 
 #[test]
@@ -224,7 +223,6 @@ fn on_success_hears_a_good_backup_and_the_default_does_not() {
     let (_, e) = one_event(&yes);
     assert_event_shape(&e, "success", "backup");
     assert_eq!(e["backup_id"], id.as_str(), "{e}");
-    assert_eq!(e["storage"], "local", "{e}");
     assert!(
         e["figures"]["raw_bytes"].as_f64().is_some_and(|n| n > 0.0),
         "figures.raw_bytes of a backup: {e}"

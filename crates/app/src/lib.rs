@@ -31,9 +31,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use drkit_core::catalog::Selector;
 use drkit_core::config::parse_env_file;
-use drkit_core::ops::daemon::Task;
 use drkit_core::metrics::{JobLimits, Tally, NOTIFY_FAILURES};
 use drkit_core::notify::Notifier;
+use drkit_core::ops::daemon::Task;
 use drkit_core::ops::drill::DrillRun;
 use drkit_core::ops::events::{self, Announcement};
 use drkit_core::ops::health::{self, JobHealth};
@@ -234,7 +234,11 @@ impl Drkit {
                     .as_ref()
                     .map(|s| s.duration())
                     .unwrap_or(health::DEFAULT_MAX_AGE),
-                rto_goal: j.drill.as_ref().and_then(|d| d.rto.as_ref()).map(|s| s.duration()),
+                rto_goal: j
+                    .drill
+                    .as_ref()
+                    .and_then(|d| d.rto.as_ref())
+                    .map(|s| s.duration()),
                 drill_max_age: j
                     .drill
                     .as_ref()
@@ -266,7 +270,8 @@ impl Drkit {
 
     /// Tell every notifier that the guard refused a command (`message`: what and why).
     pub async fn report_refusal(&self, message: &str) {
-        self.announce(None, events::refused(message, Utc::now())).await;
+        self.announce(None, events::refused(message, Utc::now()))
+            .await;
     }
 
     /// Look at every job's storages again (as `status`), and tell the notifiers about rows
@@ -399,8 +404,11 @@ impl Drkit {
         }
         .await;
         self.monitor.changed();
-        self.announce(Some(job), events::backup(job, &storages, &result, Utc::now()))
-            .await;
+        self.announce(
+            Some(job),
+            events::backup(job, &storages, &result, Utc::now()),
+        )
+        .await;
         result
     }
 
@@ -558,7 +566,8 @@ impl Drkit {
             progress,
             cancel: self.cancel.clone(),
         };
-        let runs = ops::drill::drill(job, &targets, &self.trust(job)?, source.as_ref(), &opts).await;
+        let runs =
+            ops::drill::drill(job, &targets, &self.trust(job)?, source.as_ref(), &opts).await;
         self.monitor.changed();
         self.announce(Some(job), events::drill(job, &runs, Utc::now()))
             .await;

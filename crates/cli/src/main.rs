@@ -40,7 +40,13 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     quiet: bool,
     /// How stderr lines look: text, or one JSON object per line (docs/monitoring.md).
-    #[arg(long, global = true, value_enum, default_value = "text", value_name = "FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
     log_format: log::Format,
     /// After the command, write every job's metrics (Prometheus text format) to FILE,
     /// atomically, counters continued from the file there (node_exporter's textfile collector).

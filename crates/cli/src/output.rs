@@ -48,9 +48,27 @@ impl Output {
         let backup_id = r.backup_id.unwrap_or_default();
         let duration_s = r.duration.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN);
         if r.ok {
-            tracing::info!(record = true, event = r.event, job, storage, backup_id, duration_s, "{}", r.message);
+            tracing::info!(
+                record = true,
+                event = r.event,
+                job,
+                storage,
+                backup_id,
+                duration_s,
+                "{}",
+                r.message
+            );
         } else {
-            tracing::error!(record = true, event = r.event, job, storage, backup_id, duration_s, "{}", r.message);
+            tracing::error!(
+                record = true,
+                event = r.event,
+                job,
+                storage,
+                backup_id,
+                duration_s,
+                "{}",
+                r.message
+            );
         }
     }
 

@@ -155,7 +155,11 @@ pub fn drill(out: &Output, run: &DrillRun) -> Value {
                 ));
             }
             out.record(Record {
-                event: if report.ok { "drill.passed" } else { "drill.failed" },
+                event: if report.ok {
+                    "drill.passed"
+                } else {
+                    "drill.failed"
+                },
                 job: Some(name),
                 storage: Some(storage),
                 backup_id: Some(&report.backup_id),

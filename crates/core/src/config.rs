@@ -104,7 +104,10 @@ pub struct JobConfig {
 
 impl JobConfig {
     /// The names of the notifiers this job tells, given every defined one (`all`).
-    pub fn notifiers<'a>(&'a self, all: &'a BTreeMap<String, crate::notify::NotifierConfig>) -> Vec<&'a str> {
+    pub fn notifiers<'a>(
+        &'a self,
+        all: &'a BTreeMap<String, crate::notify::NotifierConfig>,
+    ) -> Vec<&'a str> {
         match &self.notify {
             Some(names) => names.iter().map(String::as_str).collect(),
             None => all.keys().map(String::as_str).collect(),

@@ -100,10 +100,8 @@ impl Tally {
                 continue;
             }
             if let Some((_, _, names)) = COUNTERS.iter().find(|(n, _, _)| *n == name) {
-                let values: Option<Vec<String>> = names
-                    .iter()
-                    .map(|l| labels.get(*l).cloned())
-                    .collect();
+                let values: Option<Vec<String>> =
+                    names.iter().map(|l| labels.get(*l).cloned()).collect();
                 if let Some(values) = values {
                     *out.counters.entry((name.to_string(), values)).or_default() += value;
                 }
@@ -192,7 +190,11 @@ pub fn exposition(jobs: &[JobLimits], rows: &[JobHealth], tally: &Tally) -> Stri
             .expect("each metric registered once");
         g
     };
-    let build = gauge("drkit_build_info", "The drkit build; always 1.", &["version"]);
+    let build = gauge(
+        "drkit_build_info",
+        "The drkit build; always 1.",
+        &["version"],
+    );
     build.with_label_values(&[crate::VERSION]).set(1.0);
     let js = &["job", "storage"];
     let last_success = gauge(
@@ -307,8 +309,7 @@ pub fn exposition(jobs: &[JobLimits], rows: &[JobHealth], tally: &Tally) -> Stri
             drill_passed
                 .with_label_values(&l)
                 .set(if d.ok { 1.0 } else { 0.0 });
-            rto.with_label_values(&l)
-                .set(d.duration_ms as f64 / 1000.0);
+            rto.with_label_values(&l).set(d.duration_ms as f64 / 1000.0);
         }
         if let Some(t) = r.drill_passed_at {
             drill_success.with_label_values(&l).set(ts(t));
@@ -436,8 +437,14 @@ mod tests {
         let text = exposition(&jobs, &[row("app", Health::Suspect), bad], &tally);
         let l = "{job=\"app\",storage=\"local\"}";
         let cases = [
-            (format!("drkit_build_info{{version=\"{}\"}}", crate::VERSION), "1"),
-            (format!("drkit_backup_last_success_timestamp_seconds{l}"), "1796263204.5"),
+            (
+                format!("drkit_build_info{{version=\"{}\"}}", crate::VERSION),
+                "1",
+            ),
+            (
+                format!("drkit_backup_last_success_timestamp_seconds{l}"),
+                "1796263204.5",
+            ),
             (format!("drkit_backup_last_duration_seconds{l}"), "4.5"),
             (format!("drkit_backup_last_raw_bytes{l}"), "1000"),
             (format!("drkit_backup_last_stored_bytes{l}"), "100"),
@@ -447,10 +454,19 @@ mod tests {
             ("drkit_drill_rto_goal_seconds{job=\"app\"}".into(), "900"),
             (format!("drkit_drill_last_passed{l}"), "0"),
             (format!("drkit_drill_last_rto_seconds{l}"), "8.5"),
-            (format!("drkit_drill_last_timestamp_seconds{l}"), "1796266800"),
-            (format!("drkit_drill_last_success_timestamp_seconds{l}"), "1796180400"),
+            (
+                format!("drkit_drill_last_timestamp_seconds{l}"),
+                "1796266800",
+            ),
+            (
+                format!("drkit_drill_last_success_timestamp_seconds{l}"),
+                "1796180400",
+            ),
             // The kept verify time is newer than the last passed drill.
-            (format!("drkit_verify_last_success_timestamp_seconds{l}"), "1796274000"),
+            (
+                format!("drkit_verify_last_success_timestamp_seconds{l}"),
+                "1796274000",
+            ),
             (format!("drkit_storage_up{l}"), "1"),
             ("drkit_storage_up{job=\"app\",storage=\"s3\"}".into(), "0"),
             (format!("drkit_backup_failures_total{l}"), "2"),
@@ -459,7 +475,10 @@ mod tests {
         for (series, want) in cases {
             assert_eq!(sample(&text, &series), Some(want), "{series} in\n{text}");
         }
-        assert_eq!(sample(&text, "drkit_backups{job=\"app\",storage=\"s3\"}"), None);
+        assert_eq!(
+            sample(&text, "drkit_backups{job=\"app\",storage=\"s3\"}"),
+            None
+        );
         assert!(text.contains("# TYPE drkit_backup_failures_total counter"));
         assert!(text.contains("# HELP drkit_backup_suspect "));
     }
@@ -475,21 +494,33 @@ mod tests {
         let text = exposition(&[], &rows, &tally);
         let mut back = Tally::parse(&text);
         // The rows' counters start at 0 in the exposition.
-        let zero = (BACKUP_FAILURES.to_string(), vec!["app".into(), "local".into()]);
+        let zero = (
+            BACKUP_FAILURES.to_string(),
+            vec!["app".into(), "local".into()],
+        );
         assert_eq!(back.counters.get(&zero), Some(&0.0));
         back.counters.retain(|_, v| *v > 0.0);
         assert_eq!(back.counters, tally.counters);
         assert_eq!(back.verified, tally.verified);
         let mut twice = back.clone();
         twice.merge(&back);
-        assert_eq!(twice.counters[&(BACKUP_FAILURES.to_string(), vec!["a\"b".into(), "local".into()])], 6.0);
+        assert_eq!(
+            twice.counters[&(
+                BACKUP_FAILURES.to_string(),
+                vec!["a\"b".into(), "local".into()]
+            )],
+            6.0
+        );
         // Damaged or foreign lines are skipped, not fatal.
         let junk = "drkit_backup_failures_total{job=\"x\" 5\ndrkit_backup_failures_total{job=\"x\",storage=\"y\"} -3\n\
                     drkit_backup_failures_total{job=\"x\",storage=\"y\"} NaN\nother_total 9\n\
                     drkit_notify_failures_total{notifier=\"n\"} 4\n";
         let t = Tally::parse(junk);
         assert_eq!(t.counters.len(), 1, "{t:?}");
-        assert_eq!(t.counters[&(NOTIFY_FAILURES.to_string(), vec!["n".into()])], 4.0);
+        assert_eq!(
+            t.counters[&(NOTIFY_FAILURES.to_string(), vec!["n".into()])],
+            4.0
+        );
     }
 
     #[test]

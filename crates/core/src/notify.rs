@@ -174,6 +174,17 @@ pub enum NotifierKind {
     Command,
 }
 
+impl NotifierKind {
+    /// The name in `type = "..."`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifierKind::Webhook => "webhook",
+            NotifierKind::Ping => "ping",
+            NotifierKind::Command => "command",
+        }
+    }
+}
+
 /// The default delivery budget of one event to one notifier (all attempts together).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many times delivery is tried within the budget.
@@ -220,7 +231,7 @@ impl NotifierConfig {
             if set {
                 return Err(Error::config(format!(
                     "{what}: `{key}` does not apply to type = \"{}\"",
-                    self.kind_name()
+                    self.kind.as_str()
                 )));
             }
             Ok(())
@@ -236,7 +247,11 @@ impl NotifierConfig {
                 refuse("command", self.command.is_some())?;
             }
             NotifierKind::Command => {
-                if self.command.as_ref().is_none_or(|c| c.is_empty() || c[0].is_empty()) {
+                if self
+                    .command
+                    .as_ref()
+                    .is_none_or(|c| c.is_empty() || c[0].is_empty())
+                {
                     return Err(Error::config(format!(
                         "{what}: `command` must name a program, e.g. [\"/usr/bin/mail\", \"-s\", \"drkit\", \"ops@example.com\"]"
                     )));
@@ -260,14 +275,6 @@ impl NotifierConfig {
             }
         }
         Ok(())
-    }
-
-    fn kind_name(&self) -> &'static str {
-        match self.kind {
-            NotifierKind::Webhook => "webhook",
-            NotifierKind::Ping => "ping",
-            NotifierKind::Command => "command",
-        }
     }
 
     /// The delivery budget.
@@ -529,12 +536,27 @@ mod tests {
         let cases = [
             ("type = \"webhook\"\nurl = \"https://h/x\"", None),
             ("type = \"webhook\"", Some("`url` must be")),
-            ("type = \"webhook\"\nurl = \"ftp://h\"", Some("`url` must be")),
-            ("type = \"ping\"\nurl = \"http://h\"\non = [\"success\"]", Some("`on`")),
-            ("type = \"ping\"\nurl = \"http://h\"\ntemplate = \"x\"", Some("`template`")),
+            (
+                "type = \"webhook\"\nurl = \"ftp://h\"",
+                Some("`url` must be"),
+            ),
+            (
+                "type = \"ping\"\nurl = \"http://h\"\non = [\"success\"]",
+                Some("`on`"),
+            ),
+            (
+                "type = \"ping\"\nurl = \"http://h\"\ntemplate = \"x\"",
+                Some("`template`"),
+            ),
             ("type = \"command\"\ncommand = []", Some("`command` must")),
-            ("type = \"command\"\ncommand = [\"mail\"]\nurl = \"http://h\"", Some("`url`")),
-            ("type = \"command\"\ncommand = [\"mail\"]\ntimeout = \"0s\"", Some("`timeout`")),
+            (
+                "type = \"command\"\ncommand = [\"mail\"]\nurl = \"http://h\"",
+                Some("`url`"),
+            ),
+            (
+                "type = \"command\"\ncommand = [\"mail\"]\ntimeout = \"0s\"",
+                Some("`timeout`"),
+            ),
         ];
         for (text, want) in cases {
             let r = cfg(text).validate("notify.x");
@@ -547,17 +569,31 @@ mod tests {
             }
         }
         assert!(toml::from_str::<NotifierConfig>("type = \"mail\"").is_err());
-        assert!(toml::from_str::<NotifierConfig>("type = \"ping\"\nurl=\"http://h\"\nx = 1").is_err());
+        assert!(
+            toml::from_str::<NotifierConfig>("type = \"ping\"\nurl=\"http://h\"\nx = 1").is_err()
+        );
     }
 
     #[test]
     fn templates() {
         let e = event(EventKind::Failure);
         let cases = [
-            ("{\"text\": \"{{job}}: {{message}}\"}", true, "{\"text\": \"app: it \\\"broke\\\" badly\"}"),
+            (
+                "{\"text\": \"{{job}}: {{message}}\"}",
+                true,
+                "{\"text\": \"app: it \\\"broke\\\" badly\"}",
+            ),
             ("{{job}}: {{message}}", false, "app: it \"broke\" badly"),
-            ("{{ event }} {{figures.raw_bytes}} {{figures.none}}|{{nope}}", false, "failure 1234 |"),
-            ("{{backup_id}}-{{storage}} {{unclosed", false, "-local {{unclosed"),
+            (
+                "{{ event }} {{figures.raw_bytes}} {{figures.none}}|{{nope}}",
+                false,
+                "failure 1234 |",
+            ),
+            (
+                "{{backup_id}}-{{storage}} {{unclosed",
+                false,
+                "-local {{unclosed",
+            ),
         ];
         for (t, json, want) in cases {
             assert_eq!(render_body(Some(t), &e, json), want, "{t}");
@@ -569,8 +605,16 @@ mod tests {
         assert_eq!(whole, e);
         let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
         for field in [
-            "event", "operation", "job", "storage", "backup_id", "host", "time", "message",
-            "figures", "drkit_version",
+            "event",
+            "operation",
+            "job",
+            "storage",
+            "backup_id",
+            "host",
+            "time",
+            "message",
+            "figures",
+            "drkit_version",
         ] {
             assert!(v.get(field).is_some(), "{field}");
         }
@@ -581,7 +625,10 @@ mod tests {
     #[test]
     fn urls_lose_their_secrets() {
         let cases = [
-            ("https://hooks.slack.com/services/T0/B0/SECRET", "https://hooks.slack.com/..."),
+            (
+                "https://hooks.slack.com/services/T0/B0/SECRET",
+                "https://hooks.slack.com/...",
+            ),
             ("http://user:pw@h:8080?token=SECRET", "http://h:8080/..."),
             ("http://h:1", "http://h:1"),
             ("nonsense", "(url)"),
@@ -616,7 +663,10 @@ mod tests {
             ping_target("http://h/p/", &start),
             Some(("http://h/p/start".into(), None))
         );
-        assert_eq!(ping_target("http://h/p", &fin(true)), Some(("http://h/p".into(), None)));
+        assert_eq!(
+            ping_target("http://h/p", &fin(true)),
+            Some(("http://h/p".into(), None))
+        );
         assert_eq!(
             ping_target("http://h/p", &fin(false)),
             Some(("http://h/p/fail".into(), Some("m".into())))
@@ -665,7 +715,12 @@ mod tests {
     async fn delivery_retries_within_the_budget() {
         use std::sync::atomic::Ordering::SeqCst;
         let s = Signal::Event(event(EventKind::Failure));
-        let cases = [(0, false, 1, true), (2, false, 3, true), (5, false, 3, false), (0, true, 1, false)];
+        let cases = [
+            (0, false, 1, true),
+            (2, false, 3, true),
+            (5, false, 3, false),
+            (0, true, 1, false),
+        ];
         for (fails, hang, calls, delivered) in cases {
             let n = flaky(fails, hang);
             let list: Vec<Arc<dyn Notifier>> = vec![n.clone()];
@@ -673,7 +728,10 @@ mod tests {
             let out = deliver(&list, std::slice::from_ref(&s)).await;
             assert_eq!(n.calls.load(SeqCst), calls, "{fails} {hang}");
             assert_eq!(out.is_empty(), delivered, "{fails} {hang}: {out:?}");
-            assert!(before.elapsed() <= Duration::from_secs(5), "within the budget");
+            assert!(
+                before.elapsed() <= Duration::from_secs(5),
+                "within the budget"
+            );
             if hang {
                 assert!(out[0].why.contains("no answer within 5s"), "{out:?}");
             }
@@ -681,7 +739,9 @@ mod tests {
         // Not wanted: not called.
         let n = flaky(0, false);
         let list: Vec<Arc<dyn Notifier>> = vec![n.clone()];
-        assert!(deliver(&list, &[Signal::Event(event(EventKind::Success))]).await.is_empty());
+        assert!(deliver(&list, &[Signal::Event(event(EventKind::Success))])
+            .await
+            .is_empty());
         assert_eq!(n.calls.load(SeqCst), 0);
     }
 }

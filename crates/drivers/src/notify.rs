@@ -100,7 +100,11 @@ fn answered(name: &str, url: &str, status: reqwest::StatusCode) -> Result<()> {
     }
     Err(Error::new(
         ErrorKind::Storage,
-        format!("notifier {name}: {} answered HTTP {}", show_url(url), status.as_u16()),
+        format!(
+            "notifier {name}: {} answered HTTP {}",
+            show_url(url),
+            status.as_u16()
+        ),
     ))
 }
 
@@ -163,7 +167,10 @@ impl Notifier for Ping {
             Some(b) => self.client.post(&url).body(b),
             None => self.client.get(&url),
         };
-        let resp = req.send().await.map_err(|e| http_error(&self.name, base, e))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| http_error(&self.name, base, e))?;
         answered(&self.name, base, resp.status())
     }
 }
@@ -212,7 +219,15 @@ impl Notifier for Command {
             return Ok(());
         }
         let tail = String::from_utf8_lossy(&out.stderr);
-        let tail: String = tail.trim().chars().rev().take(300).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: String = tail
+            .trim()
+            .chars()
+            .rev()
+            .take(300)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         Err(fail(format!(
             "exited with {}{}",
             out.status,

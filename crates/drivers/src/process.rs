@@ -132,6 +132,12 @@ impl Process {
     /// caller sets stdin and stdout. The child is killed if the `Process` is dropped.
     pub fn spawn(cmd: &mut Command, name: &str) -> Result<Process> {
         cmd.stderr(Stdio::piped()).kill_on_drop(true);
+        // The program only: arguments may name databases, never secrets (those go by the
+        // environment), but the program is what an operator needs to see.
+        tracing::debug!(
+            "starting {name} ({})",
+            cmd.as_std().get_program().to_string_lossy()
+        );
         let mut child = cmd.spawn().map_err(|e| spawn_error(cmd, name, e))?;
         let tail = Tail::default();
         let drain = child.stderr.take().map(|mut stderr| {

@@ -27,7 +27,8 @@ const LOOK_EVERY: Duration = Duration::from_secs(60);
 /// Look at the storages again; tell what changed; write the metrics file.
 async fn look(ctx: &Ctx) {
     if let Err(e) = ctx.app.look_again().await {
-        ctx.out.warn(format!("daemon: cannot look at the storages: {e}"));
+        ctx.out
+            .warn(format!("daemon: cannot look at the storages: {e}"));
     }
     if let Some(path) = &ctx.metrics_file {
         if let Err(e) = ctx.app.write_metrics_file(path).await {
@@ -53,8 +54,9 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
             ctx.app.monitor(),
             ctx.app.job_limits(),
         ));
-        ctx.out
-            .info(format!("daemon: serving /metrics and /healthz on http://{addr}"));
+        ctx.out.info(format!(
+            "daemon: serving /metrics and /healthz on http://{addr}"
+        ));
     }
     let mut next_look = Instant::now() + LOOK_EVERY;
     let mut after = Utc::now();

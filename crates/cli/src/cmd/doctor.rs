@@ -3,6 +3,7 @@
 //! Exit 1 when a check fails, 5 when backups are missing, stale or suspect, else 0.
 
 use chrono::Utc;
+use drkit_core::notify::{show_url, EventKind, NotifierKind};
 use drkit_core::ops::health;
 use drkit_core::{Error, Exit, Result};
 use serde_json::json;
@@ -50,12 +51,51 @@ pub async fn run(ctx: &Ctx, _args: Args) -> Result<Exit> {
         .await;
         report(format!("storage {name}"), r);
     }
+    let config = ctx.app.config();
+    for (name, n) in &config.notify {
+        let users: Vec<&str> = config
+            .job
+            .iter()
+            .filter(|(_, j)| j.notifiers(&config.notify).contains(&name.as_str()))
+            .map(|(j, _)| j.as_str())
+            .collect();
+        let hears = match n.kind {
+            NotifierKind::Ping => "the start and end of backups".to_string(),
+            _ => {
+                let on: Vec<&str> = EventKind::ALL
+                    .iter()
+                    .filter(|k| n.wants(&drkit_core::notify::Signal::Event(probe_event(**k))))
+                    .map(|k| k.as_str())
+                    .collect();
+                on.join(", ")
+            }
+        };
+        let to = match (&n.url, &n.command) {
+            (Some(url), _) => show_url(url),
+            (None, Some(argv)) => argv.first().cloned().unwrap_or_default(),
+            (None, None) => String::new(),
+        };
+        let mut notes = vec![format!(
+            "{} to {to} (hears {hears}; timeout {})",
+            n.kind.as_str(),
+            drkit_core::ops::health::human_age(n.timeout())
+        )];
+        notes.push(if users.is_empty() {
+            "used by no job: it is never told anything (check each job's `notify`)".into()
+        } else {
+            format!("used by {}", users.join(", "))
+        });
+        report(format!("notifier {name}"), Ok(notes));
+    }
     for (name, job) in &ctx.app.config().job {
         let r = async {
             let source = ctx.app.source(name)?;
             let mut notes = vec![source.describe()];
             notes.extend(source.preflight().await?);
             notes.extend(ctx.app.sweep_drill_scratch(name, Utc::now()).await?);
+            if job.notifiers(&config.notify).is_empty() {
+                notes.push("no notifier: a failed or suspect backup is only in this host's logs and exit codes (add [notify.NAME], docs/monitoring.md)".into());
+            }
             notes.push(if job.trust(name)?.is_blind() {
                 "no signing public key: whatever is in the storage is trusted blindly (anyone who can write it can forge a backup; see docs/security.md)".to_string()
             } else {
@@ -76,6 +116,11 @@ pub async fn run(ctx: &Ctx, _args: Args) -> Result<Exit> {
     } else {
         health::exit(&report)
     })
+}
+
+/// An event of `kind`, to ask a notifier's `on` whether it hears that kind.
+fn probe_event(kind: EventKind) -> drkit_core::notify::Event {
+    drkit_core::notify::Event::new(kind, "doctor", None, "", Utc::now())
 }
 
 fn rand_suffix() -> u32 {

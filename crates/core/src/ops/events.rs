@@ -133,7 +133,10 @@ pub fn drill(job: &str, result: &Result<Vec<DrillRun>>, now: DateTime<Utc>) -> A
                 let e = match &run.result {
                     DrillResult::Nothing { error } => ev(
                         EventKind::DrillFailure,
-                        format!("drill of {job} on {}: nothing to drill: {error}", run.storage),
+                        format!(
+                            "drill of {job} on {}: nothing to drill: {error}",
+                            run.storage
+                        ),
                     ),
                     DrillResult::Ran { report, .. } => {
                         let rto = report.duration_ms as f64 / 1000.0;
@@ -292,14 +295,21 @@ pub fn health(rows: &[JobHealth], now: DateTime<Utc>) -> Announcement {
             kind,
             "status",
             Some(&r.job),
-            format!("{} on {}: {}: {}", r.job, r.storage, r.state.label(), r.detail),
+            format!(
+                "{} on {}: {}: {}",
+                r.job,
+                r.storage,
+                r.state.label(),
+                r.detail
+            ),
             now,
         )
         .on_storage(&r.storage);
         if let Some(n) = &r.newest {
-            e = e
-                .of_backup(&n.id)
-                .figure("age_seconds", (now - n.started_at).num_seconds().max(0) as f64);
+            e = e.of_backup(&n.id).figure(
+                "age_seconds",
+                (now - n.started_at).num_seconds().max(0) as f64,
+            );
         }
         a.event(e);
     }
@@ -309,7 +319,11 @@ pub fn health(rows: &[JobHealth], now: DateTime<Utc>) -> Announcement {
 /// What the daemon announces after a look at the storages: the rows that turned unhealthy
 /// (or changed how) since the look `before`, so that a stale job is told once, not every
 /// minute.
-pub fn health_changes(before: &[JobHealth], after: &[JobHealth], now: DateTime<Utc>) -> Announcement {
+pub fn health_changes(
+    before: &[JobHealth],
+    after: &[JobHealth],
+    now: DateTime<Utc>,
+) -> Announcement {
     let changed: Vec<JobHealth> = after
         .iter()
         .filter(|r| {
@@ -350,7 +364,10 @@ mod tests {
         assert_eq!(events[0].storage, None);
         assert!(events[0].message.contains("pg_dump: no such db"));
         assert_eq!(a.tally.counters.len(), 2, "one failure per storage");
-        assert!(matches!(a.signals.last(), Some(Signal::Finished { ok: false, .. })));
+        assert!(matches!(
+            a.signals.last(),
+            Some(Signal::Finished { ok: false, .. })
+        ));
         let busy = Err(Error::new(ErrorKind::Refused, "lock held"));
         let a = backup("app", &["local".into()], &busy, now());
         assert_eq!(

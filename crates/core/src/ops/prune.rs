@@ -200,7 +200,16 @@ pub async fn prune(
             Action::WouldRemove
         } else {
             match remove(storage, job, &d.id).await {
-                Ok(()) => Action::Removed,
+                Ok(()) => {
+                    tracing::debug!(
+                        event = "prune.removed",
+                        job,
+                        backup_id = d.id.as_str(),
+                        "{job}: removed backup {}",
+                        d.id
+                    );
+                    Action::Removed
+                }
                 Err(e) => Action::Failed {
                     error: e.to_string(),
                 },

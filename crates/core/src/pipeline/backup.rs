@@ -138,6 +138,14 @@ pub async fn backup(
     let started_at = Utc::now().trunc_subsecs(3);
     let id = new_backup_id(started_at, &mut rand::thread_rng());
     let key = crate::layout::data_key(job, &id, source.extension(), opts.compression.suffix());
+    tracing::debug!(
+        event = "backup.start",
+        job,
+        backup_id = id.as_str(),
+        "{job}: backup {id} starts ({} storage(s), {})",
+        targets.len(),
+        opts.compression
+    );
 
     let (mut lanes, baseline) = prepare_lanes(job, &key, targets, &opts.trust).await;
     if lanes.iter().all(|l| !l.live()) {
