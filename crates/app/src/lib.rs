@@ -314,6 +314,20 @@ impl Drkit {
                 )))
             }
         };
+        // Series of jobs, storages and notifiers no longer in the config end with it.
+        let known = |name: &str, labels: &[String]| match labels {
+            [job, storage] => self
+                .config
+                .job
+                .get(job)
+                .is_some_and(|j| j.storage.contains(storage)),
+            [notifier] => name == NOTIFY_FAILURES && self.config.notify.contains_key(notifier),
+            _ => false,
+        };
+        tally.counters.retain(|(name, labels), _| known(name, labels));
+        tally
+            .verified
+            .retain(|(job, storage), _| known("", &[job.clone(), storage.clone()]));
         tally.merge(&self.monitor.tally());
         let text = drkit_core::metrics::exposition(&self.job_limits(), &rows, &tally);
         write_atomically(path, text.as_bytes()).map_err(|e| {
