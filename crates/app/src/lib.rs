@@ -58,6 +58,8 @@ pub struct Drkit {
     notifiers: Notifiers,
     /// Counters and the last look at the storages (shared by clones).
     monitor: Arc<monitor::Monitor>,
+    /// An identity file that opens encrypted archives, over each job's `identity_file`.
+    identity: Option<PathBuf>,
 }
 
 /// The notifiers of a config, by name.
@@ -184,6 +186,7 @@ impl Drkit {
             cancel: None,
             notifiers,
             monitor: Arc::default(),
+            identity: None,
         })
     }
 
@@ -324,7 +327,9 @@ impl Drkit {
             [notifier] => name == NOTIFY_FAILURES && self.config.notify.contains_key(notifier),
             _ => false,
         };
-        tally.counters.retain(|(name, labels), _| known(name, labels));
+        tally
+            .counters
+            .retain(|(name, labels), _| known(name, labels));
         tally
             .verified
             .retain(|(job, storage), _| known("", &[job.clone(), storage.clone()]));
@@ -443,6 +448,7 @@ impl Drkit {
         let source = self.source(job)?;
         let targets = self.targets(job)?;
         let trust = self.trust(job)?;
+        let keys = self.keys(job)?;
         let items = ops::verify::verify(
             job,
             &targets,
@@ -450,6 +456,7 @@ impl Drkit {
             which,
             Some(source.as_ref()),
             deep,
+            keys.as_deref(),
             progress,
         )
         .await;
@@ -475,13 +482,17 @@ impl Drkit {
                 )));
             }
         }
+        let mut options = request.options.clone();
+        if options.keys.is_none() {
+            options.keys = self.keys(job)?;
+        }
         ops::restore::restore(
             job,
             &targets,
             &self.trust(job)?,
             &request.selector,
             source.as_ref(),
-            &request.options,
+            &options,
             request.dry_run,
             progress,
         )
@@ -579,6 +590,7 @@ impl Drkit {
             signer: signer.as_deref(),
             progress,
             cancel: self.cancel.clone(),
+            keys: self.keys(job)?,
         };
         let runs =
             ops::drill::drill(job, &targets, &self.trust(job)?, source.as_ref(), &opts).await;
@@ -600,6 +612,18 @@ impl Drkit {
             .map(|d| d.place())
             .unwrap_or_default();
         self.source(job)?.drill_sweep(&place, now).await
+    }
+
+    /// Open encrypted archives with the identity in `path` (`--identity FILE`), instead of
+    /// each job's `encryption.identity_file`.
+    pub fn set_identity(&mut self, path: PathBuf) {
+        self.identity = Some(path);
+    }
+
+    /// The keys of `job`: its recipients and, when this host has it, its identity (`None`:
+    /// the job does not encrypt and no `--identity` was given).
+    pub fn keys(&self, job: &str) -> Result<Option<Arc<drkit_core::crypt::Keys>>> {
+        self.config.job(job)?.keys(job, self.identity.as_deref())
     }
 
     /// Let drills stop (removing their scratch copies) when `cancel` turns `true`: the CLI

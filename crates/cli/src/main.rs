@@ -52,6 +52,10 @@ pub struct Cli {
     /// atomically, counters continued from the file there (node_exporter's textfile collector).
     #[arg(long, global = true, value_name = "FILE")]
     metrics_file: Option<PathBuf>,
+    /// The age identity file that opens encrypted backups (over each job's
+    /// `encryption.identity_file`): restore, drill, verify.
+    #[arg(long, global = true, value_name = "FILE")]
+    identity: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -111,6 +115,9 @@ async fn run(cli: Cli) -> Result<Exit, Error> {
     let cleans_up = matches!(command, Command::Drill(_));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     ctx.app.set_cancel(stopped);
+    if let Some(path) = cli.identity.clone() {
+        ctx.app.set_identity(path);
+    }
     let ctx = ctx;
     let result = run_command(&ctx, command, stop, cleans_up, is_daemon).await;
     if let Some(path) = &ctx.metrics_file {

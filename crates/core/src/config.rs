@@ -97,6 +97,10 @@ pub struct JobConfig {
     /// Sign manifests with a private key, and/or accept only those a public key signed.
     #[serde(default)]
     pub signing: Option<crate::signing::SigningConfig>,
+    /// Encryption at rest with age (docs/security.md): recipients, and the identity file
+    /// where this host restores.
+    #[serde(default)]
+    pub encryption: Option<crate::crypt::EncryptionConfig>,
     /// The notifiers this job tells (default: every `[notify.NAME]`; `[]`: none).
     #[serde(default)]
     pub notify: Option<Vec<String>>,
@@ -131,7 +135,29 @@ impl JobConfig {
             suspect: self.suspect.clone(),
             signer: self.signer(job)?.map(std::sync::Arc::new),
             trust: self.trust(job)?,
+            keys: self.keys(job, None)?,
         })
+    }
+
+    /// The job's encryption keys (`None`: the job does not encrypt), with `identity`
+    /// overriding its `identity_file`; with no `encryption` table, an `identity` alone still
+    /// opens archives (a host rebuilt with only the key file).
+    pub fn keys(
+        &self,
+        job: &str,
+        identity: Option<&Path>,
+    ) -> Result<Option<std::sync::Arc<crate::crypt::Keys>>> {
+        let keys = match (&self.encryption, identity) {
+            (Some(e), _) => {
+                crate::crypt::Keys::load(e, &format!("job.{job}.encryption"), identity)?
+            }
+            (None, Some(path)) => crate::crypt::Keys::identity_only(path)?,
+            (None, None) => return Ok(None),
+        };
+        for w in &keys.warnings {
+            tracing::warn!(job, "{w}");
+        }
+        Ok(Some(std::sync::Arc::new(keys)))
     }
 
     /// The signer for new records of this job, when it has a key file.

@@ -17,6 +17,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod crypt;
 pub mod drill;
 mod error;
 mod exit;

@@ -61,8 +61,12 @@ pub struct DataInfo {
     /// drkit recorded it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression_level: Option<i32>,
-    /// Encryption of the stored bytes (`none`).
+    /// Encryption of the stored bytes: `none`, or `age` (the archive is an age file).
     pub encryption: String,
+    /// With `age`: the public fingerprints of the recipients it was encrypted to (the key
+    /// set it needs; never a secret).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
     /// Size of the dump before compression.
     pub raw_size: u64,
     /// sha256 (hex) of the dump before compression.
@@ -176,6 +180,7 @@ mod tests {
                 compression: Compression::Zstd,
                 compression_level: None,
                 encryption: "none".into(),
+                recipients: Vec::new(),
                 raw_size: 10,
                 raw_sha256: "00".into(),
                 stored_size: 5,

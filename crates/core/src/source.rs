@@ -41,6 +41,8 @@ pub struct RestoreOptions {
     /// Restore with this many parallel workers where the driver can (PostgreSQL:
     /// `pg_restore --jobs`); `None` for the driver's default.
     pub jobs: Option<u32>,
+    /// The keys that open an encrypted archive (its identity).
+    pub keys: Option<std::sync::Arc<crate::crypt::Keys>>,
 }
 
 /// What a restore will do or did.

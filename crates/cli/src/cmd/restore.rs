@@ -52,6 +52,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
             to: args.to.clone(),
             force: args.force,
             jobs: args.jobs,
+            keys: None,
         },
         dry_run: args.dry_run,
     };

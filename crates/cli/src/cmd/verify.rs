@@ -6,6 +6,7 @@
 use std::sync::Mutex;
 
 use drkit_core::ops::verify::{Verdict, Verified, Which};
+use drkit_core::pipeline::Checked;
 use drkit_core::{Exit, Manifest, Result};
 use indicatif::ProgressBar;
 use serde_json::{json, Value};
@@ -69,6 +70,16 @@ fn show(ctx: &Ctx, item: &Verified) -> Value {
     let (name, storage) = (&item.job, &item.storage);
     let failed = |id: Option<&String>, e: &drkit_core::Error| json!({"job": name, "storage": storage, "id": id, "ok": false, "error": render::error_json(e)});
     match &item.verdict {
+        Verdict::Ok { entry, report: rep } if rep.checked == Checked::Stored => {
+            let m = &entry.manifest;
+            ctx.out.text(format!(
+                "{name}: backup {} on {storage} OK: stored bytes only ({} stored, sha256 matches); it is encrypted and this host has no identity, so the raw checksum and structure were not checked (pass --identity FILE for a full check)",
+                m.id,
+                human_bytes(rep.stored_size),
+            ));
+            json!({"job": name, "storage": storage, "id": m.id, "ok": true,
+                "state": entry.state(), "report": rep})
+        }
         Verdict::Ok { entry, report: rep } => {
             let m = &entry.manifest;
             ctx.out.text(format!(

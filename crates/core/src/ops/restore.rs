@@ -94,7 +94,8 @@ pub async fn restore(
                     warnings,
                 })
             }
-            Err(f) if f.phase == Phase::Verify => {
+            // A missing identity is the same on every storage: said at once, exit 2.
+            Err(f) if f.phase == Phase::Verify && f.error.kind() != ErrorKind::Config => {
                 warnings.push(format!(
                     "the copy on storage {} failed before anything was written ({}); trying the next storage that holds backup {id}",
                     t.name, f.error

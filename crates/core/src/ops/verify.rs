@@ -110,6 +110,7 @@ pub async fn verify(
     which: &Which,
     source: Option<&dyn Source>,
     deep: bool,
+    keys: Option<&crate::crypt::Keys>,
     progress: &(dyn Fn(&Manifest) -> Progress + Send + Sync),
 ) -> Vec<Verified> {
     let mut out = Vec::new();
@@ -167,16 +168,17 @@ pub async fn verify(
         };
         for entry in entries {
             let m = &entry.manifest;
-            let verdict = match pipeline::verify_with(storage, m, source, deep, progress(m)).await {
-                Ok(report) => Verdict::Ok {
-                    entry: Box::new(entry),
-                    report,
-                },
-                Err(error) => Verdict::Failed {
-                    id: m.id.clone(),
-                    error,
-                },
-            };
+            let verdict =
+                match pipeline::verify_with(storage, m, source, deep, keys, progress(m)).await {
+                    Ok(report) => Verdict::Ok {
+                        entry: Box::new(entry),
+                        report,
+                    },
+                    Err(error) => Verdict::Failed {
+                        id: m.id.clone(),
+                        error,
+                    },
+                };
             out.push(item(verdict));
         }
     }

@@ -33,6 +33,8 @@ pub struct BackupOptions {
     pub signer: Option<Arc<Signer>>,
     /// What counts as a valid previous backup when looking for the newest good one.
     pub trust: Trust,
+    /// Encrypt the archive (after compression) to these keys' recipients, when set.
+    pub keys: Option<Arc<crate::crypt::Keys>>,
 }
 
 /// What happened on one storage.
@@ -137,7 +139,13 @@ pub async fn backup(
     }
     let started_at = Utc::now().trunc_subsecs(3);
     let id = new_backup_id(started_at, &mut rand::thread_rng());
-    let key = crate::layout::data_key(job, &id, source.extension(), opts.compression.suffix());
+    let encrypt = opts.keys.as_ref().filter(|k| k.can_encrypt());
+    let suffix = format!(
+        "{}{}",
+        opts.compression.suffix(),
+        if encrypt.is_some() { ".age" } else { "" }
+    );
+    let key = crate::layout::data_key(job, &id, source.extension(), &suffix);
     tracing::debug!(
         event = "backup.start",
         job,
@@ -165,7 +173,12 @@ pub async fn backup(
             key: key.clone(),
             compression: opts.compression,
             compression_level: opts.compression.effective_level(opts.level),
-            encryption: "none".into(),
+            encryption: if encrypt.is_some() {
+                crate::crypt::AGE.into()
+            } else {
+                "none".into()
+            },
+            recipients: encrypt.map(|k| k.fingerprints()).unwrap_or_default(),
             raw_size: streamed.raw_size,
             raw_sha256: streamed.raw_sha256,
             stored_size: streamed.stored_size,
@@ -287,6 +300,16 @@ async fn stream_dump(
         .encoder(BufReader::with_capacity(CHUNK, raw), opts.level);
     let mut stored_hasher = sha2::Sha256::default();
     let mut stored_size = 0u64;
+    let mut encrypting = match opts.keys.as_ref().filter(|k| k.can_encrypt()) {
+        Some(k) => match k.encryptor() {
+            Ok(e) => Some(e),
+            Err(e) => {
+                abort_all(lanes).await;
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = match stored.read(&mut buf).await {
@@ -301,29 +324,43 @@ async fn stream_dump(
                 ));
             }
         };
-        sha2::Digest::update(&mut stored_hasher, &buf[..n]);
-        stored_size += n as u64;
-        for lane in lanes.iter_mut().filter(|l| l.live()) {
-            let up = lane.upload.as_mut().expect("live lane has an upload");
-            if let Err(e) = up.write_all(&buf[..n]).await {
-                let err = from_io(
-                    e,
-                    ErrorKind::Storage,
-                    format!("storage {}: writing {key}", lane.outcome.storage),
-                );
-                if let Some(up) = lane.upload.take() {
-                    let _ = up.abort().await;
-                }
-                lane.fail(err);
+        let sealed;
+        let out: &[u8] = match encrypting.as_mut() {
+            Some(enc) => {
+                sealed = match enc.push(&buf[..n]) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        abort_all(lanes).await;
+                        return Err(encrypt_failed(e));
+                    }
+                };
+                &sealed
             }
-        }
-        if lanes.iter().all(|l| !l.live()) {
+            None => &buf[..n],
+        };
+        sha2::Digest::update(&mut stored_hasher, out);
+        stored_size += out.len() as u64;
+        if !fan_out(lanes, key, out).await {
             drop(stored);
             return Err(first_failure(std::mem::take(lanes)));
         }
         progress.moved(raw_hash.size());
     }
     drop(stored);
+    if let Some(enc) = encrypting.take() {
+        let last = match enc.finish() {
+            Ok(l) => l,
+            Err(e) => {
+                abort_all(lanes).await;
+                return Err(encrypt_failed(e));
+            }
+        };
+        sha2::Digest::update(&mut stored_hasher, &last);
+        stored_size += last.len() as u64;
+        if !fan_out(lanes, key, &last).await {
+            return Err(first_failure(std::mem::take(lanes)));
+        }
+    }
 
     // The dump's exit status is part of the data: check it before anything is committed.
     let summary = match dump.finish.await {
@@ -344,6 +381,33 @@ async fn stream_dump(
 }
 
 /// Commit the archive on every live lane and check the storage holds every byte.
+fn encrypt_failed(e: std::io::Error) -> Error {
+    Error::new(ErrorKind::Source, format!("age encryption failed: {e}"))
+}
+
+/// Write `bytes` to every live lane; a lane whose write fails drops out. Returns whether
+/// any lane is still live.
+async fn fan_out(lanes: &mut [Lane], key: &str, bytes: &[u8]) -> bool {
+    if bytes.is_empty() {
+        return lanes.iter().any(|l| l.live());
+    }
+    for lane in lanes.iter_mut().filter(|l| l.live()) {
+        let up = lane.upload.as_mut().expect("live lane has an upload");
+        if let Err(e) = up.write_all(bytes).await {
+            let err = from_io(
+                e,
+                ErrorKind::Storage,
+                format!("storage {}: writing {key}", lane.outcome.storage),
+            );
+            if let Some(up) = lane.upload.take() {
+                let _ = up.abort().await;
+            }
+            lane.fail(err);
+        }
+    }
+    lanes.iter().any(|l| l.live())
+}
+
 async fn commit_archives(key: &str, stored_size: u64, lanes: &mut [Lane]) {
     for lane in lanes.iter_mut().filter(|l| l.live()) {
         let mut up = lane.upload.take().expect("live lane has an upload");

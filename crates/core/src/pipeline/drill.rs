@@ -109,6 +109,8 @@ pub struct DrillOptions<'a> {
     /// Turns `true` when the drill must stop (SIGINT, SIGTERM): the scratch place is removed,
     /// no report is written, and the drill returns a [`ErrorKind::Cancelled`] error.
     pub cancel: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The keys that open an encrypted archive.
+    pub keys: Option<std::sync::Arc<crate::crypt::Keys>>,
 }
 
 impl Default for DrillOptions<'_> {
@@ -120,6 +122,7 @@ impl Default for DrillOptions<'_> {
             signer: None,
             progress: no_progress(),
             cancel: None,
+            keys: None,
         }
     }
 }
@@ -245,6 +248,7 @@ async fn restore_and_check(
 ) {
     let restore_opts = RestoreOptions {
         to: Some(scratch.to.clone()),
+        keys: opts.keys.clone(),
         ..Default::default()
     };
     let restored = restore(

@@ -15,7 +15,7 @@ pub use compress::Compression;
 pub use drill::{drill, DrillOptions, DrillReport, DrillTimings};
 pub use hash::{HashReader, Hashes, WaitClock, WaitHandle};
 pub use restore::{restore, restore_phased, Phase, RestoreFailure, RestoreOutcome, RestoreTimings};
-pub use verify::{verify, verify_with, VerifyReport};
+pub use verify::{verify, verify_with, Checked, VerifyReport};
 
 /// Hears how far a backup, verify, restore or drill got. Any `Fn(u64)` closure is one (it
 /// hears the bytes moved); a meter that can show a share done and a time left also hears the

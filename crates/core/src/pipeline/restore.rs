@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use super::hash::HashHandle;
-use super::verify::{open_raw, read_failure, verify, EndChecks};
+use super::verify::{open_raw, read_failure, EndChecks};
 use super::{no_progress, Progress};
 use crate::{BoxRead, Manifest, RestoreOptions, RestoreReport, Result, Source, Storage};
 
@@ -130,16 +130,23 @@ pub async fn restore_phased(
         timings,
     };
     if !one_pass {
-        verify(storage, manifest, Some(source), no_progress())
-            .await
-            .map_err(at(Phase::Verify))?;
+        super::verify::verify_with(
+            storage,
+            manifest,
+            Some(source),
+            false,
+            opts.keys.as_deref(),
+            no_progress(),
+        )
+        .await
+        .map_err(at(Phase::Verify))?;
         timings.verify_ms = clock.elapsed().as_millis() as u64;
     }
     if dry_run {
         timings.total_ms = clock.elapsed().as_millis() as u64;
         return Ok(outcome(plan, timings));
     }
-    let opened = open_raw(storage, manifest, 0)
+    let opened = open_raw(storage, manifest, 0, opts.keys.as_deref())
         .await
         .map_err(at(Phase::Verify))?;
     let waited = opened.waited.clone();

@@ -20,6 +20,19 @@ pub struct VerifyReport {
     /// What the deep check (`verify --deep`) counted, when it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deep: Option<String>,
+    /// How far the check went: everything, or (an encrypted backup without its identity)
+    /// the stored bytes only.
+    pub checked: Checked,
+}
+
+/// How far a verification went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Checked {
+    /// Stored and raw checksums, and the structure when a source was given.
+    Full,
+    /// An encrypted archive without its identity: the stored size and sha256 only.
+    Stored,
 }
 
 /// A stored archive opened for reading: its raw bytes, the handles that hash the stored and
@@ -37,7 +50,12 @@ pub(crate) async fn open_raw(
     storage: &dyn Storage,
     manifest: &Manifest,
     head: usize,
+    keys: Option<&crate::crypt::Keys>,
 ) -> Result<Opened> {
+    let encrypted = check_encryption(manifest)?;
+    if encrypted && !keys.is_some_and(|k| k.can_decrypt()) {
+        return Err(crate::crypt::missing_identity(manifest));
+    }
     let stored = storage.get(&manifest.data.key).await.map_err(|e| {
         if e.kind() == ErrorKind::NotFound {
             Error::integrity(format!(
@@ -50,16 +68,66 @@ pub(crate) async fn open_raw(
     })?;
     let (stored, waited) = super::hash::WaitClock::new(stored);
     let (stored, stored_hash) = HashReader::new(stored, 0);
+    let plain: BoxRead = match keys.filter(|_| encrypted) {
+        Some(k) => k.decrypt(manifest, Box::new(stored)).await?,
+        None => Box::new(stored),
+    };
     let decoded = manifest
         .data
         .compression
-        .decoder(BufReader::with_capacity(CHUNK, stored));
+        .decoder(BufReader::with_capacity(CHUNK, plain));
     let (raw, raw_hash) = HashReader::new(Box::new(decoded) as BoxRead, head);
     Ok(Opened {
         raw,
         stored_hash,
         raw_hash,
         waited,
+    })
+}
+
+/// Whether the archive is encrypted; an encryption this build does not know is a backup
+/// from a newer drkit (or a forged manifest): refused, never guessed.
+pub(crate) fn check_encryption(manifest: &Manifest) -> Result<bool> {
+    match manifest.data.encryption.as_str() {
+        "none" => Ok(false),
+        crate::crypt::AGE => Ok(true),
+        other => Err(Error::integrity(format!(
+            "backup {}/{}: its archive uses encryption {:?}, which this drkit cannot read",
+            manifest.job,
+            manifest.id,
+            other.chars().take(32).collect::<String>()
+        ))),
+    }
+}
+
+/// Verify only what can be checked without the key: the stored bytes' size and sha256.
+async fn verify_stored(
+    storage: &dyn Storage,
+    manifest: &Manifest,
+    progress: &Progress,
+) -> Result<VerifyReport> {
+    let stored = storage.get(&manifest.data.key).await?;
+    let (stored, hash) = HashReader::new(stored, 0);
+    progress.total(manifest.data.stored_size);
+    drain_with(stored, progress, |_| {})
+        .await
+        .map_err(|e| read_failure(manifest, e))?;
+    let got = hash.finish();
+    compare(
+        manifest,
+        "stored",
+        &got,
+        manifest.data.stored_size,
+        &manifest.data.stored_sha256,
+    )?;
+    Ok(VerifyReport {
+        job: manifest.job.clone(),
+        id: manifest.id.clone(),
+        stored_size: got.size,
+        raw_size: 0,
+        structure_checked: false,
+        deep: None,
+        checked: Checked::Stored,
     })
 }
 
@@ -87,7 +155,7 @@ pub(crate) fn read_failure(manifest: &Manifest, e: std::io::Error) -> Error {
         return from_io(e, ErrorKind::Storage, "");
     }
     Error::integrity(format!(
-        "backup {}/{} is corrupt: its archive cannot be decompressed ({e})",
+        "backup {}/{} is corrupt: its archive cannot be decrypted or decompressed ({e})",
         manifest.job, manifest.id
     ))
 }
@@ -121,7 +189,7 @@ pub async fn verify(
     source: Option<&dyn Source>,
     progress: Progress,
 ) -> Result<VerifyReport> {
-    verify_with(storage, manifest, source, false, progress).await
+    verify_with(storage, manifest, source, false, None, progress).await
 }
 
 /// [`verify`], and with `deep` also the driver's deep check ([`Source::deep_check`]): a
@@ -131,10 +199,14 @@ pub async fn verify_with(
     manifest: &Manifest,
     source: Option<&dyn Source>,
     deep: bool,
+    keys: Option<&crate::crypt::Keys>,
     progress: Progress,
 ) -> Result<VerifyReport> {
+    if check_encryption(manifest)? && !keys.is_some_and(|k| k.can_decrypt()) {
+        return verify_stored(storage, manifest, &progress).await;
+    }
     progress.total(manifest.data.raw_size);
-    let opened = open_raw(storage, manifest, 4096).await?;
+    let opened = open_raw(storage, manifest, 4096, keys).await?;
     let mut checks = EndChecks::new(manifest, source, deep);
     let read = drain_with(opened.raw, &progress, |chunk| checks.update(chunk)).await;
     if let Err(e) = read {
@@ -153,6 +225,7 @@ pub async fn verify_with(
         raw_size: manifest.data.raw_size,
         structure_checked: source.is_some(),
         deep,
+        checked: Checked::Full,
     })
 }
 

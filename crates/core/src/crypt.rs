@@ -1,0 +1,519 @@
+//! Encryption at rest with age (<https://age-encryption.org/v1>): the job's
+//! `encryption = { recipients, recipients_file, identity_file }`, the keys it loads, the
+//! streaming encryptor of the backup pipeline and the streaming decryptor of every read.
+//! The archive is a standard age file: `age -d -i key data.pgdump.zst.age | zstd -d` reads it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::Deserialize;
+use sha2::Digest;
+
+use crate::{BoxRead, Error, ErrorKind, Manifest, Result};
+
+/// The `encryption` value of manifests whose archive is an age file.
+pub const AGE: &str = "age";
+
+/// A job's `encryption` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// age recipients (`age1...`) and SSH public keys (`ssh-ed25519 ...`, `ssh-rsa ...`).
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// A file of recipients, one per line (`#` comments), as `age -R` reads.
+    #[serde(default)]
+    pub recipients_file: Option<PathBuf>,
+    /// The private key file (age identities, or an unencrypted OpenSSH private key), needed
+    /// to restore, drill and fully verify; hosts that only back up do without it.
+    #[serde(default)]
+    pub identity_file: Option<PathBuf>,
+}
+
+/// A public recipient with its fingerprint.
+struct Recipient {
+    key: Box<dyn age::Recipient + Send + Sync>,
+    fingerprint: String,
+}
+
+/// The keys of a job: whom new backups are encrypted to, and (when this host has it) the
+/// identity that opens them. Never prints key material.
+pub struct Keys {
+    recipients: Vec<Recipient>,
+    identities: Vec<Box<dyn age::Identity + Send + Sync>>,
+    identity_file: Option<PathBuf>,
+    /// Notes for the operator (a group- or world-readable identity file).
+    pub warnings: Vec<String>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("recipients", &self.fingerprints())
+            .field("identity_file", &self.identity_file)
+            .finish()
+    }
+}
+
+/// A recipient's public fingerprint: its type and the first 16 hex digits of the sha256 of
+/// its canonical text. Public; recorded in manifests to say which key set a backup needs.
+pub fn fingerprint(recipient: &str) -> String {
+    let text = recipient
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let kind = if text.starts_with("age1") {
+        "age"
+    } else {
+        text.split(' ').next().unwrap_or("key")
+    };
+    let digest = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+    format!("{kind}:{}", &digest[..16])
+}
+
+/// The short name of a key set (the fingerprints of a manifest): `list` and `status` show it.
+pub fn key_set(fingerprints: &[String]) -> String {
+    let mut sorted = fingerprints.to_vec();
+    sorted.sort();
+    let digest = hex::encode(sha2::Sha256::digest(sorted.join("\n").as_bytes()));
+    format!("keys:{}", &digest[..8])
+}
+
+fn parse_recipient(text: &str, what: &str) -> Result<Recipient> {
+    let text = text.trim();
+    let key: Box<dyn age::Recipient + Send + Sync> = if text.starts_with("age1") {
+        Box::new(
+            text.parse::<age::x25519::Recipient>()
+                .map_err(|e| Error::config(format!("{what}: not an age recipient: {e}")))?,
+        )
+    } else if text.starts_with("ssh-") {
+        Box::new(text.parse::<age::ssh::Recipient>().map_err(|e| {
+            Error::config(format!(
+                "{what}: not a usable SSH public key ({e:?}): use ssh-ed25519 or ssh-rsa"
+            ))
+        })?)
+    } else {
+        return Err(Error::config(format!(
+            "{what}: {:?}... is neither an age recipient (age1...) nor an SSH public key",
+            text.chars().take(8).collect::<String>()
+        )));
+    };
+    Ok(Recipient {
+        key,
+        fingerprint: fingerprint(text),
+    })
+}
+
+/// Read a key file, refusing more than 1 MiB; warn when others can read a private one.
+fn read_key_file(
+    path: &Path,
+    what: &str,
+    private: bool,
+    warnings: &mut Vec<String>,
+) -> Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::config(format!("{what}: cannot read {}: {e}", path.display())))?;
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = file.metadata() {
+            if meta.permissions().mode() & 0o077 != 0 {
+                warnings.push(format!(
+                    "{what}: {} can be read by other users (mode {:o}): chmod 600 it",
+                    path.display(),
+                    meta.permissions().mode() & 0o777
+                ));
+            }
+        }
+    }
+    let mut text = String::new();
+    file.take(1 << 20)
+        .read_to_string(&mut text)
+        .map_err(|e| Error::config(format!("{what}: cannot read {}: {e}", path.display())))?;
+    Ok(text)
+}
+
+/// Load identities from a file: age identities (`AGE-SECRET-KEY-1...`) or one unencrypted
+/// OpenSSH private key.
+fn load_identities(
+    path: &Path,
+    what: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>> {
+    let text = read_key_file(path, what, true, warnings)?;
+    let bad = |why: String| Error::config(format!("{what}: {}: {why}", path.display()));
+    if text.trim_start().starts_with("-----BEGIN") {
+        let name = Some(path.display().to_string());
+        let id = age::ssh::Identity::from_buffer(std::io::Cursor::new(text.as_bytes()), name)
+            .map_err(|_| bad("not a readable SSH private key".into()))?;
+        if matches!(id, age::ssh::Identity::Encrypted(_)) {
+            return Err(bad(
+                "the SSH key is passphrase-protected: use an unencrypted key file for drkit".into(),
+            ));
+        }
+        if matches!(id, age::ssh::Identity::Unsupported(_)) {
+            return Err(bad("this SSH key type is not supported by age".into()));
+        }
+        return Ok(vec![Box::new(id)]);
+    }
+    let mut out: Vec<Box<dyn age::Identity + Send + Sync>> = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let id = line
+            .parse::<age::x25519::Identity>()
+            // The parse error never contains the line (it is a secret).
+            .map_err(|_| bad("a line is not an age identity (AGE-SECRET-KEY-1...)".into()))?;
+        out.push(Box::new(id));
+    }
+    if out.is_empty() {
+        return Err(bad("no identity in the file".into()));
+    }
+    Ok(out)
+}
+
+impl Keys {
+    /// Load the keys of `cfg` (`what` names the table in errors). `identity` overrides the
+    /// table's `identity_file` (`--identity FILE`).
+    pub fn load(cfg: &EncryptionConfig, what: &str, identity: Option<&Path>) -> Result<Keys> {
+        let mut recipients = Vec::new();
+        for (i, r) in cfg.recipients.iter().enumerate() {
+            recipients.push(parse_recipient(r, &format!("{what}.recipients[{i}]"))?);
+        }
+        let mut warnings = Vec::new();
+        if let Some(path) = &cfg.recipients_file {
+            let what = format!("{what}.recipients_file");
+            let text = read_key_file(path, &what, false, &mut warnings)?;
+            for line in text.lines().map(str::trim) {
+                if !line.is_empty() && !line.starts_with('#') {
+                    recipients.push(parse_recipient(line, &what)?);
+                }
+            }
+        }
+        if recipients.is_empty() {
+            return Err(Error::config(format!(
+                "{what}: no recipient: set recipients = [\"age1...\"] or recipients_file"
+            )));
+        }
+        let identity_file = identity
+            .map(Path::to_path_buf)
+            .or_else(|| cfg.identity_file.clone());
+        let identities = match &identity_file {
+            Some(p) => load_identities(p, &format!("{what}.identity_file"), &mut warnings)?,
+            None => Vec::new(),
+        };
+        Ok(Keys {
+            recipients,
+            identities,
+            identity_file,
+            warnings,
+        })
+    }
+
+    /// Keys that only open archives (`--identity FILE` for a job without an `encryption`
+    /// table, e.g. on a host rebuilt from scratch): no recipient.
+    pub fn identity_only(path: &Path) -> Result<Keys> {
+        let mut warnings = Vec::new();
+        let identities = load_identities(path, "--identity", &mut warnings)?;
+        Ok(Keys {
+            recipients: Vec::new(),
+            identities,
+            identity_file: Some(path.to_path_buf()),
+            warnings,
+        })
+    }
+
+    /// The fingerprints of the recipients new backups are encrypted to.
+    pub fn fingerprints(&self) -> Vec<String> {
+        self.recipients
+            .iter()
+            .map(|r| r.fingerprint.clone())
+            .collect()
+    }
+
+    /// Whether this host can open archives (an identity is loaded).
+    pub fn can_decrypt(&self) -> bool {
+        !self.identities.is_empty()
+    }
+
+    /// Whether new backups can be encrypted (recipients are set).
+    pub fn can_encrypt(&self) -> bool {
+        !self.recipients.is_empty()
+    }
+
+    /// A streaming encryptor to the recipients.
+    pub fn encryptor(&self) -> Result<Encrypting> {
+        let enc = age::Encryptor::with_recipients(
+            self.recipients
+                .iter()
+                .map(|r| r.key.as_ref() as &dyn age::Recipient),
+        )
+        .map_err(|e| Error::config(format!("cannot encrypt to these recipients: {e}")))?;
+        let out = Shared::default();
+        let writer = enc
+            .wrap_output(out.clone())
+            .map_err(|e| Error::new(ErrorKind::Source, format!("age: {e}")))?;
+        Ok(Encrypting {
+            writer: Some(writer),
+            out,
+        })
+    }
+
+    /// The file key of an age header, unwrapped with this host's identities (for `rekey`).
+    pub(crate) fn unwrap(
+        &self,
+        stanzas: &[age_core::format::Stanza],
+    ) -> Option<age_core::format::FileKey> {
+        self.identities
+            .iter()
+            .find_map(|id| id.unwrap_stanzas(stanzas))
+            .and_then(|r| r.ok())
+    }
+
+    /// The stanzas that give `file_key` to this key set's recipients (for `rekey`).
+    pub(crate) fn wrap(
+        &self,
+        file_key: &age_core::format::FileKey,
+    ) -> Result<Vec<age_core::format::Stanza>> {
+        let mut out = Vec::new();
+        for r in &self.recipients {
+            let (stanzas, _) = r
+                .key
+                .wrap_file_key(file_key)
+                .map_err(|e| Error::config(format!("cannot encrypt to {}: {e}", r.fingerprint)))?;
+            out.extend(stanzas);
+        }
+        Ok(out)
+    }
+
+    /// Open the age stream `stored` of `manifest`: its plaintext, or an integrity error when
+    /// no identity of this host opens it (a config error when there is none).
+    pub(crate) async fn decrypt(&self, manifest: &Manifest, stored: BoxRead) -> Result<BoxRead> {
+        use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+        if !self.can_decrypt() {
+            return Err(missing_identity(manifest));
+        }
+        let buffered = tokio::io::BufReader::with_capacity(super::pipeline::CHUNK, stored);
+        let decryptor = age::Decryptor::new_async_buffered(buffered.compat())
+            .await
+            .map_err(|e| decrypt_error(manifest, self, e))?;
+        let reader = decryptor
+            .decrypt_async(
+                self.identities
+                    .iter()
+                    .map(|i| i.as_ref() as &dyn age::Identity),
+            )
+            .map_err(|e| decrypt_error(manifest, self, e))?;
+        Ok(Box::new(reader.compat()))
+    }
+}
+
+/// The error for an encrypted backup read by a host without an identity.
+pub fn missing_identity(manifest: &Manifest) -> Error {
+    Error::config(format!(
+        "backup {}/{} is encrypted ({}): set job.{}.encryption.identity_file, or pass --identity FILE",
+        manifest.job,
+        manifest.id,
+        key_set(&manifest.data.recipients),
+        manifest.job
+    ))
+}
+
+fn decrypt_error(manifest: &Manifest, keys: &Keys, e: age::DecryptError) -> Error {
+    let file = keys
+        .identity_file
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    match e {
+        age::DecryptError::NoMatchingKeys => Error::integrity(format!(
+            "backup {}/{}: the identity in {file} does not open it: it was encrypted to {} ({}); use the identity of that key set",
+            manifest.job,
+            manifest.id,
+            key_set(&manifest.data.recipients),
+            manifest.data.recipients.join(", ")
+        )),
+        other => Error::integrity(format!(
+            "backup {}/{} is corrupt: its age header cannot be read ({other})",
+            manifest.job, manifest.id
+        )),
+    }
+}
+
+/// A shared byte buffer the age writer writes into and the pipeline drains.
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("not poisoned").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The encryptor of one archive: plaintext chunks in, ciphertext out, in the age STREAM
+/// format (64 KiB chunks): memory stays at one chunk and the bytes not yet taken.
+pub struct Encrypting {
+    writer: Option<age::stream::StreamWriter<Shared>>,
+    out: Shared,
+}
+
+impl Encrypting {
+    /// Encrypt `plain`; returns the ciphertext ready so far (may be empty).
+    pub fn push(&mut self, plain: &[u8]) -> std::io::Result<Vec<u8>> {
+        self.writer
+            .as_mut()
+            .expect("not finished")
+            .write_all(plain)?;
+        Ok(std::mem::take(
+            &mut *self.out.0.lock().expect("not poisoned"),
+        ))
+    }
+
+    /// End the stream (the last chunk and its tag); returns the last ciphertext.
+    pub fn finish(mut self) -> std::io::Result<Vec<u8>> {
+        let w = self.writer.take().expect("finished once");
+        w.finish()?;
+        Ok(std::mem::take(
+            &mut *self.out.0.lock().expect("not poisoned"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_identity() -> String {
+        use age::secrecy::ExposeSecret;
+        age::x25519::Identity::generate()
+            .to_string()
+            .expose_secret()
+            .to_string()
+    }
+
+    fn keys(dir: &Path, identity: Option<&str>, id: &str) -> Keys {
+        let id: age::x25519::Identity = id.parse().unwrap();
+        let cfg = EncryptionConfig {
+            recipients: vec![id.to_public().to_string()],
+            recipients_file: None,
+            identity_file: identity.map(|text| {
+                let p = dir.join("key.txt");
+                std::fs::write(&p, text).unwrap();
+                p
+            }),
+        };
+        Keys::load(&cfg, "job.a.encryption", None).unwrap()
+    }
+
+    #[test]
+    fn fingerprints_are_stable_and_public() {
+        let id: age::x25519::Identity = new_identity().parse().unwrap();
+        let r = id.to_public().to_string();
+        let f = fingerprint(&r);
+        assert!(f.starts_with("age:") && f.len() == 20, "{f}");
+        assert_eq!(f, fingerprint(&format!("  {r} ")));
+        assert_eq!(
+            fingerprint("ssh-ed25519 AAAAC3Nza comment")
+                .split(':')
+                .next(),
+            Some("ssh-ed25519")
+        );
+        assert_eq!(
+            fingerprint("ssh-ed25519 AAAAC3Nza a"),
+            fingerprint("ssh-ed25519 AAAAC3Nza b")
+        );
+        assert_eq!(
+            key_set(&["b".into(), "a".into()]),
+            key_set(&["a".into(), "b".into()])
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_one_line_without_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: Vec<(EncryptionConfig, &str)> = vec![
+            (
+                EncryptionConfig {
+                    recipients: vec![],
+                    recipients_file: None,
+                    identity_file: None,
+                },
+                "no recipient",
+            ),
+            (
+                EncryptionConfig {
+                    recipients: vec!["bogus".into()],
+                    recipients_file: None,
+                    identity_file: None,
+                },
+                "neither an age recipient",
+            ),
+            (
+                EncryptionConfig {
+                    recipients: vec!["age1xyz".into()],
+                    recipients_file: None,
+                    identity_file: None,
+                },
+                "not an age recipient",
+            ),
+        ];
+        for (cfg, want) in cases {
+            let e = Keys::load(&cfg, "job.a.encryption", None).unwrap_err();
+            assert!(e.to_string().contains(want), "{e}");
+        }
+        let p = dir.path().join("bad.txt");
+        std::fs::write(&p, "AGE-SECRET-KEY-1NOTAKEY\n").unwrap();
+        let e = Keys::identity_only(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("not an age identity") && !e.contains("NOTAKEY"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_loose_identity_file_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = new_identity();
+        let k = keys(dir.path(), Some(&secret), &secret);
+        let p = dir.path().join("key.txt");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let loose = Keys::identity_only(&p).unwrap();
+        assert!(
+            loose.warnings.iter().any(|w| w.contains("chmod 600")),
+            "{:?}",
+            loose.warnings
+        );
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Keys::identity_only(&p).unwrap().warnings.is_empty());
+        assert!(k.can_decrypt() && k.can_encrypt());
+        assert!(!format!("{k:?}").contains("AGE-SECRET"));
+        assert!(!format!("{k:?}").contains(&secret[15..]));
+    }
+
+    #[test]
+    fn what_is_encrypted_in_chunks_is_a_standard_age_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = new_identity();
+        let k = keys(dir.path(), Some(&secret), &secret);
+        let plain = crate::testing::noise(300_000, 7);
+        let mut enc = k.encryptor().unwrap();
+        let mut cipher = Vec::new();
+        for chunk in plain.chunks(10_000) {
+            cipher.extend(enc.push(chunk).unwrap());
+        }
+        cipher.extend(enc.finish().unwrap());
+        assert!(cipher.starts_with(b"age-encryption.org/v1\n"));
+        let id: age::x25519::Identity = secret.parse().unwrap();
+        let back = age::decrypt(&id, &cipher).unwrap();
+        assert_eq!(back, plain);
+    }
+}
