@@ -614,6 +614,37 @@ impl Drkit {
         self.source(job)?.drill_sweep(&place, now).await
     }
 
+    /// Give `job`'s encrypted backups (only `id` when given) to the job's current recipients,
+    /// opening them with this host's identity (`set_identity`, else `identity_file`).
+    pub async fn rekey(
+        &self,
+        job: &str,
+        id: Option<&str>,
+        dry_run: bool,
+    ) -> Result<Vec<ops::rekey::RekeyItem>> {
+        let cfg = self.config.job(job)?;
+        let to = cfg.keys(job, None)?.ok_or_else(|| {
+            Error::config(format!(
+                "job {job} has no `encryption` table: set its recipients first"
+            ))
+        })?;
+        let from = self.keys(job)?.expect("the job encrypts");
+        let signer = self.signer(job)?;
+        let items = ops::rekey::rekey(
+            job,
+            &self.targets(job)?,
+            &self.trust(job)?,
+            &from,
+            &to,
+            signer.as_deref(),
+            id,
+            dry_run,
+        )
+        .await?;
+        self.monitor.changed();
+        Ok(items)
+    }
+
     /// Open encrypted archives with the identity in `path` (`--identity FILE`), instead of
     /// each job's `encryption.identity_file`.
     pub fn set_identity(&mut self, path: PathBuf) {

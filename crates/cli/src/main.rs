@@ -74,6 +74,8 @@ enum Command {
     Prune(cmd::prune::Args),
     /// Mark a suspect backup as good after a deliberate purge (writes accepted.json beside it).
     Accept(cmd::accept::Args),
+    /// Give a job's encrypted backups to its current recipients (only the age header changes).
+    Rekey(cmd::rekey::Args),
     /// Freshness and health per job; exit 5 when a backup is missing, stale or suspect.
     Status(cmd::status::Args),
     /// Restore the newest backup into a scratch place, check it, clean up, keep a report.
@@ -144,6 +146,7 @@ async fn run_command(
             Command::Prune(a) => cmd::prune::run(ctx, a).await,
             Command::Status(a) => cmd::status::run(ctx, a).await,
             Command::Accept(a) => cmd::accept::run(ctx, a).await,
+            Command::Rekey(a) => cmd::rekey::run(ctx, a).await,
             Command::Drill(a) => cmd::drill::run(ctx, a).await,
             Command::Doctor(a) => cmd::doctor::run(ctx, a).await,
             Command::Daemon(a) => cmd::daemon::run(ctx, a).await,

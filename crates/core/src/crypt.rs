@@ -343,6 +343,156 @@ fn decrypt_error(manifest: &Manifest, keys: &Keys, e: age::DecryptError) -> Erro
     }
 }
 
+/// The longest age header `rekey` reads: a few dozen recipients fit many times over.
+pub const MAX_HEADER: usize = 64 * 1024;
+
+const INTRO: &[u8] = b"age-encryption.org/v1\n";
+
+/// An age header: its stanzas, and where it ends in the file (the nonce and payload follow).
+pub struct Header {
+    stanzas: Vec<age_core::format::Stanza>,
+    mac: Vec<u8>,
+    /// Bytes up to and including `---` (what the MAC covers).
+    macced: usize,
+    /// The whole header, the MAC line's newline included.
+    pub len: usize,
+}
+
+/// Parse the age header at the start of `bytes` (at most [`MAX_HEADER`] of the archive).
+/// Written here because the age crate does not expose header rewriting: `rekey` replaces
+/// the recipients' stanzas and the MAC and leaves the nonce and payload untouched, as the
+/// format allows (the payload key depends only on the file key and the nonce).
+pub fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    if !bytes.starts_with(INTRO) {
+        return Err("not an age v1 file".into());
+    }
+    let mut pos = INTRO.len();
+    let line = |pos: &mut usize| -> std::result::Result<&[u8], String> {
+        let rest = &bytes[*pos..];
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("the header is longer than drkit reads, or cut short")?;
+        *pos += end + 1;
+        Ok(&rest[..end])
+    };
+    let mut stanzas = Vec::new();
+    loop {
+        let start = pos;
+        let l = line(&mut pos)?;
+        if let Some(mac) = l.strip_prefix(b"--- ") {
+            let mac = b64
+                .decode(mac)
+                .map_err(|_| "the header MAC is not base64")?;
+            return Ok(Header {
+                stanzas,
+                mac,
+                macced: start + 3,
+                len: pos,
+            });
+        }
+        let Some(head) = l.strip_prefix(b"-> ") else {
+            return Err("a header line is neither a stanza nor the MAC".into());
+        };
+        let head = std::str::from_utf8(head).map_err(|_| "a stanza is not text")?;
+        let mut words = head.split(' ').map(str::to_string);
+        let tag = words
+            .next()
+            .filter(|t| !t.is_empty())
+            .ok_or("a stanza has no type")?;
+        let args: Vec<String> = words.collect();
+        let mut body = Vec::new();
+        loop {
+            let l = line(&mut pos)?;
+            if l.len() > 64 {
+                return Err("a stanza body line is too long".into());
+            }
+            body.extend(b64.decode(l).map_err(|_| "a stanza body is not base64")?);
+            if l.len() < 64 {
+                break;
+            }
+        }
+        stanzas.push(age_core::format::Stanza { tag, args, body });
+    }
+}
+
+/// The header text of `stanzas` with its MAC under `file_key`.
+fn write_header(
+    stanzas: &[age_core::format::Stanza],
+    file_key: &age_core::format::FileKey,
+) -> Vec<u8> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    let mut out = INTRO.to_vec();
+    for s in stanzas {
+        out.extend_from_slice(b"-> ");
+        out.extend_from_slice(s.tag.as_bytes());
+        for a in &s.args {
+            out.push(b' ');
+            out.extend_from_slice(a.as_bytes());
+        }
+        out.push(b'\n');
+        let body = b64.encode(&s.body);
+        for chunk in body.as_bytes().chunks(64) {
+            out.extend_from_slice(chunk);
+            out.push(b'\n');
+        }
+        if body.len() % 64 == 0 {
+            out.push(b'\n');
+        }
+    }
+    out.extend_from_slice(b"---");
+    let mac = header_mac(file_key, &out);
+    out.push(b' ');
+    out.extend_from_slice(b64.encode(mac).as_bytes());
+    out.push(b'\n');
+    out
+}
+
+fn header_mac(file_key: &age_core::format::FileKey, macced: &[u8]) -> Vec<u8> {
+    use age_core::secrecy::ExposeSecret;
+    use hmac::Mac;
+    let key = age_core::primitives::hkdf(&[], b"header", file_key.expose_secret());
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("HMAC takes any key");
+    mac.update(macced);
+    mac.finalize().into_bytes().to_vec()
+}
+
+impl Keys {
+    /// A new header for the archive whose header is `old` (the first bytes of the file): the
+    /// file key opened with this host's identity (`from`), the old MAC checked, and wrapped
+    /// again for `to`'s recipients. An integrity error when no identity opens it or the MAC
+    /// does not match.
+    pub fn rekey_header(
+        from: &Keys,
+        to: &Keys,
+        old: &[u8],
+        header: &Header,
+        what: &str,
+    ) -> Result<Vec<u8>> {
+        use hmac::Mac;
+        let file_key = from.unwrap(&header.stanzas).ok_or_else(|| {
+            Error::integrity(format!(
+                "{what}: the identity given does not open it (pass --identity with the identity of its current key set)"
+            ))
+        })?;
+        let key = {
+            use age_core::secrecy::ExposeSecret;
+            age_core::primitives::hkdf(&[], b"header", file_key.expose_secret())
+        };
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("HMAC takes any key");
+        mac.update(&old[..header.macced]);
+        mac.verify_slice(&header.mac).map_err(|_| {
+            Error::integrity(format!(
+                "{what}: its age header was altered (the MAC does not match)"
+            ))
+        })?;
+        Ok(write_header(&to.wrap(&file_key)?, &file_key))
+    }
+}
+
 /// A shared byte buffer the age writer writes into and the pipeline drains.
 #[derive(Clone, Default)]
 struct Shared(Arc<Mutex<Vec<u8>>>);
@@ -497,6 +647,51 @@ mod tests {
         assert!(k.can_decrypt() && k.can_encrypt());
         assert!(!format!("{k:?}").contains("AGE-SECRET"));
         assert!(!format!("{k:?}").contains(&secret[15..]));
+    }
+
+    #[test]
+    fn a_rekeyed_header_opens_with_the_new_identity_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (new_identity(), new_identity());
+        let old = keys(dir.path(), Some(&a), &a);
+        let dir_b = tempfile::tempdir().unwrap();
+        let new = keys(dir_b.path(), Some(&b), &b);
+        let plain = crate::testing::noise(200_000, 3);
+        let mut enc = old.encryptor().unwrap();
+        let mut cipher = enc.push(&plain).unwrap();
+        cipher.extend(enc.finish().unwrap());
+        let header = parse_header(&cipher).unwrap();
+        let fresh = Keys::rekey_header(&old, &new, &cipher, &header, "x").unwrap();
+        let mut rekeyed = fresh.clone();
+        rekeyed.extend_from_slice(&cipher[header.len..]);
+        let id_a: age::x25519::Identity = a.parse().unwrap();
+        let id_b: age::x25519::Identity = b.parse().unwrap();
+        assert_eq!(age::decrypt(&id_b, &rekeyed).unwrap(), plain);
+        assert!(age::decrypt(&id_a, &rekeyed).is_err());
+        // The new header parses back to the same length; the payload is untouched.
+        assert_eq!(parse_header(&rekeyed).unwrap().len, fresh.len());
+        // The wrong identity, an altered MAC, junk: integrity errors, never a panic.
+        let e = Keys::rekey_header(&new, &new, &cipher, &header, "x").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Integrity);
+        let mut bad = cipher.clone();
+        let at = header.len - 5;
+        bad[at] = if bad[at] == b'A' { b'B' } else { b'A' };
+        match parse_header(&bad) {
+            Ok(h) => assert_eq!(
+                Keys::rekey_header(&old, &new, &bad, &h, "x")
+                    .unwrap_err()
+                    .kind(),
+                ErrorKind::Integrity
+            ),
+            Err(_) => {}
+        }
+        for junk in [
+            &b"hello"[..],
+            b"age-encryption.org/v1\n-> X25519\n",
+            b"age-encryption.org/v1\nxx\n",
+        ] {
+            assert!(parse_header(junk).is_err());
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod drill;
 pub mod guard;
 pub mod list;
 pub mod prune;
+pub mod rekey;
 pub mod restore;
 pub mod status;
 pub mod verify;

@@ -8,6 +8,7 @@ pub mod drill;
 pub mod events;
 pub mod health;
 pub mod prune;
+pub mod rekey;
 pub mod restore;
 pub mod verify;
 
