@@ -473,7 +473,7 @@ fn bad_input_gets_one_clear_line_and_the_right_exit_code() {
         .unwrap();
     let p = s.path("backups").join(manifest);
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-    v["format_version"] = 2.into();
+    v["format_version"] = 3.into();
     std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
     // It is refused with a clear message, but one such entry does not block the job: list
     // shows it BROKEN; using it is a config error (exit 2: upgrade drkit).
@@ -481,7 +481,7 @@ fn bad_input_gets_one_clear_line_and_the_right_exit_code() {
     l.expect_code(0);
     assert!(
         l.stdout.contains("BROKEN")
-            && l.stdout.contains("format_version 2")
+            && l.stdout.contains("format_version 3")
             && l.stdout.contains("upgrade drkit"),
         "{}",
         l.stdout
@@ -489,7 +489,7 @@ fn bad_input_gets_one_clear_line_and_the_right_exit_code() {
     let id = v["id"].as_str().unwrap().to_string();
     s.drkit(&["restore", "a", "--id", &id, "--to", "x.db"])
         .expect_code(2)
-        .expect_one_line_error("format_version 2");
+        .expect_one_line_error("format_version 3");
     // JSON errors are one JSON document too.
     let j = s.drkit(&["--json", "restore", "a", "--id", &id, "--to", "x.db"]);
     j.expect_code(2);

@@ -7,14 +7,19 @@ use serde::{Deserialize, Serialize};
 use crate::{Compression, Error, Result};
 
 /// The manifest format this version of drkit writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The version written for backups that version 1 readers can read (not encrypted): an
+/// encrypted archive gets [`FORMAT_VERSION`], so that an older drkit says "upgrade" instead of
+/// taking ciphertext for a corrupt archive.
+pub const PLAIN_FORMAT_VERSION: u32 = 1;
 
 pub use crate::layout::{backup_folder, manifest_key, MANIFEST_FILE};
 
 /// The record of one complete backup.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// Always [`FORMAT_VERSION`] when written by this version.
+    /// [`PLAIN_FORMAT_VERSION`] for a plain archive, [`FORMAT_VERSION`] for an encrypted one.
     pub format_version: u32,
     /// The backup id, `YYYYMMDDTHHMMSSZ-<6 hex>`.
     pub id: String,

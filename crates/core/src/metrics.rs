@@ -394,6 +394,7 @@ mod tests {
                 } else {
                     State::Good
                 },
+                key_set: None,
             }),
             broken: 0,
             drill: Some(LastDrill {

@@ -41,6 +41,12 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
             for e in &listing.backups {
                 let m = &e.manifest;
                 let mut notes: Vec<String> = m.suspect_reasons().to_vec();
+                if m.data.encryption == drkit_core::crypt::AGE {
+                    notes.push(format!(
+                        "encrypted, needs {}",
+                        drkit_core::crypt::key_set(&m.data.recipients)
+                    ));
+                }
                 if let Some(a) = &e.accepted {
                     notes.push(format!(
                         "accepted by {} on {}: {}",

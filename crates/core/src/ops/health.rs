@@ -135,6 +135,9 @@ pub struct Newest {
     pub stored_size: u64,
     /// Good, suspect or accepted.
     pub state: State,
+    /// The key set it needs when it is encrypted (`keys:...`, see [`crate::crypt::key_set`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_set: Option<String>,
 }
 
 /// One row of `status`.
@@ -205,9 +208,17 @@ pub fn assess(
     (
         Health::Ok,
         format!(
-            "{} old, {} stored",
+            "{} old, {} stored{}",
             human_age(a),
-            human_bytes(good.manifest.data.stored_size)
+            human_bytes(good.manifest.data.stored_size),
+            if good.manifest.data.encryption == crate::crypt::AGE {
+                format!(
+                    ", encrypted ({})",
+                    crate::crypt::key_set(&good.manifest.data.recipients)
+                )
+            } else {
+                String::new()
+            }
         ),
     )
 }
@@ -287,6 +298,8 @@ pub async fn health(
                         raw_size: e.manifest.data.raw_size,
                         stored_size: e.manifest.data.stored_size,
                         state: e.state(),
+                        key_set: (e.manifest.data.encryption == crate::crypt::AGE)
+                            .then(|| crate::crypt::key_set(&e.manifest.data.recipients)),
                     }),
                     broken: listing.broken.len(),
                     drill: None,

@@ -6,7 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::{Compression, HashReader, Progress, CHUNK};
 use crate::catalog::{self, new_backup_id};
-use crate::manifest::{DataInfo, Manifest, Suspect, FORMAT_VERSION};
+use crate::manifest::{DataInfo, Manifest, Suspect, FORMAT_VERSION, PLAIN_FORMAT_VERSION};
 use crate::signing::{Record, Signer, Trust};
 use crate::suspect::{assess, Facts, Thresholds};
 use crate::{from_io, DumpSummary, Error, ErrorKind, Result, Source, Storage, Upload};
@@ -163,7 +163,11 @@ pub async fn backup(
     commit_archives(&key, streamed.stored_size, &mut lanes).await;
 
     let mut manifest = Manifest {
-        format_version: FORMAT_VERSION,
+        format_version: if encrypt.is_some() {
+            FORMAT_VERSION
+        } else {
+            PLAIN_FORMAT_VERSION
+        },
         id: id.clone(),
         job: job.to_string(),
         driver: source.driver().to_string(),
