@@ -93,6 +93,24 @@ pub async fn run(ctx: &Ctx, _args: Args) -> Result<Exit> {
             let mut notes = vec![source.describe()];
             notes.extend(source.preflight().await?);
             notes.extend(ctx.app.sweep_drill_scratch(name, Utc::now()).await?);
+            match ctx.app.keys(name)? {
+                Some(k) => {
+                    notes.push(format!(
+                        "encryption: age to {} recipient(s) ({}); {}",
+                        k.fingerprints().len(),
+                        drkit_core::crypt::key_set(&k.fingerprints()),
+                        if k.can_decrypt() {
+                            "this host has an identity: it can restore, drill and fully verify"
+                        } else {
+                            "no identity on this host: it backs up and verifies the stored bytes only"
+                        }
+                    ));
+                    notes.extend(k.warnings.iter().cloned());
+                }
+                None => notes.push(
+                    "not encrypted: whoever reads the storage reads the data (see encryption in docs/security.md)".into(),
+                ),
+            }
             if job.notifiers(&config.notify).is_empty() {
                 notes.push("no notifier: a failed or suspect backup is only in this host's logs and exit codes (add [notify.NAME], docs/monitoring.md)".into());
             }
