@@ -214,10 +214,11 @@ mod tests {
     #[test]
     fn newer_format_is_refused() {
         let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
-        v["format_version"] = serde_json::json!(2);
+        v["format_version"] = serde_json::json!(FORMAT_VERSION + 1);
         let err = Manifest::from_json(&serde_json::to_vec(&v).unwrap(), "db/x/manifest.json")
             .unwrap_err();
-        assert!(err.to_string().contains("format_version 2"), "{err}");
+        let want = format!("format_version {}", FORMAT_VERSION + 1);
+        assert!(err.to_string().contains(&want), "{err}");
         assert_eq!(err.kind(), crate::ErrorKind::Config);
     }
 

@@ -127,7 +127,9 @@ pub async fn rekey(
 fn new_key(old: &str, now: chrono::DateTime<chrono::Utc>) -> String {
     let base = old.strip_suffix(".age").unwrap_or(old);
     let base = match base.rfind(".rk") {
-        Some(i) if base[i + 3..].chars().all(|c| c.is_ascii_digit()) => &base[..i],
+        Some(i) if base.len() > i + 3 && base[i + 3..].chars().all(|c| c.is_ascii_digit()) => {
+            &base[..i]
+        }
         _ => base,
     };
     format!("{base}.rk{}.age", now.timestamp_millis())
