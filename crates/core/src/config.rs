@@ -401,6 +401,9 @@ impl Config {
             }
             job.suspect
                 .validate(&format!("{origin}: job.{name}.suspect"))?;
+            if let Some(e) = &job.encryption {
+                e.validate(&format!("{origin}: job.{name}.encryption"))?;
+            }
             if let Some(DrillConfig {
                 target: Some(_),
                 image: Some(_),
@@ -635,6 +638,11 @@ compression = "gzip"
             ("[job.a]\nsource = { type = \"sqlite\" }\nstorage = [\"x\"]\nfoo = 1\n", "unknown field `foo`"),
             ("[storage.l]\ntype = \"local\"\n[job.a]\nsource = { type = \"sqlite\", path = \"${NOPE}\" }\nstorage = [\"l\"]\n", "${NOPE}, which is not set"),
             ("[job.a]\nsource = { type = \"sqlite\" }\nstorage = [\"x\"]\n", "storage \"x\", which is not defined"),
+            ("[storage.l]\ntype = \"local\"\n[job.a]\nsource = { type = \"sqlite\" }\nstorage = [\"l\"]\nencryption = { recipients = [] }\n", "job.a.encryption: no recipient"),
+            ("[storage.l]\ntype = \"local\"\n[job.a]\nsource = { type = \"sqlite\" }\nstorage = [\"l\"]\nencryption = { recipients = [\"age1nope\"] }\n", "not an age recipient"),
+            ("[storage.l]\ntype = \"local\"\n[job.a]\nsource = { type = \"sqlite\" }\nstorage = [\"l\"]\nencryption = { recipient = \"x\" }\n", "unknown field `recipient`"),
+            ("[storage.l]\ntype = \"local\"\n[job.a]\nsource = { type = \"sqlite\" }\nstorage = [\"l\"]\nnotify = [\"ops\"]\n", "notify names \"ops\", which is not defined"),
+            ("[notify.ops]\ntype = \"webhook\"\n", "`url` must be"),
             ("[storage.l]\ntype = \"local\"\n[job.a]\nsource = { path = \"x\" }\nstorage = [\"l\"]\n", "missing key `type`"),
             ("[storage.l]\ntype = \"local\"\n[job.a]\nsource = { type = \"sqlite\" }\nstorage = [\"l\"]\nschedule = \"nope\"\n", "job.a.schedule"),
             ("[storage.l]\ntype = \"local\"\n[job.a]\nsource = { type = \"sqlite\" }\nstorage = [\"l\"]\nmax_age = \"3 days\"\n", "max_age"),

@@ -31,6 +31,22 @@ pub struct EncryptionConfig {
     pub identity_file: Option<PathBuf>,
 }
 
+impl EncryptionConfig {
+    /// Check what can be checked at load without reading files: some recipient is named, and
+    /// the inline ones parse.
+    pub fn validate(&self, what: &str) -> Result<()> {
+        if self.recipients.is_empty() && self.recipients_file.is_none() {
+            return Err(Error::config(format!(
+                "{what}: no recipient: set recipients = [\"age1...\"] or recipients_file"
+            )));
+        }
+        for (i, r) in self.recipients.iter().enumerate() {
+            parse_recipient(r, &format!("{what}.recipients[{i}]"))?;
+        }
+        Ok(())
+    }
+}
+
 /// A public recipient with its fingerprint.
 struct Recipient {
     key: Box<dyn age::Recipient + Send + Sync>,
