@@ -256,7 +256,7 @@ impl World {
 
     /// Restore the newest backup with `key` into a new database and compare it with the source.
     #[track_caller]
-    fn restore_matches(&self, key: &AgeKey, extra: &[&str]) {
+    fn restore_matches(&self, key: &AgeKey, extra: &[&str]) -> Run {
         let to = self.new_db("drkit_enc_to");
         let mut args = vec!["restore", "app", "--to", &to];
         args.extend_from_slice(extra);
@@ -268,6 +268,7 @@ impl World {
             self.pg.fingerprint(&self.db),
             "the restored database differs from the source"
         );
+        r
     }
 
     /// Assert that no secret part of an identity appears in any drkit output of this test,
@@ -496,8 +497,20 @@ fn encrypted_backup_to_s3_and_local_verify_restore_drill() {
     }
 
     // Restore (from the first storage, S3) and from the local folder.
-    w.restore_matches(&a, &[]);
-    w.restore_matches(&a, &["--storage", "local"]);
+    let r = w.restore_matches(&a, &[]);
+    assert!(
+        (r.stdout.clone() + &r.stderr).contains("from storage offsite"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    let r = w.restore_matches(&a, &["--storage", "local"]);
+    assert!(
+        (r.stdout.clone() + &r.stderr).contains("from storage local"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
 
     // A drill on each storage, decrypting with the identity.
     let drill = w.with_key(&a, &["--json", "drill", "app"]);

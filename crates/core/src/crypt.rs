@@ -217,8 +217,12 @@ impl Keys {
         let identity_file = identity
             .map(Path::to_path_buf)
             .or_else(|| cfg.identity_file.clone());
+        let label = match identity {
+            Some(_) => "--identity".to_string(),
+            None => format!("{what}.identity_file"),
+        };
         let identities = match &identity_file {
-            Some(p) => load_identities(p, &format!("{what}.identity_file"), &mut warnings)?,
+            Some(p) => load_identities(p, &label, &mut warnings)?,
             None => Vec::new(),
         };
         Ok(Keys {

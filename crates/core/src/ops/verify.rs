@@ -103,6 +103,7 @@ impl Verified {
 /// progress callback before each backup is re-read. With a `source`, the driver's structure
 /// checks run too (what a restore would refuse, verify refuses), and with `deep` its deep
 /// check ([`crate::Source::deep_check`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn verify(
     job: &str,
     targets: &[Target],
