@@ -163,7 +163,10 @@ impl Drkit {
             })?;
             vars.extend(parse_env_file(&text, &file.display().to_string())?);
         }
-        let lookup = |name: &str| vars.get(name).cloned().or_else(|| std::env::var(name).ok());
+        let lookup = |name: &str| match name.strip_prefix("file:") {
+            Some(path) => read_secret(Path::new(path)),
+            None => vars.get(name).cloned().or_else(|| std::env::var(name).ok()),
+        };
         let config = Config::load(path, &lookup)?;
         let mut drkit = Drkit::from_config(config)?;
         drkit.path = Some(path.to_path_buf());
@@ -707,6 +710,23 @@ impl Drkit {
         }
         run
     }
+}
+
+/// The value of `${file:PATH}`: the file's text without its final newline, when it is
+/// readable, at most 64 KiB, and UTF-8.
+fn read_secret(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    let mut f = std::fs::File::open(path).ok()?.take(64 * 1024 + 1);
+    f.read_to_string(&mut text).ok()?;
+    if text.len() > 64 * 1024 {
+        return None;
+    }
+    let trimmed = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    Some(trimmed.to_string())
 }
 
 /// Read a previous metrics file, at most 4 MiB of it (it is ours, but a file a wrong path

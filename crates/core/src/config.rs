@@ -508,7 +508,9 @@ fn interpolate_value(
     Ok(())
 }
 
-/// Replace `${VAR}` in one string. `$${` stands for a literal `${`.
+/// Replace `${VAR}` in one string. `$${` stands for a literal `${`. `${file:PATH}` asks
+/// `lookup` for `file:PATH` (the caller reads the file: Docker and Kubernetes secrets, the
+/// credentials that never reached a cron job's environment).
 pub fn interpolate(s: &str, path: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
@@ -525,18 +527,27 @@ pub fn interpolate(s: &str, path: &str, lookup: &dyn Fn(&str) -> Option<String>)
                 ))
             })?;
             let name = &tail[..end];
-            let valid = !name.is_empty()
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                && !name.starts_with(|c: char| c.is_ascii_digit());
+            let file = name.strip_prefix("file:");
+            let valid = match file {
+                Some(p) => !p.is_empty(),
+                None => {
+                    !name.is_empty()
+                        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                        && !name.starts_with(|c: char| c.is_ascii_digit())
+                }
+            };
             if !valid {
                 return Err(Error::config(format!(
                     "{path}: ${{{name}}} is not a valid variable name"
                 )));
             }
-            let value = lookup(name).ok_or_else(|| {
-                Error::config(format!(
+            let value = lookup(name).ok_or_else(|| match file {
+                Some(p) => Error::config(format!(
+                    "{path} uses ${{file:{p}}}, which cannot be read (missing, not readable by this user, over 64 KiB or not UTF-8)"
+                )),
+                None => Error::config(format!(
                     "{path} uses ${{{name}}}, which is not set: export it or load it with --env-file"
-                ))
+                )),
             })?;
             out.push_str(&value);
             rest = &tail[end + 1..];
@@ -596,6 +607,7 @@ mod tests {
         match name {
             "DB_URL" => Some("postgres://u:p@h/db".into()),
             "EMPTY" => Some(String::new()),
+            "file:/run/secrets/pw" => Some("s3cret".into()),
             _ => None,
         }
     }
@@ -679,6 +691,12 @@ compression = "gzip"
             ("${UNSET}", Err("UNSET")),
             ("${unclosed", Err("unclosed")),
             ("${1X}", Err("not a valid")),
+            (
+                "postgres://u:${file:/run/secrets/pw}@h",
+                Ok("postgres://u:s3cret@h"),
+            ),
+            ("${file:/nope}", Err("${file:/nope}, which cannot be read")),
+            ("${file:}", Err("not a valid")),
         ];
         for (input, want) in cases {
             let got = interpolate(input, "k", &env);
