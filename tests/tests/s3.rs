@@ -692,3 +692,69 @@ async fn credentials_come_from_the_aws_chain_when_the_config_has_none() {
     run.expect_code(2);
     run.expect_one_line_error("no usable AWS credentials");
 }
+
+/// A key made by Debian's `age-keygen`: (the identity file, its public recipient).
+fn age_key(s: &Scratch, name: &str) -> (std::path::PathBuf, String) {
+    let path = s.path(name);
+    let out = std::process::Command::new("age-keygen")
+        .arg("-o")
+        .arg(&path)
+        .output()
+        .expect("age-keygen runs (Debian's age; scripts/servers.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find_map(|l| l.strip_prefix("Public key: ").map(str::to_string))
+        .expect("age-keygen prints the public key");
+    (path, public)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rekey_skips_object_locked_backups_which_keep_their_old_key() {
+    let server = moto();
+    let bucket = server.new_bucket(true).await;
+    let extra = "object_lock = { mode = \"governance\", days = 1 }";
+    let section = server.storage_toml("offsite", &server.endpoint, &bucket, extra);
+    let probe = Scratch::new();
+    let (old_key, old_public) = age_key(&probe, "old.txt");
+    let (new_key, new_public) = age_key(&probe, "new.txt");
+    let with = |recipient: &str| {
+        format!("{section}\n[job.app]\nsource = {{ type = \"sqlite\", path = \"APP\" }}\nstorage = [\"offsite\"]\nencryption = {{ recipients = [\"{recipient}\"] }}\n")
+    };
+    let s = Arc::new(Scratch::new());
+    make_db(&s.path("app.db"), 1);
+    let app = s.path("app.db").display().to_string();
+    s.config(&with(&old_public).replace("APP", &app));
+    drkit(&s, &["backup"]).await.expect_code(0);
+    let before = server.keys(&bucket).await;
+
+    // The job now encrypts to the new key; the locked backup cannot have its manifest
+    // rewritten, so rekey skips it with a reason and changes nothing.
+    s.config(&with(&new_public).replace("APP", &app));
+    let old_arg = old_key.display().to_string();
+    let r = drkit(&s, &["--identity", &old_arg, "--json", "rekey", "app"]).await;
+    r.expect_code(0);
+    let items = r.json();
+    assert_eq!(items[0]["action"], "locked", "{items}");
+    assert!(r.stderr.contains("object lock"), "{}", r.stderr);
+    assert_eq!(
+        server.keys(&bucket).await,
+        before,
+        "nothing was written or removed"
+    );
+
+    // It stays readable with its old identity only.
+    let to = s.path("restored.db").display().to_string();
+    let new_arg = new_key.display().to_string();
+    drkit(&s, &["--identity", &new_arg, "restore", "app", "--to", &to])
+        .await
+        .expect_code(4);
+    drkit(&s, &["--identity", &old_arg, "restore", "app", "--to", &to])
+        .await
+        .expect_code(0);
+    assert_eq!(rows(&s.path("restored.db")), rows(&s.path("app.db")));
+}
