@@ -556,6 +556,68 @@ impl Drkit {
         Ok(out)
     }
 
+    /// The fleet view: every job found in each storage of the config, whether or not this
+    /// config names it (the hosts that share a bucket), with its health. A job this config
+    /// names is judged by its own limits and signing key; another by `max_age` (default
+    /// [`health::DEFAULT_MAX_AGE`]) and read blindly (its key is not known here). Job names
+    /// found in a storage are used only when they are valid names.
+    pub async fn fleet(
+        &self,
+        max_age: Option<Duration>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<JobHealth>> {
+        let mut out = Vec::new();
+        for name in self.config.storage.keys() {
+            let storage = self.storage(name)?;
+            let objects = match storage.list("").await {
+                Ok(o) => o,
+                Err(e) => {
+                    out.push(JobHealth {
+                        job: "*".into(),
+                        storage: name.clone(),
+                        state: health::Health::Error,
+                        detail: e.to_string(),
+                        newest: None,
+                        broken: 0,
+                        drill: None,
+                        backups: 0,
+                        last_good_at: None,
+                        drill_passed_at: None,
+                    });
+                    continue;
+                }
+            };
+            let targets = [Target {
+                name: name.clone(),
+                storage,
+            }];
+            for job in drkit_core::layout::jobs_in(&objects)
+                .into_iter()
+                .filter(|j| drkit_core::config::valid_name(j))
+            {
+                let known = self.config.job.get(&job);
+                let limit = max_age
+                    .or(known.and_then(|j| j.max_age.as_ref().map(|s| s.duration())))
+                    .unwrap_or(health::DEFAULT_MAX_AGE);
+                let drill_limit = known.and_then(|j| j.drill.as_ref().and_then(|d| d.limit(now)));
+                let trust = match known {
+                    Some(j) => j.trust(&job)?,
+                    None => Trust::blind(),
+                };
+                let mut rows =
+                    health::health(&job, &targets, &trust, now, limit, drill_limit).await;
+                if known.is_none() {
+                    for r in &mut rows {
+                        r.detail
+                            .push_str("; not in this config (read without its signing key)");
+                    }
+                }
+                out.extend(rows);
+            }
+        }
+        Ok(out)
+    }
+
     /// Mark suspect backup `id` of `job` as good on each storage that holds it (an
     /// `accepted.json` beside it, signed when the job signs; the manifest is never rewritten).
     pub async fn accept(

@@ -176,6 +176,32 @@ pub fn drill(out: &Output, run: &DrillRun) -> Value {
     }
 }
 
+/// The fleet table: `JOB STORAGE HOST STATE NEWEST SIZE DETAIL`.
+pub fn fleet_table(report: &[JobHealth]) -> String {
+    let rows: Vec<Vec<String>> = report
+        .iter()
+        .map(|h| {
+            let n = h.newest.as_ref();
+            vec![
+                h.job.clone(),
+                h.storage.clone(),
+                n.map(|n| n.host.clone()).unwrap_or_else(|| "-".into()),
+                h.state.label().to_string(),
+                n.map(|n| n.id.clone()).unwrap_or_else(|| "-".into()),
+                n.map(|n| human_bytes(n.stored_size))
+                    .unwrap_or_else(|| "-".into()),
+                h.detail.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "JOB", "STORAGE", "HOST", "STATE", "NEWEST", "SIZE", "DETAIL",
+        ],
+        &rows,
+    )
+}
+
 /// The `JOB STORAGE STATE DETAIL` table of a health report.
 pub fn health_table(report: &[JobHealth]) -> String {
     let rows: Vec<Vec<String>> = report

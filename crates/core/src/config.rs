@@ -461,14 +461,20 @@ impl Config {
     }
 }
 
-fn check_name(what: &str, name: &str, origin: &str) -> Result<()> {
-    let ok = !name.is_empty()
+/// Whether `name` may name a job, a storage or a notifier (letters, digits, `-`, `_`, `.`;
+/// not starting with `.`; not `drills`). Job names found in a storage pass it too before
+/// they are used.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
         && !name.starts_with('.')
         && name != "drills"
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn check_name(what: &str, name: &str, origin: &str) -> Result<()> {
+    if valid_name(name) {
         Ok(())
     } else {
         Err(Error::config(format!(

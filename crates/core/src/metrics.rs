@@ -389,6 +389,7 @@ mod tests {
                 finished_at: at("2026-12-03T02:00:04.5Z"),
                 raw_size: 1000,
                 stored_size: 100,
+                host: "h".into(),
                 state: if state == Health::Suspect {
                     State::Suspect
                 } else {

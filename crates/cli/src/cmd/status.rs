@@ -16,6 +16,10 @@ pub struct Args {
     /// Newest good backup older than this is stale (overrides each job's `max_age`; default 25h).
     #[arg(long, value_name = "DURATION")]
     max_age: Option<String>,
+    /// Every job found in each storage of the config, whether or not this config names it
+    /// (many hosts writing one bucket), with the host that wrote its newest backup.
+    #[arg(long)]
+    all_jobs: bool,
 }
 
 pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
@@ -27,11 +31,18 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
         ),
         None => None,
     };
-    let report = ctx.app.status(max_age, Utc::now()).await?;
-    ctx.app.report_health(&report).await;
+    let report = if args.all_jobs {
+        ctx.app.fleet(max_age, Utc::now()).await?
+    } else {
+        let r = ctx.app.status(max_age, Utc::now()).await?;
+        ctx.app.report_health(&r).await;
+        r
+    };
     render::health_errors(&ctx.out, &report);
     if ctx.out.json {
         ctx.out.json_doc(&json!(report));
+    } else if args.all_jobs {
+        ctx.out.text(render::fleet_table(&report));
     } else {
         ctx.out.text(render::health_table(&report));
     }

@@ -133,6 +133,8 @@ pub struct Newest {
     pub raw_size: u64,
     /// Its stored size.
     pub stored_size: u64,
+    /// The host that wrote it.
+    pub host: String,
     /// Good, suspect or accepted.
     pub state: State,
     /// The key set it needs when it is encrypted (`keys:...`, see [`crate::crypt::key_set`]).
@@ -297,6 +299,7 @@ pub async fn health(
                         finished_at: e.manifest.finished_at,
                         raw_size: e.manifest.data.raw_size,
                         stored_size: e.manifest.data.stored_size,
+                        host: e.manifest.host.clone(),
                         state: e.state(),
                         key_set: (e.manifest.data.encryption == crate::crypt::AGE)
                             .then(|| crate::crypt::key_set(&e.manifest.data.recipients)),
