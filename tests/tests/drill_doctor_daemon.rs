@@ -327,3 +327,57 @@ fn a_drill_removes_scratch_left_by_a_killed_drill_a_day_ago_and_says_so() {
             + t["checks_ms"].as_u64().unwrap()
     );
 }
+
+#[test]
+fn sighup_reloads_a_valid_config_and_keeps_the_running_one_for_an_invalid_one() {
+    let s = setup("schedule = \"*/1 * * * * *\"");
+    let original = std::fs::read_to_string(s.path("drkit.toml")).unwrap();
+    let c = rusqlite::Connection::open(s.path("other.db")).unwrap();
+    c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let child = s
+        .command(&["daemon"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let signal = |name: &str| {
+        std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap();
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    // A second scheduled job appears with the reload.
+    let with_other = format!(
+        "{original}\n[job.other]\nsource = {{ type = \"sqlite\", path = \"{}\" }}\nstorage = [\"local\"]\nschedule = \"*/1 * * * * *\"\n",
+        s.path("other.db").display()
+    );
+    std::fs::write(s.path("drkit.toml"), &with_other).unwrap();
+    signal("-HUP");
+    std::thread::sleep(Duration::from_millis(2500));
+    // A broken file is refused; the running config (with both jobs) goes on.
+    std::fs::write(s.path("drkit.toml"), "[job.x]\nnot valid").unwrap();
+    signal("-HUP");
+    std::thread::sleep(Duration::from_millis(2500));
+    signal("-TERM");
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("SIGHUP: reloaded"), "{stderr}");
+    assert!(
+        stderr.contains("the new config is not used, the running one goes on"),
+        "{stderr}"
+    );
+    // Backups of the new job ran after the reload, and still after the refused one.
+    let other: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("other: backup"))
+        .collect();
+    assert!(other.len() >= 3, "{stdout}");
+    std::fs::write(s.path("drkit.toml"), &with_other).unwrap();
+    let listed = s.drkit(&["--json", "list", "other"]).json();
+    assert!(listed.as_array().unwrap().len() >= 3, "{listed}");
+}

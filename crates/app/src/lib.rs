@@ -710,6 +710,20 @@ impl Drkit {
         Ok(items)
     }
 
+    /// The same handle over the config file read again (SIGHUP in the daemon): what the
+    /// process set (cancel, identity) and its counters and last look carry over. An invalid
+    /// file is an error and this handle stays as it was.
+    pub fn reloaded(&self, env_files: &[PathBuf]) -> Result<Drkit> {
+        let path = self.path.as_deref().ok_or_else(|| {
+            Error::config("this config was not read from a file: nothing to reload")
+        })?;
+        let mut new = Drkit::open(path, env_files)?;
+        new.cancel = self.cancel.clone();
+        new.identity = self.identity.clone();
+        new.monitor = self.monitor.clone();
+        Ok(new)
+    }
+
     /// Open encrypted archives with the identity in `path` (`--identity FILE`), instead of
     /// each job's `encryption.identity_file`.
     pub fn set_identity(&mut self, path: PathBuf) {

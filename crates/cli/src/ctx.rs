@@ -13,6 +13,8 @@ pub struct Ctx {
     pub app: Drkit,
     /// Where the config came from.
     pub config_path: PathBuf,
+    /// The `--env-file`s it was read with (a reload reads them again).
+    pub env_files: Vec<PathBuf>,
     /// How to print.
     pub out: Output,
     /// `--metrics-file`: where to write the metrics after the command (the daemon: after
@@ -36,6 +38,7 @@ impl Ctx {
         Ok(Ctx {
             app,
             config_path: path,
+            env_files: env_files.to_vec(),
             out,
             metrics_file,
         })

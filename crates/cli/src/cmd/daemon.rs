@@ -11,6 +11,8 @@ use chrono::Utc;
 use drkit_core::ops::daemon::Plan;
 use drkit_core::{Exit, Result};
 
+use drkit_app::Drkit;
+
 use crate::ctx::Ctx;
 use crate::render;
 
@@ -25,25 +27,49 @@ pub struct Args {
 const LOOK_EVERY: Duration = Duration::from_secs(60);
 
 /// Look at the storages again; tell what changed; write the metrics file.
-async fn look(ctx: &Ctx) {
-    if let Err(e) = ctx.app.look_again().await {
+async fn look(ctx: &Ctx, app: &Drkit) {
+    if let Err(e) = app.look_again().await {
         ctx.out
             .warn(format!("daemon: cannot look at the storages: {e}"));
     }
     if let Some(path) = &ctx.metrics_file {
-        if let Err(e) = ctx.app.write_metrics_file(path).await {
+        if let Err(e) = app.write_metrics_file(path).await {
             ctx.out.warn(e.to_string());
         }
     }
 }
 
+/// SIGHUP: read the config again. A valid one replaces the running one (and its plan); an
+/// invalid one is logged and the old one keeps running.
+fn reload(ctx: &Ctx, app: &mut Drkit, plan: &mut Plan) {
+    let new = app
+        .reloaded(&ctx.env_files)
+        .and_then(|new| Plan::of(new.config()).map(|p| (new, p)));
+    match new {
+        Ok((new, p)) => {
+            *app = new;
+            *plan = p;
+            ctx.out.info(format!(
+                "daemon: SIGHUP: reloaded {}",
+                ctx.config_path.display()
+            ));
+        }
+        Err(e) => ctx.out.error(format!(
+            "daemon: SIGHUP: the new config is not used, the running one goes on: {e}"
+        )),
+    }
+}
+
 pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
-    let plan = Plan::of(ctx.app.config())?;
+    let mut app = ctx.app.clone();
+    let mut plan = Plan::of(app.config())?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| drkit_core::Error::config(format!("cannot listen for SIGHUP: {e}")))?;
     let listener = match &args.listen {
         Some(addr) => Some(drkit_app::monitor::bind(addr).await?),
         None => None,
     };
-    look(ctx).await;
+    look(ctx, &app).await;
     if let Some(listener) = listener {
         let addr = listener
             .local_addr()
@@ -51,8 +77,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
             .unwrap_or_default();
         tokio::spawn(drkit_app::monitor::serve(
             listener,
-            ctx.app.monitor(),
-            ctx.app.job_limits(),
+            app.monitor(),
+            app.job_limits(),
         ));
         ctx.out.info(format!(
             "daemon: serving /metrics and /healthz on http://{addr}"
@@ -60,7 +86,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
     }
     let mut next_look = Instant::now() + LOOK_EVERY;
     let mut after = Utc::now();
-    loop {
+    'plan: loop {
         let (at, due) = plan.next(after)?;
         let names: Vec<String> = due.iter().map(ToString::to_string).collect();
         ctx.out.info(format!(
@@ -71,18 +97,23 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
         loop {
             let wait = (at - Utc::now()).to_std().unwrap_or_default();
             let to_look = next_look.saturating_duration_since(Instant::now());
+            tokio::select! {
+                _ = tokio::time::sleep(wait.min(to_look)) => {}
+                _ = hangup.recv() => {
+                    reload(ctx, &mut app, &mut plan);
+                    after = Utc::now();
+                    continue 'plan;
+                }
+            }
             if wait <= to_look {
-                tokio::time::sleep(wait).await;
                 break;
             }
-            tokio::time::sleep(to_look).await;
-            look(ctx).await;
+            look(ctx, &app).await;
             next_look = Instant::now() + LOOK_EVERY;
         }
         for task in &due {
             let started = Instant::now();
-            let run = ctx
-                .app
+            let run = app
                 .run_task(task, drkit_core::pipeline::no_progress())
                 .await;
             let job = task.job();
@@ -138,7 +169,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
                 ));
             }
         }
-        look(ctx).await;
+        look(ctx, &app).await;
         next_look = Instant::now() + LOOK_EVERY;
         after = at;
     }
