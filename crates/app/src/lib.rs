@@ -310,9 +310,22 @@ impl Drkit {
             Some(rows) => rows,
             None => self.status(None, Utc::now()).await?,
         };
-        let mut tally = match read_bounded(path) {
+        let mut tally = match read_bounded(path, 4 << 20) {
             Ok(text) => Tally::parse(&text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Tally::default(),
+            // Not ours (too large, not text): replaced, its counters start again.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Other | std::io::ErrorKind::InvalidData
+                ) =>
+            {
+                tracing::warn!(
+                    "--metrics-file {}: the file there is not a drkit metrics file ({e}): it is replaced and its counters start again",
+                    path.display()
+                );
+                Tally::default()
+            }
             Err(e) => {
                 return Err(Error::config(format!(
                     "--metrics-file {}: cannot read the previous file: {e}",
@@ -572,18 +585,7 @@ impl Drkit {
             let objects = match storage.list("").await {
                 Ok(o) => o,
                 Err(e) => {
-                    out.push(JobHealth {
-                        job: "*".into(),
-                        storage: name.clone(),
-                        state: health::Health::Error,
-                        detail: e.to_string(),
-                        newest: None,
-                        broken: 0,
-                        drill: None,
-                        backups: 0,
-                        last_good_at: None,
-                        drill_passed_at: None,
-                    });
+                    out.push(JobHealth::unreadable("*", name, &e));
                     continue;
                 }
             };
@@ -791,13 +793,7 @@ impl Drkit {
 /// The value of `${file:PATH}`: the file's text without its final newline, when it is
 /// readable, at most 64 KiB, and UTF-8.
 fn read_secret(path: &Path) -> Option<String> {
-    use std::io::Read;
-    let mut text = String::new();
-    let mut f = std::fs::File::open(path).ok()?.take(64 * 1024 + 1);
-    f.read_to_string(&mut text).ok()?;
-    if text.len() > 64 * 1024 {
-        return None;
-    }
+    let text = read_bounded(path, 64 * 1024).ok()?;
     let trimmed = text
         .strip_suffix("\r\n")
         .or_else(|| text.strip_suffix('\n'))
@@ -805,14 +801,19 @@ fn read_secret(path: &Path) -> Option<String> {
     Some(trimmed.to_string())
 }
 
-/// Read a previous metrics file, at most 4 MiB of it (it is ours, but a file a wrong path
-/// names must not cost memory).
-fn read_bounded(path: &Path) -> std::io::Result<String> {
+/// Read a text file of at most `limit` bytes (a file a wrong path names must not cost
+/// memory); a longer one is an error.
+fn read_bounded(path: &Path, limit: u64) -> std::io::Result<String> {
     use std::io::Read;
     let mut text = String::new();
     std::fs::File::open(path)?
-        .take(4 << 20)
+        .take(limit + 1)
         .read_to_string(&mut text)?;
+    if text.len() as u64 > limit {
+        return Err(std::io::Error::other(format!(
+            "it is larger than {limit} bytes"
+        )));
+    }
     Ok(text)
 }
 

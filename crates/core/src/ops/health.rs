@@ -167,6 +167,24 @@ pub struct JobHealth {
     pub drill_passed_at: Option<DateTime<Utc>>,
 }
 
+impl JobHealth {
+    /// The row of a storage that could not be read.
+    pub fn unreadable(job: &str, storage: &str, error: &crate::Error) -> JobHealth {
+        JobHealth {
+            job: job.to_string(),
+            storage: storage.to_string(),
+            state: Health::Error,
+            detail: error.to_string(),
+            newest: None,
+            broken: 0,
+            drill: None,
+            backups: 0,
+            last_good_at: None,
+            drill_passed_at: None,
+        }
+    }
+}
+
 /// The verdict on one listing: pure, `now` given.
 pub fn assess(
     listing: &Listing,
@@ -263,18 +281,7 @@ pub async fn health(
         .zip(targets)
     {
         let row = match l.listing {
-            Err(e) => JobHealth {
-                job: job.to_string(),
-                storage: l.storage,
-                state: Health::Error,
-                detail: e.to_string(),
-                newest: None,
-                broken: 0,
-                drill: None,
-                backups: 0,
-                last_good_at: None,
-                drill_passed_at: None,
-            },
+            Err(e) => JobHealth::unreadable(job, &l.storage, &e),
             Ok(listing) => {
                 let (state, mut detail) = assess(&listing, now, max_age);
                 if !listing.broken.is_empty() {
