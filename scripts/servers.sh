@@ -237,6 +237,21 @@ _drkit_install_prometheus() {
 }
 
 # Debian's age (the `age` encryption tool), for the tests that run it.
+# The deployment examples' checkers: systemd-analyze (Debian's systemd) for the units,
+# kubernetes-validate (PyPI, schemas bundled, offline) for the CronJobs.
+_drkit_install_deploy_checkers() {
+    if ! command -v systemd-analyze >/dev/null 2>&1; then
+        _drkit_say "installing systemd (apt; systemd-analyze verify for examples/deploy)"
+        _drkit_apt_install systemd || { _drkit_say "FAILED: apt-get install systemd"; return 1; }
+    fi
+    local py
+    py=$(_drkit_python) || return 1
+    if ! "$py" -c 'import kubernetes_validate' 2>/dev/null; then
+        _drkit_say "installing kubernetes-validate (pip; the Kubernetes schemas for examples/deploy)"
+        _drkit_pip_install 'kubernetes-validate==1.37.0' || { _drkit_say "FAILED: pip install kubernetes-validate"; return 1; }
+    fi
+}
+
 _drkit_install_age() {
     command -v age >/dev/null 2>&1 && return 0
     _drkit_say "installing age (apt)"
@@ -357,6 +372,7 @@ install_servers() {
     _drkit_install_busybox || return 1
     _drkit_install_prometheus || return 1
     _drkit_install_age || return 1
+    _drkit_install_deploy_checkers || return 1
 }
 
 # ------------------------------------------------------------------------------ checks -----
