@@ -316,6 +316,27 @@ impl Keys {
         if !self.can_decrypt() {
             return Err(missing_identity(manifest));
         }
+        // The header is read and checked here first, at most MAX_HEADER bytes: the age crate
+        // buffers a header line by line without a bound, and an attacker's archive could
+        // make that line as long as the object.
+        let mut stored = stored;
+        let mut head = Vec::with_capacity(4096);
+        tokio::io::AsyncReadExt::read_to_end(
+            &mut tokio::io::AsyncReadExt::take(&mut stored, MAX_HEADER as u64),
+            &mut head,
+        )
+        .await
+        .map_err(|e| crate::from_io(e, ErrorKind::Storage, "reading the archive"))?;
+        parse_header(&head).map_err(|why| {
+            Error::integrity(format!(
+                "backup {}/{} is corrupt: its age header cannot be read ({why})",
+                manifest.job, manifest.id
+            ))
+        })?;
+        let stored: BoxRead = Box::new(tokio::io::AsyncReadExt::chain(
+            std::io::Cursor::new(head),
+            stored,
+        ));
         let buffered = tokio::io::BufReader::with_capacity(super::pipeline::CHUNK, stored);
         let decryptor = age::Decryptor::new_async_buffered(buffered.compat())
             .await
@@ -722,6 +743,55 @@ mod tests {
             b"age-encryption.org/v1\nxx\n",
         ] {
             assert!(parse_header(junk).is_err());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_header_without_end_is_refused_after_max_header_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = new_identity();
+        let k = keys(dir.path(), Some(&secret), &secret);
+        let m: Manifest = serde_json::from_value(serde_json::json!({
+            "format_version": 2, "id": "20261203T020000Z-abcdef", "job": "db", "driver": "sqlite",
+            "started_at": "2026-12-03T02:00:00Z", "finished_at": "2026-12-03T02:00:01Z",
+            "data": {"key": "db/20261203T020000Z-abcdef/data.sqlite.zst.age", "compression": "zstd",
+                     "encryption": "age", "recipients": ["age:0123456789abcdef"], "raw_size": 1,
+                     "raw_sha256": "00", "stored_size": 1, "stored_sha256": "11"},
+            "source": {}, "stats": {}, "warnings": [], "drkit_version": "0.1.0", "host": "h"
+        }))
+        .unwrap();
+        // An "age file" whose first line never ends: 16 MiB of it.
+        let mut junk = INTRO.to_vec();
+        junk.extend(std::iter::repeat_n(b'a', 16 << 20));
+        let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = Counting(std::io::Cursor::new(junk), read.clone());
+        let e = match k.decrypt(&m, Box::new(counted)).await {
+            Err(e) => e,
+            Ok(_) => panic!("a header without end was accepted"),
+        };
+        assert_eq!(e.kind(), ErrorKind::Integrity, "{e}");
+        assert!(e.to_string().contains("age header"), "{e}");
+        let n = read.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            n <= MAX_HEADER as u64 + 64 * 1024,
+            "read {n} bytes of a bad header"
+        );
+    }
+
+    /// A reader that counts what was read from it.
+    struct Counting(std::io::Cursor<Vec<u8>>, Arc<std::sync::atomic::AtomicU64>);
+
+    impl tokio::io::AsyncRead for Counting {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let before = buf.filled().len();
+            let r = std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
+            let n = (buf.filled().len() - before) as u64;
+            self.1.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+            r
         }
     }
 
