@@ -16,7 +16,7 @@
 #
 # Examples:  bash scripts/test.sh
 #            bash scripts/test.sh -p drkit-core            # extra args go to the test runner
-#            bash scripts/test.sh -E 'binary(mongodb)'     # nextest filter: one test file
+#            bash scripts/test.sh -E 'test(/^mongodb::/)'  # nextest filter: one test file
 #            DRKIT_TEST_RUNNER=cargo bash scripts/test.sh -- --nocapture
 #            DRKIT_TEST_EXTERNAL=1 DRKIT_TEST_PG_URL=... bash scripts/test.sh   # own servers
 set -uo pipefail
@@ -24,6 +24,8 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
+# In CI (a fresh clone, built once) incremental compilation only costs disk: off.
+[[ ${CI:-} == true ]] && export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
 say() { printf 'test.sh: %s\n' "$*" >&2; }
 elapsed() { printf '%ds' $((SECONDS - $1)); }

@@ -7,7 +7,7 @@
 //!
 //! Each check is its own test on a fresh storage, generated per backend by
 //! `contract_tests!`: `local::ranged_reads`, `s3_moto::leftovers_are_cleaned`, ... so one
-//! failure hides none of the others (`cargo test --test storage_suite -- mem::` runs one
+//! failure hides none of the others (`cargo test --test e2e -- storage_suite::mem::` runs one
 //! backend).
 
 use std::sync::Arc;
