@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# bench/docker.sh — backup (and restore) of a Docker volume of ~1 GB in 20,000 files:
-# `drkit backup` (Engine archive endpoint -> tar scan -> zstd -3 -> local storage) against the
-# host doing `tar -c | zstd -3 -T0` straight from the volume's directory.
+# bench/docker.sh — backup and restore of a Docker volume of ~1 GB in 20,000 files, each drkit
+# way next to its floor, measured side by side in one run:
+#   direct backup  (mode = "direct": drkit reads the volume's directory)  vs host `tar -c | zstd -3 -T0`
+#   engine backup  (mode = "engine": the Engine's archive endpoint)       vs the endpoint `| zstd -3 -T0`
+#   restore        (`drkit restore --to NEW`, through the endpoint)       vs host `zstd -d | tar -x`
+# Targets (issue 17): direct <= 1.15x, engine <= 1.1x, restore <= 1.3x their floors; peak RSS
+# <= 64 MiB.
 #
 #   bash bench/docker.sh            # release build, 20000 files, 1 GB; prints a table
 #   FILES=2000 SIZE_MB=100 bash bench/docker.sh   # smaller
+#   SKIP_BUILD=1 bash bench/docker.sh             # the existing release binary
 #
-# Needs: the Docker engine, root (to read /var/lib/docker/volumes for the host baseline),
-# zstd, GNU time, python3. Builds the busybox test image like the tests do (busybox-static).
+# Needs: the Docker engine, root (to read and write /var/lib/docker/volumes for the host
+# floors), zstd, GNU time, python3. Builds the busybox test image like the tests do.
 # Data: half the files random (incompressible), half text-like (compressible), sizes spread.
-# Each command runs twice; the second (warm page cache, like the first for both) is reported.
+# Each backup runs twice, in turns; the second (warm page cache, like the first for all) is
+# reported. Restores run once each.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -17,16 +23,18 @@ FILES=${FILES:-20000}
 SIZE_MB=${SIZE_MB:-1024}
 VOL=drkit-bench-$$
 RESTORED=$VOL-restored
+HOSTCOPY=$VOL-hostcopy
 WORK=$(mktemp -d /var/tmp/drkit-bench.XXXXXX)
 cleanup() {
-    docker volume rm -f "$VOL" "$RESTORED" >/dev/null 2>&1 || true
+    docker volume rm -f "$VOL" "$RESTORED" "$HOSTCOPY" >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 
 say() { printf 'bench: %s\n' "$*" >&2; }
 
-cargo build --release -q -p drkit
+# SKIP_BUILD=1: use target/release/drkit as it is (e.g. while the tree does not build).
+[[ ${SKIP_BUILD:-0} == 1 ]] || cargo build --release -q -p drkit
 DRKIT=$PWD/target/release/drkit
 
 if ! docker image inspect drkit-test-busybox >/dev/null 2>&1; then
@@ -66,13 +74,17 @@ cat > "$WORK/drkit.toml" <<TOML
 type = "local"
 path = "$WORK/store"
 
-[job.bench]
-source = { type = "docker-volume", volume = "$VOL" }
+[job.direct]
+source = { type = "docker-volume", volume = "$VOL", mode = "direct" }
+storage = ["local"]
+
+[job.engine]
+source = { type = "docker-volume", volume = "$VOL", mode = "engine" }
 storage = ["local"]
 TOML
 
-timed() { # command... -> "seconds maxrss_kb"
-    /usr/bin/time -o "$WORK/time" -f '%e %M' "$@" >/dev/null 2>"$WORK/stderr" || {
+timed() { # command... -> "seconds maxrss_kb user sys"
+    /usr/bin/time -o "$WORK/time" -f '%e %M %U %S' "$@" >/dev/null 2>"$WORK/stderr" || {
         cat "$WORK/stderr" >&2
         exit 1
     }
@@ -85,33 +97,51 @@ engine() {
     curl -sf --unix-socket /var/run/docker.sock "http://docker/containers/$HELPER/archive?path=/data/." |
         zstd -q -3 -T0 > "$WORK/engine.tar.zst"
 }
-export -f host engine; export MP WORK HELPER
+# The restore floor: the host's archive extracted into a new volume's directory, as root.
+host_restore() { zstd -q -d -c "$WORK/host.tar.zst" | tar -C "$HOST_MP" -x --same-owner -p; }
+export -f host engine host_restore; export MP WORK HELPER
 
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 for run in 1 2; do
+    say "run $run"
     H=$(timed bash -c host)
-    rm -f "$WORK/host.tar.zst"
     E=$(timed bash -c engine)
     rm -f "$WORK/engine.tar.zst"
     rm -rf "$WORK/store"
-    D=$(timed "$DRKIT" --config "$WORK/drkit.toml" -q backup bench)
+    D=$(timed "$DRKIT" --config "$WORK/drkit.toml" -q backup direct)
+    DIRECT_STORED=$(du -sb "$WORK/store" | cut -f1)
+    rm -rf "$WORK/store"
+    G=$(timed "$DRKIT" --config "$WORK/drkit.toml" -q backup engine)
 done
 docker rm -f "$HELPER" >/dev/null
-host_s=${H%% *}
-engine_s=${E%% *}
-drkit_s=${D%% *}
-drkit_rss=${D##* }
-STORED=$(du -sb "$WORK/store" | cut -f1)
-bash -c host
 HOST_STORED=$(stat -c %s "$WORK/host.tar.zst")
-R=$(timed "$DRKIT" --config "$WORK/drkit.toml" -q restore bench --to "$RESTORED")
-restore_s=${R%% *}
-restore_rss=${R##* }
-ratio=$(python3 -c "print(f'{$drkit_s / $host_s:.2f}')")
+docker volume create "$HOSTCOPY" >/dev/null
+HOST_MP=$(docker volume inspect -f '{{.Mountpoint}}' "$HOSTCOPY")
+export HOST_MP
+HR=$(timed bash -c host_restore)
+R=$(timed "$DRKIT" --config "$WORK/drkit.toml" -q restore engine --to "$RESTORED")
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
-printf '\n| what | seconds | peak RSS | stored |\n|---|---|---|---|\n'
-printf '| host `tar -c | zstd -3 -T0` | %s | - | %s MB |\n' "$host_s" "$((HOST_STORED / 1000000))"
-printf '| engine archive endpoint `| zstd -3 -T0` (no drkit) | %s | - | - |\n' "$engine_s"
-printf '| `drkit backup` (docker-volume, zstd 3) | %s | %s MB | %s MB |\n' "$drkit_s" "$((drkit_rss / 1024))" "$((STORED / 1000000))"
-printf '| `drkit restore --to` (new volume, checked) | %s | %s MB | - |\n' "$restore_s" "$((restore_rss / 1024))"
-printf '\nvolume: %s files, %s MB; drkit backup / host = %sx (target <= 1.3x); load average: %s\n' \
-    "$FILES" "$((BYTES / 1000000))" "$ratio" "$(cut -d' ' -f1-3 /proc/loadavg)"
+python3 - "$H" "$E" "$D" "$G" "$HR" "$R" "$HOST_STORED" "$DIRECT_STORED" "$FILES" "$BYTES" "$LOAD_BEFORE" "$LOAD_AFTER" <<'PY'
+import sys
+h, e, d, g, hr, r = (list(map(float, a.split())) for a in sys.argv[1:7])
+host_stored, direct_stored, files, size = map(int, sys.argv[7:11])
+mb = lambda kb: f"{kb / 1024:.0f} MiB"
+cpu = lambda t: f"{t[2]:.1f} + {t[3]:.1f}"
+rows = [
+    ("host `tar -c \\| zstd -3 -T0` (floor of direct)", h, "-", None),
+    ("`drkit backup`, mode = direct", d, mb(d[1]), (d[0] / h[0], 1.15)),
+    ("engine endpoint `\\| zstd -3 -T0` (floor of engine)", e, "-", None),
+    ("`drkit backup`, mode = engine", g, mb(g[1]), (g[0] / e[0], 1.10)),
+    ("host `zstd -d \\| tar -x` (floor of restore)", hr, "-", None),
+    ("`drkit restore --to NEW` (endpoint, checked)", r, mb(r[1]), (r[0] / hr[0], 1.30)),
+]
+print("\n| what | seconds | CPU user + sys | peak RSS | ratio (target) |\n|---|---|---|---|---|")
+for name, t, rss, ratio in rows:
+    rt = "-" if ratio is None else f"{ratio[0]:.2f}x (<= {ratio[1]}x) {'met' if ratio[0] <= ratio[1] else 'MISSED'}"
+    print(f"| {name} | {t[0]:.2f} | {cpu(t)} | {rss} | {rt} |")
+peak = max(d[1], g[1], r[1]) / 1024
+print(f"\nvolume: {files} files, {size // 1000000} MB; stored: host {host_stored // 1000000} MB, drkit {direct_stored // 1000000} MB;"
+      f" peak RSS {peak:.0f} MiB (target <= 64 MiB: {'met' if peak <= 64 else 'MISSED'});"
+      f" load average before {sys.argv[11]}, after {sys.argv[12]}")
+PY

@@ -28,6 +28,8 @@
 #     DRKIT_TEST_DOCKER=1        when the Docker engine answers
 #     DRKIT_TEST_PG_IMAGE        drkit-test-postgres:15, a local image of Debian's PostgreSQL 15 with
 #                                the official postgres image's interface (built once, when Docker answers)
+#     DRKIT_TEST_BASE_IMAGE      drkit-test-debian:bookworm, Debian bookworm minbase: the deployment
+#                                image test's stand-in for debian:bookworm-slim (built once, when Docker answers)
 #     DRKIT_TEST_SERVERS=1       the harness ran
 #     DRKIT_PROMETHEUS           /usr/bin/prometheus  (Debian's prometheus package; kept when already set)
 #     DRKIT_PROMTOOL             /usr/bin/promtool    (same package: the monitoring examples' checks)
@@ -361,6 +363,56 @@ _drkit_build_pg_image() {
     _drkit_as_root rm -rf "$dir" "$log"
     export DRKIT_TEST_PG_IMAGE=$DRKIT_DRILL_PG_IMAGE
     _drkit_say "built $DRKIT_DRILL_PG_IMAGE ($(_drkit_elapsed "$t0"))"
+}
+
+# The deployment image test's base, `drkit-test-debian:bookworm` (no registry here): Debian
+# bookworm minbase by debootstrap, imported as a stand-in for `debian:bookworm-slim` (the FROM
+# of examples/deploy/Dockerfile, which the test builds with --build-arg BASE_IMAGE=this). Its
+# apt sources are the mirror's, so the Dockerfile's `apt-get install` works as on a real slim
+# image. Built once (a minute or two; skipped when the engine has it); a failed build fails the run.
+# Exported to the tests as DRKIT_TEST_BASE_IMAGE.
+DRKIT_BASE_IMAGE=drkit-test-debian:bookworm
+_drkit_build_base_image() {
+    if ! timeout 20 docker info >/dev/null 2>&1; then
+        [[ ${DRKIT_TEST_REQUIRE_DOCKER:-1} == 1 ]] || return 0 # reported by _drkit_check_docker
+        _drkit_fail "$DRKIT_BASE_IMAGE" "" "the Docker engine does not answer: cannot build the image"
+        return 1
+    fi
+    if docker image inspect "$DRKIT_BASE_IMAGE" >/dev/null 2>&1; then
+        export DRKIT_TEST_BASE_IMAGE=$DRKIT_BASE_IMAGE
+        return 0
+    fi
+    local mirror t0 dir log
+    t0=$(_drkit_now)
+    # The mirror as _drkit_build_pg_image finds it: apt's first non-security source.
+    mirror=$(grep -hsE '^(URIs:|deb )' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources \
+        /etc/apt/sources.list.d/*.list 2>/dev/null | grep -v -- '-security' |
+        grep -oE 'https?://[^ ]+' | head -n 1)
+    [[ -n $mirror ]] || { _drkit_fail "$DRKIT_BASE_IMAGE" "" "no Debian mirror in /etc/apt/sources.list{,.d}"; return 1; }
+    if ! command -v debootstrap >/dev/null 2>&1; then
+        _drkit_say "installing debootstrap (apt; for the deployment test's base image)"
+        _drkit_apt_install debootstrap || { _drkit_say "FAILED: apt-get install debootstrap"; return 1; }
+    fi
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/drkit-base-image.XXXXXX") || return 1
+    log="$dir.log"
+    _drkit_say "building $DRKIT_BASE_IMAGE: debootstrap --variant=minbase bookworm from $mirror (once, a minute or two)"
+    if ! _drkit_as_root debootstrap --variant=minbase bookworm "$dir/root" "$mirror" >"$log" 2>&1; then
+        _drkit_fail "$DRKIT_BASE_IMAGE" "$log" "debootstrap failed"
+        _drkit_as_root rm -rf "$dir"
+        return 1
+    fi
+    # As a slim image: no package cache, no package lists (a Dockerfile runs apt-get update).
+    _drkit_as_root rm -rf "$dir/root/var/cache/apt/archives/"*.deb "$dir/root/var/lib/apt/lists/"*
+    if ! _drkit_as_root tar -C "$dir/root" -c . 2>>"$log" | docker import \
+        --change 'CMD ["bash"]' \
+        - "$DRKIT_BASE_IMAGE" >>"$log" 2>&1; then
+        _drkit_fail "$DRKIT_BASE_IMAGE" "$log" "docker import failed"
+        _drkit_as_root rm -rf "$dir"
+        return 1
+    fi
+    _drkit_as_root rm -rf "$dir" "$log"
+    export DRKIT_TEST_BASE_IMAGE=$DRKIT_BASE_IMAGE
+    _drkit_say "built $DRKIT_BASE_IMAGE ($(_drkit_elapsed "$t0"))"
 }
 
 # Installs whatever is missing. Safe to call repeatedly (checks are fast).
@@ -775,6 +827,7 @@ _drkit_check_external() {
     done
     _drkit_check_docker || failed=1
     _drkit_build_pg_image || failed=1
+    _drkit_build_base_image || failed=1
     return "$failed"
 }
 
@@ -784,7 +837,7 @@ _drkit_unset_exports() {
     unset DRKIT_TEST_PG_URL DRKIT_TEST_PG_BINDIR DRKIT_TEST_MONGO_URL DRKIT_TEST_MOTO_ENDPOINT \
         DRKIT_TEST_MOTO_ACCESS_KEY DRKIT_TEST_MOTO_SECRET_KEY DRKIT_TEST_S3S_ENDPOINT \
         DRKIT_TEST_S3S_ACCESS_KEY DRKIT_TEST_S3S_SECRET_KEY DRKIT_TEST_DOCKER DRKIT_TEST_COMPOSE \
-        DRKIT_TEST_PG_IMAGE DRKIT_TEST_SERVERS DRKIT_TEST_SERVERS_DIR
+        DRKIT_TEST_PG_IMAGE DRKIT_TEST_BASE_IMAGE DRKIT_TEST_SERVERS DRKIT_TEST_SERVERS_DIR
 }
 
 start_all() {
@@ -817,6 +870,7 @@ start_all() {
     # Launch the three background servers first, then bring PostgreSQL up while they boot.
     if ! { _drkit_check_docker &&
         _drkit_build_pg_image &&
+        _drkit_build_base_image &&
         _drkit_launch_mongo "$mongo_port" &&
         _drkit_launch_moto "$moto_port" &&
         _drkit_launch_s3s "$s3s_port" &&

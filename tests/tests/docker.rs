@@ -52,7 +52,7 @@ fn volume_backup_verify_restore_byte_for_byte() {
     assert!(m["stats"]["digest"]
         .as_str()
         .unwrap()
-        .starts_with("sha256:"));
+        .starts_with("blake3:"));
     assert!(m["data"]["key"].as_str().unwrap().ends_with("data.tar.zst"));
     s.drkit(&["verify", "files"]).expect_code(0);
 

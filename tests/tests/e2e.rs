@@ -3,8 +3,12 @@
 //! suite's build needed several GB of disk and minutes of linking before (CI ran out of disk).
 //! One area: `bash scripts/test.sh -E 'test(/^mongodb::/)'`.
 
+mod catalog_cache;
+mod daemon;
 mod deploy_examples;
+mod deploy_image;
 mod docker;
+mod docker_direct;
 mod drill_docker;
 mod drill_doctor_daemon;
 mod drill_mongo_sqlite;
@@ -15,6 +19,8 @@ mod fault_proxy;
 mod fleet;
 mod hostile_catalog;
 mod hostile_postgres;
+mod init;
+mod leases;
 mod library;
 mod metrics_prometheus;
 mod mongodb;

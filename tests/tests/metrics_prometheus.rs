@@ -436,3 +436,36 @@ fn metrics_file_is_valid_and_its_counters_continue() {
     bad.drkit(&["backup", "--metrics-file", f]).expect_code(1);
     failures(2.0);
 }
+
+#[test]
+fn the_daemon_serves_the_job_limits_of_a_reloaded_config() {
+    let s = setup("schedule = \"0 0 0 1 1 *\"\nmax_age = \"26h\"", "");
+    let config = std::fs::read_to_string(s.path("drkit.toml")).unwrap();
+    let mut d = Daemon::start(&s);
+    const MAX_AGE: &str = "drkit_backup_max_age_seconds";
+    let limit = |d: &mut Daemon| {
+        d.get("/metrics")
+            .and_then(|r| value(&parse(&r.text()), MAX_AGE, &[("job", "app")]))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while limit(&mut d) != Some(93_600.0) {
+        assert!(Instant::now() < deadline, "no 26 h limit:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(s.path("drkit.toml"), config.replace("\"26h\"", "\"2h\"")).unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &d.child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while limit(&mut d) != Some(7_200.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the reloaded 2 h limit is not served: {:?}\n{}",
+            limit(&mut d),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(d.log().contains("SIGHUP: reloaded"), "{}", d.log());
+    assert_eq!(d.stop(), Some(0));
+}

@@ -91,7 +91,11 @@ impl Backend {
     }
 
     fn can_lock(&self) -> bool {
-        matches!(self, Backend::Local(_) | Backend::Mem(_))
+        // S3: a lease object; both test servers honour conditional writes (tests/tests/leases.rs).
+        matches!(
+            self,
+            Backend::Local(_) | Backend::Mem(_) | Backend::S3 { .. }
+        )
     }
 }
 
@@ -480,8 +484,8 @@ async fn leftovers_are_cleaned(f: &Fixture) {
     drop(lock);
 }
 
-/// Lock semantics: the local folder (and MemStore) hold a real lock; S3 cannot lock (nothing
-/// is held, and leftovers are only removed once older than leftover_age).
+/// Lock semantics: the local folder (a lock file), MemStore and S3 (a lease object) hold a
+/// real lock: a second one is refused until the first is released.
 async fn lock_semantics(f: &Fixture) {
     let s = f.s();
     let first = s.lock_job("lj").await.unwrap();
@@ -490,8 +494,7 @@ async fn lock_semantics(f: &Fixture) {
         let second = s
             .lock_job("lj")
             .await
-            .err()
-            .expect("a second lock is refused");
+            .expect_err("a second lock is refused");
         assert_eq!(second.kind(), ErrorKind::Refused);
         assert!(second.to_string().contains("lj"), "{second}");
         drop(first);

@@ -20,7 +20,9 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod daemon;
 pub mod guard;
+pub mod init;
 pub mod monitor;
 
 use std::collections::HashMap;
@@ -177,20 +179,29 @@ impl Drkit {
     /// contacted).
     pub fn from_config(config: Config) -> Result<Drkit> {
         drkit_drivers::validate(&config)?;
+        // The manifest cache of this process (docs/config.md, `[cache]`).
+        drkit_core::catalog::cache::install(
+            config
+                .cache
+                .resolve(&|name| std::env::var(name).ok())
+                .map(|s| drkit_core::catalog::cache::ManifestCache::new(&s)),
+        );
         let mut notifiers = Notifiers::default();
         for (name, n) in &config.notify {
             notifiers
                 .0
                 .insert(name.clone(), drkit_drivers::open_notifier(name, n)?);
         }
-        Ok(Drkit {
+        let app = Drkit {
             config,
             path: None,
             cancel: None,
             notifiers,
             monitor: Arc::default(),
             identity: None,
-        })
+        };
+        app.monitor.set_limits(app.job_limits());
+        Ok(app)
     }
 
     /// Tell the notifiers of `job` (every notifier when `None`) what `a` announces, and count
@@ -765,6 +776,52 @@ impl Drkit {
         on_step: &mut (dyn FnMut(guard::BackupStep<'_>) + Send),
     ) -> Result<guard::Verdict> {
         guard::backup_first(&self.config, verdict, on_step).await
+    }
+
+    /// When each scheduled task last ran, for the daemon's catch-up at start: a backup's is
+    /// the oldest of its storages' newest backups (`None` when one has none or cannot be
+    /// read), a drill's the newest drill report.
+    pub async fn last_runs(&self, now: DateTime<Utc>) -> HashMap<Task, DateTime<Utc>> {
+        let rows = match self.status(None, now).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!("cannot look at the storages for the catch-up: {e}");
+                return HashMap::new();
+            }
+        };
+        let mut out = HashMap::new();
+        for (job, _) in self.config.job.iter() {
+            let mine: Vec<&JobHealth> = rows.iter().filter(|r| &r.job == job).collect();
+            let newest: Option<Vec<DateTime<Utc>>> = mine
+                .iter()
+                .map(|r| r.newest.as_ref().map(|n| n.started_at))
+                .collect();
+            if let Some(oldest) = newest.and_then(|v| v.into_iter().min()) {
+                out.insert(Task::Backup(job.clone()), oldest);
+            }
+            if let Some(drilled) = mine
+                .iter()
+                .filter_map(|r| r.drill.as_ref().map(|d| d.started_at))
+                .max()
+            {
+                out.insert(Task::Drill(job.clone()), drilled);
+            }
+        }
+        out
+    }
+
+    /// A future that completes when this process was told to stop ([`Drkit::set_cancel`]);
+    /// never, when it was not given a cancel signal.
+    pub async fn stopped(&self) {
+        match self.cancel.clone() {
+            // A sender gone without saying stop never will.
+            Some(mut c) => {
+                if c.wait_for(|stop| *stop).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
     }
 
     /// Run one scheduled task as the daemon does on a tick: a backup (then a prune when the

@@ -18,6 +18,8 @@ use hyper::{Request, Response, StatusCode};
 pub struct Monitor {
     tally: Mutex<Tally>,
     look: Mutex<Look>,
+    /// What the metrics need of each job of the running config (replaced on a reload).
+    limits: Mutex<Arc<Vec<JobLimits>>>,
 }
 
 #[derive(Debug, Default)]
@@ -60,6 +62,16 @@ impl Monitor {
         (l.at.is_some() && !l.dirty).then(|| l.rows.clone())
     }
 
+    /// Use the limits of a new config (the daemon's reload).
+    pub fn set_limits(&self, limits: Vec<JobLimits>) {
+        *self.limits.lock().expect("not poisoned") = Arc::new(limits);
+    }
+
+    /// The limits of the running config.
+    pub fn limits(&self) -> Arc<Vec<JobLimits>> {
+        self.limits.lock().expect("not poisoned").clone()
+    }
+
     /// The last look, whatever happened since (the daemon's endpoint serves it).
     pub fn last_look(&self) -> Vec<JobHealth> {
         self.look.lock().expect("not poisoned").rows.clone()
@@ -67,13 +79,8 @@ impl Monitor {
 }
 
 /// Serve `GET /metrics` and `GET /healthz` on `listener` until the future is dropped. A scrape
-/// reads only what `monitor` holds; it never waits for a storage.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    monitor: Arc<Monitor>,
-    limits: Vec<JobLimits>,
-) -> Result<()> {
-    let limits = Arc::new(limits);
+/// reads only what `monitor` holds (its limits follow a reload); it never waits for a storage.
+pub async fn serve(listener: tokio::net::TcpListener, monitor: Arc<Monitor>) -> Result<()> {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -84,10 +91,9 @@ pub async fn serve(
             }
         };
         let monitor = monitor.clone();
-        let limits = limits.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let answer = answer(&req, &monitor, &limits);
+                let answer = answer(&req, &monitor, &monitor.limits());
                 async move { Ok::<_, Infallible>(answer) }
             });
             let conn = hyper::server::conn::http1::Builder::new()

@@ -56,6 +56,10 @@ pub struct Cli {
     /// `encryption.identity_file`): restore, drill, verify.
     #[arg(long, global = true, value_name = "FILE")]
     identity: Option<PathBuf>,
+    /// When another run holds a job's lock (a backup, a prune, on this host or another),
+    /// wait up to DURATION (e.g. 30s, 10m) for it instead of exiting 3 at once.
+    #[arg(long, global = true, value_name = "DURATION", default_value = "0", value_parser = parse_wait)]
+    wait: std::time::Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -86,12 +90,23 @@ enum Command {
     Daemon(cmd::daemon::Args),
     /// Run a docker command unless it destroys volumes that lack a fresh, verified backup.
     Guard(cmd::guard::Args),
+    /// Write a drkit.toml for the compose deployments the Docker engine runs.
+    Init(cmd::init::Args),
 }
 
 /// How long an interrupted drill may take to remove its scratch copy.
 const CLEANUP_TIME: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// `--wait`: `0`, or a duration (`90s`, `15m`, ...).
+fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
+    if s.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    drkit_core::units::parse_duration(s).map_err(|e| e.to_string())
+}
+
 async fn run(cli: Cli) -> Result<Exit, Error> {
+    drkit_core::set_lock_wait(cli.wait);
     let out = output::Output::new(cli.json, cli.quiet);
     let command = match cli.command {
         Command::Guard(a) => {
@@ -103,6 +118,14 @@ async fn run(cli: Cli) -> Result<Exit, Error> {
                     "interrupted by {name}: the guarded command was not run"
                 ))),
             };
+        }
+        Command::Init(a) => {
+            // No config to load: init writes one.
+            let path = cli
+                .config
+                .clone()
+                .unwrap_or_else(drkit_app::Drkit::default_path);
+            return cmd::init::run(&path, out, a).await;
         }
         other => other,
     };
@@ -150,7 +173,7 @@ async fn run_command(
             Command::Drill(a) => cmd::drill::run(ctx, a).await,
             Command::Doctor(a) => cmd::doctor::run(ctx, a).await,
             Command::Daemon(a) => cmd::daemon::run(ctx, a).await,
-            Command::Guard(_) => unreachable!("handled above"),
+            Command::Guard(_) | Command::Init(_) => unreachable!("handled above"),
         }
     };
     tokio::pin!(work);
@@ -168,8 +191,13 @@ async fn run_command(
                 };
             }
             if is_daemon {
+                // Running backups are cancelled, running drills remove their scratch
+                // (drkit_app::daemon bounds that wait).
+                let _ = stop.send(true);
+                ctx.out.info(format!("daemon: {name}: stopping"));
+                let r = work.await;
                 ctx.out.info(format!("daemon: stopped by {name}"));
-                return Ok(Exit::Ok);
+                return r;
             }
             Err(Error::cancelled(format!(
                 "interrupted by {name}: nothing was committed by the unfinished operation"

@@ -190,7 +190,10 @@ pub fn fleet_table(report: &[JobHealth]) -> String {
                 n.map(|n| n.id.clone()).unwrap_or_else(|| "-".into()),
                 n.map(|n| human_bytes(n.stored_size))
                     .unwrap_or_else(|| "-".into()),
-                h.detail.clone(),
+                match &h.lease {
+                    Some(holder) => format!("{}; being written now ({holder})", h.detail),
+                    None => h.detail.clone(),
+                },
             ]
         })
         .collect();

@@ -7,11 +7,17 @@
 //! reason, never chosen for a restore, never counted or removed by retention. One broken
 //! entry never hides the others.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, SubsecRound, TimeZone, Utc};
+pub mod cache;
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, SubsecRound, TimeZone, Utc};
+use futures::StreamExt;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
+use self::cache::ManifestCache;
 use crate::manifest::{backup_folder, format_time, manifest_key, MANIFEST_FILE};
 use crate::signing::{Record, Trust, SIG_SUFFIX};
 use crate::{Error, ErrorKind, Manifest, ObjectMeta, Result, Storage};
@@ -21,6 +27,10 @@ pub use crate::layout::{complete_ids, incomplete_keys, jobs_in, ACCEPTED_FILE};
 /// Objects larger than this are not read as manifests or records (a hostile storage could
 /// hand out gigabytes under `manifest.json`).
 pub const MAX_RECORD_SIZE: u64 = 16 << 20;
+
+/// How many records (manifests, signatures, accept records) the catalog reads at once. The
+/// results keep the listing's order whatever order the answers come in.
+pub const FETCH_CONCURRENCY: usize = 32;
 
 /// A new backup id for a backup started at `now`: `YYYYMMDDTHHMMSSZ-<6 hex>`, sorting by time.
 pub fn new_backup_id(now: DateTime<Utc>, rng: &mut impl Rng) -> String {
@@ -177,12 +187,29 @@ impl Listing {
 
 /// Read every backup of `job` on `storage`: valid ones (checked against their folder, and
 /// signed when `trust` has a public key) and broken ones. Fails only when the storage cannot
-/// be listed.
+/// be listed. Records are read [`FETCH_CONCURRENCY`] at a time, through the manifest cache
+/// installed in this process ([`cache::install`]), if any.
 pub async fn scan(storage: &dyn Storage, job: &str, trust: &Trust) -> Result<Listing> {
-    let objects = storage.list(&format!("{job}/")).await?;
+    scan_with(storage, job, trust, cache::installed().as_deref()).await
+}
+
+/// [`scan`] through `cache` (or none). After the listing, the cache forgets the records of
+/// `job` that the storage no longer holds.
+pub async fn scan_with(
+    storage: &dyn Storage,
+    job: &str,
+    trust: &Trust,
+    cache: Option<&ManifestCache>,
+) -> Result<Listing> {
+    let objects = storage.list(&crate::layout::job_prefix(job)).await?;
+    let reader = Reader::new(storage, cache, job, &objects);
+    let ids = complete_ids(&objects, job);
+    let results = reader.entries(&ids, trust).await;
     let mut listing = Listing::default();
-    for id in complete_ids(&objects, job) {
-        match read_entry(storage, &objects, job, &id, trust).await {
+    let mut wrote = false;
+    for (r, w) in results {
+        wrote |= w;
+        match r {
             Ok(e) => listing.backups.push(e),
             Err(b) => listing.broken.push(b),
         }
@@ -190,7 +217,79 @@ pub async fn scan(storage: &dyn Storage, job: &str, trust: &Trust) -> Result<Lis
     listing
         .backups
         .sort_by(|a, b| newest_first(&a.manifest, &b.manifest));
+    if let Some(c) = cache {
+        let keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+        c.retain(&reader.storage_id, job, &keys, wrote).await;
+    }
     Ok(listing)
+}
+
+/// The listing prefixes that the newest backups of `job` are looked for under at `now`, most
+/// recent first: today, this month, the month before, this year, then the whole job (backup
+/// ids start with their UTC start time, `YYYYMMDD...`).
+pub fn recent_prefixes(job: &str, now: DateTime<Utc>) -> Vec<String> {
+    let prev = if now.month() == 1 {
+        format!("{:04}12", now.year() - 1)
+    } else {
+        format!("{:04}{:02}", now.year(), now.month() - 1)
+    };
+    vec![
+        format!("{job}/{}", now.format("%Y%m%d")),
+        format!("{job}/{}", now.format("%Y%m")),
+        format!("{job}/{prev}"),
+        format!("{job}/{}", now.format("%Y")),
+        crate::layout::job_prefix(job),
+    ]
+}
+
+/// The newest good backup of `job` on `storage`, reading only the newest backups: the first
+/// of [`recent_prefixes`] that holds a good one is listed, and its manifests are read newest
+/// id first, a few at a time, until a good one is found. What a backup compares itself with
+/// (the suspect checks), at a cost that does not grow with how many older backups the job
+/// keeps. `None` when the job has no good backup.
+pub async fn newest_good(
+    storage: &dyn Storage,
+    job: &str,
+    trust: &Trust,
+    now: DateTime<Utc>,
+) -> Result<Option<Entry>> {
+    newest_good_with(storage, job, trust, now, cache::installed().as_deref()).await
+}
+
+/// [`newest_good`] through `cache` (or none).
+pub async fn newest_good_with(
+    storage: &dyn Storage,
+    job: &str,
+    trust: &Trust,
+    now: DateTime<Utc>,
+    cache: Option<&ManifestCache>,
+) -> Result<Option<Entry>> {
+    let mut seen: HashSet<String> = HashSet::new();
+    for prefix in recent_prefixes(job, now) {
+        let objects = storage.list(&prefix).await?;
+        let reader = Reader::new(storage, cache, job, &objects);
+        let mut ids: Vec<String> = complete_ids(&objects, job)
+            .into_iter()
+            .filter(|id| !seen.contains(id))
+            .collect();
+        ids.reverse();
+        let mut batch = 4;
+        for chunk in ids.chunks(FETCH_CONCURRENCY) {
+            for part in chunk.chunks(batch) {
+                let mut good: Vec<Entry> = (reader.entries(part, trust).await)
+                    .into_iter()
+                    .filter_map(|(r, _)| r.ok().filter(Entry::is_good))
+                    .collect();
+                if !good.is_empty() {
+                    good.sort_by(|a, b| newest_first(&a.manifest, &b.manifest));
+                    return Ok(good.into_iter().next());
+                }
+                batch = FETCH_CONCURRENCY;
+            }
+        }
+        seen.extend(ids);
+    }
+    Ok(None)
 }
 
 /// The backup `id` of `job`: a missing one is [`ErrorKind::NotFound`], a broken one an
@@ -203,8 +302,11 @@ pub async fn load(storage: &dyn Storage, job: &str, id: &str, trust: &Trust) -> 
             storage.describe()
         )));
     }
-    read_entry(storage, &objects, job, id, trust)
+    let cache = cache::installed();
+    Reader::new(storage, cache.as_deref(), job, &objects)
+        .entry(id, trust)
         .await
+        .0
         .map_err(|b| broken_error(job, &b))
 }
 
@@ -220,13 +322,147 @@ pub fn broken_error(job: &str, b: &Broken) -> Error {
     }
 }
 
+/// Reads the records of one listing of a job: from the cache when it holds the version the
+/// listing names, else from the storage.
+struct Reader<'a> {
+    storage: &'a dyn Storage,
+    cache: Option<&'a ManifestCache>,
+    /// The storage's description: what the cache files are kept under.
+    storage_id: String,
+    job: &'a str,
+    objects: HashMap<&'a str, &'a ObjectMeta>,
+}
+
+/// Where the records of one entry came from.
+#[derive(Default)]
+struct Fetched {
+    /// At least one record came from the cache.
+    from_cache: bool,
+    /// The records read from the storage: (key, bytes).
+    from_storage: Vec<(String, Vec<u8>)>,
+}
+
+impl<'a> Reader<'a> {
+    fn new(
+        storage: &'a dyn Storage,
+        cache: Option<&'a ManifestCache>,
+        job: &'a str,
+        objects: &'a [ObjectMeta],
+    ) -> Self {
+        Reader {
+            storage,
+            cache,
+            storage_id: if cache.is_some() {
+                storage.describe()
+            } else {
+                String::new()
+            },
+            job,
+            objects: objects.iter().map(|o| (o.key.as_str(), o)).collect(),
+        }
+    }
+
+    fn present(&self, key: &str) -> bool {
+        self.objects.contains_key(key)
+    }
+
+    /// The record at `key`: from the cache when allowed and it holds the listed version,
+    /// else from the storage (noted in `fetched`).
+    async fn read(&self, key: &str, use_cache: bool, fetched: &mut Fetched) -> Result<Vec<u8>> {
+        if let (true, Some(c), Some(meta)) = (use_cache, self.cache, self.objects.get(key)) {
+            if let Ok(bytes) = c.get(&self.storage_id, self.job, meta).await {
+                fetched.from_cache = true;
+                return Ok(bytes);
+            }
+        }
+        let bytes = read_record(self.storage, key).await?;
+        fetched.from_storage.push((key.to_string(), bytes.clone()));
+        Ok(bytes)
+    }
+
+    /// The entries of backups `ids`, in that order, read [`FETCH_CONCURRENCY`] at a time.
+    async fn entries(
+        &self,
+        ids: &[String],
+        trust: &Trust,
+    ) -> Vec<(std::result::Result<Entry, Broken>, bool)> {
+        let mut pending = futures::stream::FuturesOrdered::new();
+        let mut out = Vec::with_capacity(ids.len());
+        let mut next = ids.iter();
+        loop {
+            while pending.len() < FETCH_CONCURRENCY {
+                match next.next() {
+                    Some(id) => pending.push_back(self.entry(id, trust)),
+                    None => break,
+                }
+            }
+            match pending.next().await {
+                Some(r) => out.push(r),
+                None => return out,
+            }
+        }
+    }
+
+    /// The entry of backup `id`, and whether the cache was written. Bytes from the cache go
+    /// through the same checks as bytes from the storage; when an entry read through the
+    /// cache fails them (or its accept record does), its cache files are dropped and the
+    /// storage is read instead: a cache file can never make a backup look broken.
+    async fn entry(&self, id: &str, trust: &Trust) -> (std::result::Result<Entry, Broken>, bool) {
+        let Some(cache) = self.cache else {
+            return (read_entry(self, id, trust, false).await.0, false);
+        };
+        let (mut result, mut fetched) = read_entry(self, id, trust, true).await;
+        let doubtful = match &result {
+            Err(_) => true,
+            Ok(e) => e.accept_problem.is_some(),
+        };
+        if fetched.from_cache && doubtful {
+            for name in [MANIFEST_FILE, ACCEPTED_FILE] {
+                let key = format!("{}{name}", backup_folder(self.job, id));
+                let sig = crate::layout::signature_key(&key);
+                cache.forget(&self.storage_id, self.job, &key).await;
+                cache.forget(&self.storage_id, self.job, &sig).await;
+            }
+            (result, fetched) = read_entry(self, id, trust, false).await;
+        }
+        let Ok(entry) = &result else {
+            return (result, false);
+        };
+        let mut wrote = false;
+        let accept_key = Acceptance::key_for(self.job, id);
+        for (key, bytes) in &fetched.from_storage {
+            // an accept record that was ignored is read again next time
+            if entry.accept_problem.is_some() && key.starts_with(&accept_key) {
+                continue;
+            }
+            if let Some(meta) = self.objects.get(key.as_str()) {
+                cache.put(&self.storage_id, self.job, meta, bytes).await;
+                wrote = true;
+            }
+        }
+        (result, wrote)
+    }
+}
+
 async fn read_entry(
-    storage: &dyn Storage,
-    objects: &[ObjectMeta],
-    job: &str,
+    reader: &Reader<'_>,
     id: &str,
     trust: &Trust,
+    use_cache: bool,
+) -> (std::result::Result<Entry, Broken>, Fetched) {
+    let mut fetched = Fetched::default();
+    let r = read_entry_from(reader, id, trust, use_cache, &mut fetched).await;
+    (r, fetched)
+}
+
+async fn read_entry_from(
+    reader: &Reader<'_>,
+    id: &str,
+    trust: &Trust,
+    use_cache: bool,
+    fetched: &mut Fetched,
 ) -> std::result::Result<Entry, Broken> {
+    let job = reader.job;
     let key = manifest_key(job, id);
     let broken = |reason: String, unreadable: bool| Broken {
         id: id.to_string(),
@@ -235,8 +471,8 @@ async fn read_entry(
         unreadable,
         newer_format: false,
     };
-    let present = |k: &str| objects.iter().any(|o| o.key == k);
-    let bytes = read_record(storage, &key)
+    let bytes = reader
+        .read(&key, use_cache, fetched)
         .await
         .map_err(|e| broken(e.to_string(), e.kind() != ErrorKind::Integrity))?;
     if let Err(e) = Manifest::from_json(&bytes, &key) {
@@ -248,13 +484,18 @@ async fn read_entry(
     let manifest = check_manifest(&bytes, &key, job, id).map_err(|e| broken(e, false))?;
     if !trust.is_blind() {
         let sig_key = crate::layout::signature_key(&key);
-        let sig = if present(&sig_key) {
-            Some(read_record(storage, &sig_key).await.map_err(|e| {
-                broken(
-                    format!("its signature cannot be read: {e}"),
-                    e.kind() != ErrorKind::Integrity,
-                )
-            })?)
+        let sig = if reader.present(&sig_key) {
+            Some(
+                reader
+                    .read(&sig_key, use_cache, fetched)
+                    .await
+                    .map_err(|e| {
+                        broken(
+                            format!("its signature cannot be read: {e}"),
+                            e.kind() != ErrorKind::Integrity,
+                        )
+                    })?,
+            )
         } else {
             None
         };
@@ -268,8 +509,8 @@ async fn read_entry(
         accept_problem: None,
     };
     let accept_key = Acceptance::key_for(job, id);
-    if present(&accept_key) {
-        match read_acceptance(storage, &accept_key, job, id, trust).await {
+    if reader.present(&accept_key) {
+        match read_acceptance(reader, &accept_key, id, trust, use_cache, fetched).await {
             Ok(a) => entry.accepted = Some(a),
             Err(why) => entry.accept_problem = Some(why),
         }
@@ -278,21 +519,28 @@ async fn read_entry(
 }
 
 async fn read_acceptance(
-    storage: &dyn Storage,
+    reader: &Reader<'_>,
     key: &str,
-    job: &str,
     id: &str,
     trust: &Trust,
+    use_cache: bool,
+    fetched: &mut Fetched,
 ) -> std::result::Result<Acceptance, String> {
-    let bytes = read_record(storage, key)
+    let job = reader.job;
+    let bytes = reader
+        .read(key, use_cache, fetched)
         .await
         .map_err(|e| format!("{key} ignored: {e}"))?;
     if !trust.is_blind() {
         let sig_key = crate::layout::signature_key(key);
-        let sig = match read_record(storage, &sig_key).await {
-            Ok(s) => Some(s),
-            Err(e) if e.kind() == ErrorKind::NotFound => None,
-            Err(e) => return Err(format!("{key} ignored: its signature cannot be read: {e}")),
+        let sig = if reader.present(&sig_key) {
+            match reader.read(&sig_key, use_cache, fetched).await {
+                Ok(s) => Some(s),
+                Err(e) if e.kind() == ErrorKind::NotFound => None,
+                Err(e) => return Err(format!("{key} ignored: its signature cannot be read: {e}")),
+            }
+        } else {
+            None
         };
         trust
             .check(Record::Accept, &bytes, sig.as_deref())
@@ -557,6 +805,7 @@ mod tests {
             key: key.into(),
             size: 1,
             modified: Some(now - chrono::Duration::minutes(age_min)),
+            etag: None,
         }
     }
 
@@ -743,6 +992,159 @@ mod tests {
         newer.broken[0].id = "b9".into();
         let c = choose(&newer, "db", &Selector::Newest).unwrap();
         assert!(c.warning.unwrap().contains("newer broken entry b9"));
+    }
+
+    /// The cache through a whole scan: what a cache file holds never changes the listing, and
+    /// the file is replaced or removed. (hit, changed version, corrupt file, oversized file,
+    /// a cached manifest that fails the checks, a key not in the listing.)
+    #[tokio::test]
+    async fn scans_through_the_cache_table() {
+        use crate::testing::MemStore;
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = ManifestCache::new(&cache::CacheSetting {
+            dir: tmp.path().to_path_buf(),
+            max_size: 1 << 20,
+        });
+        let store = MemStore::new();
+        let t0 = parse_time("2026-01-01T00:00:00Z").unwrap();
+        let ids: Vec<String> = (0..4)
+            .map(|i| format!("2026010{}T000000Z-aaaaaa", i + 1))
+            .collect();
+        for id in &ids {
+            store.insert_at(
+                &manifest_key("db", id),
+                manifest_at(id, &format_time(&t0)).to_json(),
+                t0,
+            );
+        }
+        let blind = Trust::blind();
+        let scan = || scan_with(&store, "db", &blind, Some(&cache));
+        let summary = |l: &Listing| -> Vec<String> {
+            let mut v: Vec<String> = l
+                .backups
+                .iter()
+                .map(|e| format!("{} {}", e.manifest.id, e.manifest.host))
+                .collect();
+            v.extend(l.broken.iter().map(|b| format!("{} broken", b.id)));
+            v
+        };
+        let truth = summary(&scan().await.unwrap());
+        assert_eq!(truth.len(), 4);
+        let path_of = |id: &str| {
+            let files: Vec<_> = walk(tmp.path());
+            files
+                .into_iter()
+                .find(|p| {
+                    std::fs::read(p)
+                        .map(|b| {
+                            String::from_utf8_lossy(&b[..b.len().min(400)])
+                                .contains(&manifest_key("db", id))
+                        })
+                        .unwrap_or(false)
+                })
+                .unwrap()
+        };
+        let storage_id = store.describe();
+        let listed = |id: &str, t| ObjectMeta {
+            key: manifest_key("db", id),
+            size: manifest_at(id, &format_time(&t0)).to_json().len() as u64,
+            modified: Some(t),
+            etag: None,
+        };
+        let forged = |id: &str, m: &Manifest, t| {
+            cache::encode(&storage_id, &listed(id, t), &m.to_json()).unwrap()
+        };
+        // the edits, each on its own backup's file; the listing must not change
+        let mut other = manifest_at(&ids[2], &format_time(&t0));
+        other.id = ids[3].clone(); // describes another backup: fails check_manifest
+        let mut host = manifest_at(&ids[1], &format_time(&t0));
+        host.host = "X".into(); // same length, passes the checks: but of an older version
+        let cases: Vec<(&str, usize, Vec<u8>)> = vec![
+            ("corrupt file", 0, b"junk".to_vec()),
+            (
+                "changed version",
+                1,
+                forged(&ids[1], &host, t0 - chrono::Duration::seconds(1)),
+            ),
+            ("fails the checks", 2, forged(&ids[2], &other, t0)),
+            (
+                "oversized",
+                3,
+                vec![b'{'; cache::MAX_FILE_SIZE as usize + 1],
+            ),
+        ];
+        let paths: Vec<_> = ids.iter().map(|id| path_of(id)).collect();
+        for (what, i, bytes) in &cases {
+            std::fs::write(&paths[*i], bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+        }
+        let stray = paths[0].with_file_name("stray.rec");
+        std::fs::write(
+            &stray,
+            forged(&ids[0], &manifest_at(&ids[0], "2026-01-01T00:00:00Z"), t0),
+        )
+        .unwrap();
+        assert_eq!(
+            summary(&scan().await.unwrap()),
+            truth,
+            "the cache changed the listing"
+        );
+        assert!(!stray.exists(), "a file of no listed key is removed");
+        // every file is good again: a hit for each
+        for id in &ids {
+            let got = cache.get(&storage_id, "db", &listed(id, t0)).await;
+            assert_eq!(
+                got.unwrap(),
+                manifest_at(id, &format_time(&t0)).to_json(),
+                "{id}"
+            );
+        }
+        // a backup gone from the storage loses its entry
+        store
+            .delete_object(&manifest_key("db", &ids[0]))
+            .await
+            .unwrap();
+        assert_eq!(scan().await.unwrap().backups.len(), 3);
+        assert_eq!(
+            cache.get(&storage_id, "db", &listed(&ids[0], t0)).await,
+            Err(cache::Miss::Absent)
+        );
+        // the backup's own look: the newest good one, same through the cache or not
+        let newest = newest_good_with(&store, "db", &Trust::blind(), t0, Some(&cache))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(newest.manifest.id, ids[3]);
+        assert!(
+            newest_good_with(&MemStore::new(), "db", &Trust::blind(), t0, None)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(p).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                out.extend(walk(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn recent_prefixes_table() {
+        let t = |s: &str| parse_time(s).unwrap();
+        assert_eq!(
+            recent_prefixes("db", t("2026-03-15T10:00:00Z")),
+            ["db/20260315", "db/202603", "db/202602", "db/2026", "db/"]
+        );
+        assert_eq!(
+            recent_prefixes("db", t("2026-01-02T00:00:00Z"))[2],
+            "db/202512"
+        );
     }
 
     #[test]

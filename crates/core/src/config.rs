@@ -25,6 +25,49 @@ pub struct Config {
     /// Named notifiers (`[notify.NAME]`, docs/monitoring.md).
     #[serde(default)]
     pub notify: BTreeMap<String, crate::notify::NotifierConfig>,
+    /// The local manifest cache (`[cache]`, docs/config.md).
+    #[serde(default)]
+    pub cache: crate::catalog::cache::CacheConfig,
+    /// How `drkit daemon` runs the schedules (`[daemon]`, docs/deploy.md).
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+}
+
+/// The `[daemon]` table: defaults for every job's schedule, and how many run at once.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// IANA time zone of the schedules (default UTC); a job's `timezone` overrides it.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// How many tasks (of different jobs) run at once; default 1. Two runs of one job never
+    /// overlap, whatever this says.
+    #[serde(default)]
+    pub max_parallel: Option<usize>,
+    /// Retry of failed runs for every job; a job's `retry` overrides it.
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+    /// Delay every scheduled run by up to this much; a job's `jitter` overrides it.
+    #[serde(default)]
+    pub jitter: Option<Span>,
+}
+
+/// `retry = { attempts = 3, backoff = "1m" }`: run a scheduled task that failed for a
+/// reason that may pass (a storage, a source or a program: exit 1) again, up to `attempts`
+/// more times, waiting `backoff`, then twice as long each time. A retry never runs past the
+/// task's next slot: the slot takes over.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// How many more times to try after a failure (0: never).
+    pub attempts: u32,
+    /// The wait before the first retry (default 1 minute); each next one waits twice as long.
+    #[serde(default = "default_backoff")]
+    pub backoff: Span,
+}
+
+fn default_backoff() -> Span {
+    "1m".parse().expect("a valid span")
 }
 
 /// A driver's settings: its `type` and the rest of its table, read by the driver.
@@ -104,6 +147,22 @@ pub struct JobConfig {
     /// The notifiers this job tells (default: every `[notify.NAME]`; `[]`: none).
     #[serde(default)]
     pub notify: Option<Vec<String>>,
+    /// Docker volumes whose data this job's backups protect: the data volume of a database
+    /// server this job dumps (a logical dump is the consistent backup of a running server,
+    /// a copy of its files is not). The guard accepts a fresh, verified backup of this job as
+    /// the backup of each of these volumes (docs/docker.md).
+    #[serde(default)]
+    pub covers: Vec<String>,
+    /// IANA time zone of `schedule` and `drill.schedule` (default: `[daemon] timezone`, UTC).
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Retry of the daemon's failed runs of this job (default: `[daemon] retry`, none).
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+    /// Delay the daemon's scheduled runs of this job by up to this much (default: `[daemon]
+    /// jitter`, none), so that hosts sharing a storage do not all start at once.
+    #[serde(default)]
+    pub jitter: Option<Span>,
 }
 
 impl JobConfig {
@@ -438,9 +497,29 @@ impl Config {
                         .map_err(|e| e.context(format!("{origin}: job.{name}.{key}")))?;
                 }
             }
+            if let Some(bad) = job
+                .covers
+                .iter()
+                .find(|v| v.trim().is_empty() || v.contains('/'))
+            {
+                return Err(Error::config(format!(
+                    "{origin}: job.{name}.covers: {bad:?} is not a Docker volume name"
+                )));
+            }
+            if let Some(tz) = &job.timezone {
+                crate::schedule::zone(tz, &format!("{origin}: job.{name}.timezone"))?;
+            }
         }
         for name in self.storage.keys() {
             check_name("storage", name, origin)?;
+        }
+        if let Some(tz) = &self.daemon.timezone {
+            crate::schedule::zone(tz, &format!("{origin}: daemon.timezone"))?;
+        }
+        if self.daemon.max_parallel == Some(0) {
+            return Err(Error::config(format!(
+                "{origin}: daemon.max_parallel is 0: at least 1 task must be able to run"
+            )));
         }
         Ok(())
     }

@@ -21,6 +21,7 @@ pub mod crypt;
 pub mod drill;
 mod error;
 mod exit;
+pub mod init;
 pub mod layout;
 pub mod manifest;
 pub mod metrics;
@@ -45,13 +46,23 @@ pub use pipeline::Compression;
 pub use source::{
     DeepCheck, Dump, DumpSummary, RestoreOptions, RestoreReport, Source, StreamCheck,
 };
-pub use storage::{BoxRead, JobLock, ObjectMeta, Storage, Unfinished, Upload};
+pub use storage::{
+    lock_wait, next_lock_try, set_lock_wait, BoxRead, JobLease, JobLock, LockCheck, ObjectMeta,
+    Storage, Unfinished, Upload,
+};
 
 /// The version of drkit, as recorded in manifests.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// This machine's host name, for manifests.
+/// This machine's host name, for manifests and leases: `$DRKIT_HOST` when set (tests, and
+/// containers whose host name is random), else the kernel's.
 pub fn hostname() -> String {
+    if let Some(h) = std::env::var("DRKIT_HOST")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+    {
+        return h.trim().to_string();
+    }
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .ok()

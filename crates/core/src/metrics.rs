@@ -412,6 +412,7 @@ mod tests {
             backups: 3,
             last_good_at: Some(at("2026-12-03T02:00:04.5Z")),
             drill_passed_at: Some(at("2026-12-02T03:00:00Z")),
+            lease: None,
         }
     }
 

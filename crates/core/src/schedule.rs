@@ -1,9 +1,30 @@
 //! Cron schedules: parse a 5-field (`min hour dom month dow`) or 6-field (with seconds
-//! first) expression, and compute the next run after a given time (UTC).
+//! first) expression, and compute the next run after a given time, in UTC or in an IANA time
+//! zone with its daylight-saving changes.
+//!
+//! The parser is our own, not the `cron` crate's: that crate follows Quartz's syntax (day of
+//! week 1-7 with Sunday = 1, day-of-month AND day-of-week), so `0 2 * * 1-5` would run on the
+//! wrong days; crontab's rules (0 or 7 = Sunday, day-of-month OR day-of-week) are what
+//! operators copy from their crontabs.
+//!
+//! Time zones: a slot is a wall-clock time in the zone. A slot that does not exist (the hour
+//! skipped when clocks go forward) is skipped once; a slot that exists twice (the hour
+//! repeated when clocks go back) runs once, at its first occurrence.
 
-use chrono::{DateTime, Datelike, Duration, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc};
+use chrono_tz::Tz;
 
 use crate::{Error, Result};
+
+/// An IANA time zone by name (`Europe/Berlin`, `America/New_York`, `UTC`); a config error
+/// naming `what` otherwise.
+pub fn zone(name: &str, what: &str) -> Result<Tz> {
+    name.parse::<Tz>().map_err(|_| {
+        Error::config(format!(
+            "{what}: {name:?} is not an IANA time zone name (e.g. \"Europe/Berlin\", \"UTC\")"
+        ))
+    })
+}
 
 /// A parsed cron expression. Day of month and day of week follow cron's rule: when both are
 /// restricted, a day matches if either matches.
@@ -112,7 +133,7 @@ impl Schedule {
         })
     }
 
-    fn day_matches(&self, t: &DateTime<Utc>) -> bool {
+    fn day_matches(&self, t: &NaiveDateTime) -> bool {
         let dom = self.days & (1 << t.day()) != 0;
         let dow = self.weekdays & (1 << t.weekday().num_days_from_sunday()) != 0;
         match (self.dom_star, self.dow_star) {
@@ -123,10 +144,37 @@ impl Schedule {
         }
     }
 
-    /// The first time strictly after `after` that matches, searching up to five years ahead.
+    /// The first time strictly after `after` that matches (UTC), searching up to five years
+    /// ahead.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.next_in(after, &Tz::UTC)
+    }
+
+    /// The first slot of `zone`'s wall clock that comes strictly after the instant `after`,
+    /// searching up to five years ahead. A wall-clock slot that does not exist in the zone is
+    /// skipped; one that exists twice counts at its first occurrence only (when that one is
+    /// not after `after`, the slot is over).
+    pub fn next_in(&self, after: DateTime<Utc>, zone: &Tz) -> Option<DateTime<Utc>> {
+        let limit = after.naive_utc() + Duration::days(5 * 366);
+        let mut local = after.with_timezone(zone).naive_local();
+        while local <= limit {
+            local = self.next_wall(local, limit)?;
+            match zone.from_local_datetime(&local) {
+                chrono::LocalResult::Single(t) if t > after => return Some(t.to_utc()),
+                chrono::LocalResult::Ambiguous(first, _) if first > after => {
+                    return Some(first.to_utc())
+                }
+                // Not there (clocks went forward), or already over.
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// The first wall-clock time strictly after `after` that matches, up to `limit`.
+    fn next_wall(&self, after: NaiveDateTime, limit: NaiveDateTime) -> Option<NaiveDateTime> {
+        let midnight = |d: NaiveDate| d.and_hms_opt(0, 0, 0);
         let mut t = after.with_nanosecond(0)? + Duration::seconds(1);
-        let limit = after + Duration::days(5 * 366);
         while t <= limit {
             if self.months & (1 << t.month()) == 0 {
                 let (y, m) = if t.month() == 12 {
@@ -134,14 +182,11 @@ impl Schedule {
                 } else {
                     (t.year(), t.month() + 1)
                 };
-                t = Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).single()?;
+                t = midnight(NaiveDate::from_ymd_opt(y, m, 1)?)?;
                 continue;
             }
             if !self.day_matches(&t) {
-                t = Utc
-                    .with_ymd_and_hms(t.year(), t.month(), t.day(), 0, 0, 0)
-                    .single()?
-                    + Duration::days(1);
+                t = midnight(t.date())? + Duration::days(1);
                 continue;
             }
             if self.hours & (1 << t.hour()) == 0 {
@@ -200,6 +245,96 @@ mod tests {
                 "{expr} after {after}"
             );
         }
+    }
+
+    #[test]
+    fn daylight_saving_table() {
+        let berlin = zone("Europe/Berlin", "test").unwrap();
+        let new_york = zone("America/New_York", "test").unwrap();
+        // 2026: Berlin goes forward on Mar 29 (02:00 -> 03:00) and back on Oct 25 (03:00 ->
+        // 02:00); New York forward on Mar 8 and back on Nov 1 (02:00 -> 01:00).
+        let cases = [
+            // A normal day: 02:30 in Berlin's winter is 01:30 UTC.
+            (
+                berlin,
+                "30 2 * * *",
+                "2026-03-27 12:00",
+                "2026-03-28 01:30:00",
+            ),
+            // 02:30 does not exist on Mar 29: skipped once, the next day runs (UTC+2).
+            (
+                berlin,
+                "30 2 * * *",
+                "2026-03-28 12:00",
+                "2026-03-30 00:30:00",
+            ),
+            // Hourly across the gap: 01:00 CET, then 03:00 CEST, one hour later in UTC.
+            (
+                berlin,
+                "0 * * * *",
+                "2026-03-29 00:00",
+                "2026-03-29 01:00:00",
+            ),
+            // 02:30 exists twice on Oct 25: it runs at the first (CEST, 00:30 UTC) ...
+            (
+                berlin,
+                "30 2 * * *",
+                "2026-10-24 12:00",
+                "2026-10-25 00:30:00",
+            ),
+            // ... and not again at the second (CET, 01:30 UTC): the next run is Oct 26.
+            (
+                berlin,
+                "30 2 * * *",
+                "2026-10-25 00:30",
+                "2026-10-26 01:30:00",
+            ),
+            // Started during the repeated hour, after the first 02:30: over for the day.
+            (
+                berlin,
+                "30 2 * * *",
+                "2026-10-25 01:00",
+                "2026-10-26 01:30:00",
+            ),
+            // Every 30 minutes over New York's gap: 01:30 EST, then 03:00 EDT.
+            (
+                new_york,
+                "*/30 * * * *",
+                "2026-03-08 06:31",
+                "2026-03-08 07:00:00",
+            ),
+            // Hourly over New York's repeated hour: 01:00 EDT (05:00 UTC) runs, 01:00 EST
+            // (06:00 UTC) does not, 02:00 EST (07:00 UTC) does.
+            (
+                new_york,
+                "0 * * * *",
+                "2026-11-01 04:30",
+                "2026-11-01 05:00:00",
+            ),
+            (
+                new_york,
+                "0 * * * *",
+                "2026-11-01 05:00",
+                "2026-11-01 07:00:00",
+            ),
+            // Summer time: 02:00 EDT is 06:00 UTC.
+            (
+                new_york,
+                "0 2 * * *",
+                "2026-06-01 00:00",
+                "2026-06-01 06:00:00",
+            ),
+        ];
+        for (tz, expr, after, want) in cases {
+            let s = Schedule::parse(expr).unwrap();
+            assert_eq!(
+                s.next_in(t(after), &tz),
+                Some(t(want)),
+                "{expr} in {tz} after {after} UTC"
+            );
+        }
+        let e = zone("Europe/Atlantis", "job.a.timezone").unwrap_err();
+        assert!(e.to_string().contains("job.a.timezone"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //! once over these operations for every storage. A storage is also the catalog: listing
 //! manifests is listing keys (see [`crate::catalog`]).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -25,6 +28,10 @@ pub struct ObjectMeta {
     pub size: u64,
     /// Last modification time, when the storage reports it.
     pub modified: Option<DateTime<Utc>>,
+    /// The storage's version tag of the object's content (the S3 ETag, quotes included),
+    /// when it has one. With `size` and `modified` it tells one version of a key from another
+    /// (the catalog's manifest cache, [`crate::catalog::cache`]).
+    pub etag: Option<String>,
 }
 
 /// An object being written. Bytes go in through [`AsyncWrite`]; nothing is visible under the
@@ -51,22 +58,118 @@ pub struct Unfinished {
     pub handle: String,
 }
 
-/// A held lock on one job of a storage; released when dropped.
-pub struct JobLock(Option<Box<dyn Send + Sync>>);
+/// A lease on a job held in a storage (an S3 lease object, see `docs/s3.md`): renewed while
+/// it is held, given back by [`JobLease::release`] (best effort when dropped instead).
+#[async_trait]
+pub trait JobLease: Send + Sync {
+    /// Stop renewing and give the lease back (remove it from the storage) so that the next
+    /// run need not wait for it to expire.
+    async fn release(self: Box<Self>) -> Result<()>;
+    /// Why the lease is no longer ours (another run took it over after its renewals failed
+    /// for longer than its time to live), or `None` while it is held.
+    fn lost(&self) -> Option<String>;
+}
+
+/// A held lock on one job of a storage: a guard (a file lock) released when dropped, or a
+/// [`JobLease`] given back by [`JobLock::release`].
+pub struct JobLock {
+    guard: Option<Box<dyn Send + Sync>>,
+    lease: Option<Box<dyn JobLease>>,
+    strict: bool,
+}
 
 impl JobLock {
     /// A lock that holds a guard (a file lock, ...) until dropped.
     pub fn new(guard: Box<dyn Send + Sync>) -> Self {
-        JobLock(Some(guard))
+        JobLock {
+            guard: Some(guard),
+            lease: None,
+            strict: true,
+        }
     }
-    /// For storages that cannot lock (S3): nothing is held.
+    /// For storages that cannot lock: nothing is held.
     pub fn none() -> Self {
-        JobLock(None)
+        JobLock {
+            guard: None,
+            lease: None,
+            strict: false,
+        }
     }
-    /// Whether a real lock is held.
+    /// A lease held in the storage. `strict`: the storage honours the conditional writes the
+    /// lease is taken with, so no other run holds the job; otherwise the lease is advisory
+    /// (a run on another host may have taken it at the same moment) and the lock does not
+    /// count as held.
+    pub fn lease(lease: Box<dyn JobLease>, strict: bool) -> Self {
+        JobLock {
+            guard: None,
+            lease: Some(lease),
+            strict,
+        }
+    }
+    /// Whether a real lock is held: no other run can be writing the job.
     pub fn is_held(&self) -> bool {
-        self.0.is_some()
+        self.guard.is_some() || (self.lease.is_some() && self.strict)
     }
+    /// `Ok` while the lock is still ours; a [`crate::ErrorKind::Refused`] error once the
+    /// lease was lost (another run took it over): a run checks before it commits.
+    pub fn check(&self) -> Result<()> {
+        match self.lease.as_ref().and_then(|l| l.lost()) {
+            Some(why) => Err(Error::refused(why)),
+            None => Ok(()),
+        }
+    }
+    /// Give the lock back: a lease is removed from the storage (awaited), a guard dropped.
+    /// An error says the lease could not be removed (it then expires by itself).
+    pub async fn release(mut self) -> Result<()> {
+        self.guard.take();
+        match self.lease.take() {
+            Some(lease) => lease.release().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for JobLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobLock")
+            .field("held", &self.is_held())
+            .field("lease", &self.lease.is_some())
+            .finish()
+    }
+}
+
+/// What [`Storage::lock_check`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockCheck {
+    /// Whether a held lock excludes every other run of the job (else it is advisory).
+    pub exclusive: bool,
+    /// One line saying so, for `drkit doctor`.
+    pub note: String,
+}
+
+/// How long [`lock`](#method.lock) on `dyn Storage` waits for a job held by another run, in
+/// milliseconds (the CLI's `--wait`; default 0: refuse at once).
+static LOCK_WAIT_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Set how long a run waits for a job's lock held by another run before it is refused (the
+/// CLI's global `--wait`). For the whole process.
+pub fn set_lock_wait(wait: Duration) {
+    LOCK_WAIT_MS.store(
+        u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+}
+
+/// The wait set by [`set_lock_wait`].
+pub fn lock_wait() -> Duration {
+    Duration::from_millis(LOCK_WAIT_MS.load(Ordering::Relaxed))
+}
+
+/// How long to sleep before asking again for a lock, `waited` into a wait of `wait`: one
+/// second, less when the wait ends sooner; `None` when the wait is over.
+pub fn next_lock_try(waited: Duration, wait: Duration) -> Option<Duration> {
+    let left = wait.checked_sub(waited).filter(|d| !d.is_zero())?;
+    Some(left.min(Duration::from_secs(1)))
 }
 
 /// A place that keeps objects: the primitives drkit needs, and the storage's capabilities.
@@ -130,6 +233,21 @@ pub trait Storage: Send + Sync {
     /// that cannot lock returns [`JobLock::none`].
     async fn lock_job(&self, job: &str) -> Result<JobLock>;
 
+    /// How this storage excludes concurrent runs of a job, for `drkit doctor`: storages that
+    /// must probe the server (S3: does it honour conditional writes?) do it here. `None`:
+    /// nothing to say (the default).
+    async fn lock_check(&self) -> Result<Option<LockCheck>> {
+        Ok(None)
+    }
+
+    /// Who holds a live lease on `job` now (`host H, pid P, since T, lease expires E`), for
+    /// the fleet view; `None` when nobody does, or the storage keeps no leases (a local
+    /// folder's lock is a lock on this host only). The default: `None`.
+    async fn lease_holder(&self, job: &str, now: DateTime<Utc>) -> Result<Option<String>> {
+        let _ = (job, now);
+        Ok(None)
+    }
+
     /// Whether objects of this storage can be under object lock (a retention date, a legal
     /// hold), so that a delete must ask [`Storage::locked_until`] first. The default: no.
     fn holds_object_locks(&self) -> bool {
@@ -154,6 +272,39 @@ pub trait Storage: Send + Sync {
 }
 
 impl dyn Storage + '_ {
+    /// Take the job's lock ([`Storage::lock_job`]); while another run holds it, ask again
+    /// every second for up to [`lock_wait`] (the CLI's `--wait`), then give the refusal
+    /// (exit 3) that names the holder. Every run that writes a job takes its lock this way.
+    pub async fn lock(&self, job: &str) -> Result<JobLock> {
+        let wait = lock_wait();
+        let start = std::time::Instant::now();
+        let mut told = false;
+        loop {
+            match self.lock_job(job).await {
+                Err(e) if e.kind() == crate::ErrorKind::Refused => {
+                    let Some(pause) = next_lock_try(start.elapsed(), wait) else {
+                        return Err(Error::refused(if wait.is_zero() {
+                            format!("{e}, or run with --wait DURATION")
+                        } else {
+                            format!("{e} (still held after waiting {wait:?})")
+                        }));
+                    };
+                    if !told {
+                        told = true;
+                        tracing::info!(
+                            event = "lock.wait",
+                            job,
+                            "{job}: waiting up to {wait:?} for the job's lock on {}: {e}",
+                            self.describe()
+                        );
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Delete one object; deleting a missing object is not an error. An object under object
     /// lock (see [`Storage::locked_until`]) is not deleted, whatever asked for it: that is a
     /// [`crate::ErrorKind::Refused`] error. On a versioned bucket a plain delete would not fail
@@ -174,5 +325,58 @@ impl dyn Storage + '_ {
             }
         }
         self.delete_object(key).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_retries_within_the_wait() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let cases = [
+            (s(0), s(0), None),
+            (ms(10), s(0), None),
+            (s(0), s(30), Some(s(1))),
+            (s(29), s(30), Some(s(1))),
+            (ms(29_600), s(30), Some(ms(400))),
+            (s(30), s(30), None),
+            (s(31), s(30), None),
+        ];
+        for (waited, wait, want) in cases {
+            assert_eq!(next_lock_try(waited, wait), want, "{waited:?} of {wait:?}");
+        }
+    }
+
+    struct FakeLease(Option<String>);
+
+    #[async_trait]
+    impl JobLease for FakeLease {
+        async fn release(self: Box<Self>) -> Result<()> {
+            Ok(())
+        }
+        fn lost(&self) -> Option<String> {
+            self.0.clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn what_a_lock_holds() {
+        assert!(!JobLock::none().is_held());
+        assert!(JobLock::new(Box::new(())).is_held());
+        assert!(JobLock::lease(Box::new(FakeLease(None)), true).is_held());
+        let advisory = JobLock::lease(Box::new(FakeLease(None)), false);
+        assert!(
+            !advisory.is_held(),
+            "an advisory lease does not count as held"
+        );
+        assert!(advisory.check().is_ok());
+        advisory.release().await.unwrap();
+        let lost = JobLock::lease(Box::new(FakeLease(Some("taken over".into()))), true);
+        let e = lost.check().unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Refused);
+        assert!(e.to_string().contains("taken over"), "{e}");
     }
 }

@@ -347,6 +347,7 @@ impl State {
             key: key.to_string(),
             size,
             modified: Some(now),
+            etag: None,
         }
     }
 
@@ -584,6 +585,7 @@ impl Storage for MemStore {
             key: key.to_string(),
             size: o.data.len() as u64,
             modified: Some(o.modified),
+            etag: None,
         }))
     }
 
@@ -598,6 +600,7 @@ impl Storage for MemStore {
                 key: k.clone(),
                 size: o.data.len() as u64,
                 modified: Some(o.modified),
+                etag: None,
             })
             .collect())
     }

@@ -117,15 +117,20 @@ pub struct VolumeJob {
     pub name: String,
     /// Whether it is configured (false: ad hoc).
     pub configured: bool,
+    /// Whether it is a dump of the database server that keeps its data in the volume (the
+    /// job `covers` it), rather than a copy of the volume.
+    pub dump: bool,
     /// The source.
-    pub source: DockerVolumeSource,
+    pub source: Box<dyn Source>,
     /// Storage names.
     pub storages: Vec<String>,
     /// Backup options.
     pub options: BackupOptions,
 }
 
-/// The jobs whose source is `volume` (by name or compose identity), then the ad-hoc job on
+/// The jobs that back up `volume`: first those that `covers` it (dumps of the database
+/// server whose data it holds: the consistent backup, so `--backup-first` runs them), then
+/// those whose source is the volume (by name or compose identity), then the ad-hoc job on
 /// `adhoc_storages`.
 pub fn jobs_for(
     config: &Config,
@@ -134,6 +139,18 @@ pub fn jobs_for(
 ) -> Result<Vec<VolumeJob>> {
     let mut out = Vec::new();
     for (name, job) in &config.job {
+        if job.covers.iter().any(|v| v == &volume.name) {
+            out.push(VolumeJob {
+                name: name.clone(),
+                configured: true,
+                dump: true,
+                source: drkit_drivers::open_source(name, &job.source)?,
+                storages: job.storage.clone(),
+                options: job.backup_options(name)?,
+            });
+        }
+    }
+    for (name, job) in &config.job {
         let Some(src) = drkit_drivers::docker_volume_source(name, &job.source)? else {
             continue;
         };
@@ -141,7 +158,8 @@ pub fn jobs_for(
             out.push(VolumeJob {
                 name: name.clone(),
                 configured: true,
-                source: src,
+                dump: false,
+                source: Box::new(src),
                 storages: job.storage.clone(),
                 options: job.backup_options(name)?,
             });
@@ -150,7 +168,8 @@ pub fn jobs_for(
     out.push(VolumeJob {
         name: adhoc_job(&volume.name),
         configured: false,
-        source: DockerVolumeSource::for_volume(&volume.name, true),
+        dump: false,
+        source: Box::new(DockerVolumeSource::for_volume(&volume.name, true)),
         storages: adhoc_storages.to_vec(),
         options: BackupOptions::default(),
     });
@@ -162,6 +181,9 @@ pub fn jobs_for(
 pub struct Newest {
     /// The job.
     pub job: String,
+    /// The job is a dump of the database server whose data the volume holds (it `covers`
+    /// the volume).
+    pub dump: bool,
     /// The storage it was found on.
     pub storage: String,
     /// Its manifest.
@@ -291,6 +313,7 @@ pub async fn protections(
                     {
                         let n = Newest {
                             job: job.name.clone(),
+                            dump: job.dump,
                             storage: target.name.clone(),
                             manifest: m,
                         };
@@ -317,7 +340,7 @@ pub async fn protections(
                 {
                     Some(Problem::Empty { id, holds })
                 } else {
-                    let src: &dyn Source = &jobs[*ji].source;
+                    let src: &dyn Source = jobs[*ji].source.as_ref();
                     let verified = pipeline::verify(
                         storage.as_ref(),
                         &n.manifest,
@@ -379,7 +402,7 @@ pub async fn backup_now(
     let targets = crate::open_targets(config, &job.storages)?;
     let outcome = pipeline::backup(
         &job.name,
-        &job.source,
+        job.source.as_ref(),
         &targets,
         &job.options,
         pipeline::no_progress(),
@@ -390,7 +413,7 @@ pub async fn backup_now(
             pipeline::verify(
                 t.storage.as_ref(),
                 &outcome.manifest,
-                Some(&job.source),
+                Some(job.source.as_ref()),
                 pipeline::no_progress(),
             )
             .await?;

@@ -1,19 +1,19 @@
 //! `drkit daemon`: run each job's `schedule` (backup, then prune when it has a `keep`
-//! policy) and `drill.schedule` until SIGTERM or SIGINT. One job runs at a time; a run that
-//! fails is logged and the schedule goes on. What runs when: `drkit_core::ops::daemon`; what
-//! a task does: `drkit_app::Drkit::run_task`. Every minute, and after each task, it looks at
-//! the storages again: for `--listen`'s `/metrics` and `/healthz`, for `--metrics-file`,
-//! and to tell the notifiers about jobs that turned stale, suspect or failed.
+//! policy) and `drill.schedule` until SIGTERM or SIGINT; SIGHUP reads the config again. The
+//! rules (time zones, catch-up, overruns, retries, jitter, `max_parallel`) are
+//! `drkit_core::ops::daemon`'s, the runtime is `drkit_app::daemon`; this command parses,
+//! listens for SIGHUP, serves `--listen` and renders.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use chrono::Utc;
-use drkit_core::ops::daemon::Plan;
+use chrono::{DateTime, Utc};
+use drkit_app::daemon::{Hooks, Options};
+use drkit_app::TaskRun;
+use drkit_core::ops::daemon::{Note, Start, Task, Why};
 use drkit_core::{Exit, Result};
 
-use drkit_app::Drkit;
-
 use crate::ctx::Ctx;
+use crate::output::Output;
 use crate::render;
 
 #[derive(clap::Args, Debug)]
@@ -23,154 +23,184 @@ pub struct Args {
     listen: Option<String>,
 }
 
-/// How often the daemon looks at the storages between tasks.
-const LOOK_EVERY: Duration = Duration::from_secs(60);
-
-/// Look at the storages again; tell what changed; write the metrics file.
-async fn look(ctx: &Ctx, app: &Drkit) {
-    if let Err(e) = app.look_again().await {
-        ctx.out
-            .warn(format!("daemon: cannot look at the storages: {e}"));
-    }
-    if let Some(path) = &ctx.metrics_file {
-        if let Err(e) = app.write_metrics_file(path).await {
-            ctx.out.warn(e.to_string());
-        }
-    }
+/// The daemon's lines, on stderr (with timestamps: crates/cli/src/log.rs).
+struct Lines<'a> {
+    out: &'a Output,
+    config: String,
 }
 
-/// SIGHUP: read the config again. A valid one replaces the running one (and its plan); an
-/// invalid one is logged and the old one keeps running.
-fn reload(ctx: &Ctx, app: &mut Drkit, plan: &mut Plan) {
-    let new = app
-        .reloaded(&ctx.env_files)
-        .and_then(|new| Plan::of(new.config()).map(|p| (new, p)));
-    match new {
-        Ok((new, p)) => {
-            *app = new;
-            *plan = p;
-            ctx.out.info(format!(
-                "daemon: SIGHUP: reloaded {}",
-                ctx.config_path.display()
+impl Hooks for Lines<'_> {
+    fn started(&self, start: &Start) {
+        let why = match &start.why {
+            Why::Slot(at) => format!("its slot of {}", at.to_rfc3339()),
+            Why::CatchUp { missed, newest } => format!(
+                "catch-up: its slot of {} was missed ({})",
+                missed.to_rfc3339(),
+                match newest {
+                    Some(t) => format!("the newest run started {}", t.to_rfc3339()),
+                    None => "it never ran".to_string(),
+                }
+            ),
+            Why::Retry { attempt } => format!("retry {attempt}"),
+        };
+        self.out
+            .info(format!("daemon: {} starts ({why})", start.task));
+    }
+
+    fn finished(&self, run: &TaskRun, took: Duration) {
+        let task = &run.task;
+        let job = task.job();
+        match &run.backup {
+            Some(Ok(o)) => {
+                render::backup(self.out, job, o, took);
+            }
+            Some(Err(e)) => self.out.error(format!("{job}: backup: {e}")),
+            None => {}
+        }
+        match &run.prune {
+            Some(Ok(prunes)) => {
+                for p in prunes {
+                    match &p.result {
+                        Ok(r) => {
+                            let removed = r.items.iter().filter(|i| !i.keep).count();
+                            for i in &r.items {
+                                if let drkit_core::ops::prune::Action::Failed { error } = &i.action
+                                {
+                                    self.out.error(format!(
+                                        "{job}: removing backup {} from {} failed: {error}",
+                                        i.id, p.storage
+                                    ));
+                                }
+                            }
+                            if removed > 0 {
+                                self.out.info(format!(
+                                    "{job}: prune on {}: {removed} backup(s) past the keep policy",
+                                    p.storage
+                                ));
+                            }
+                        }
+                        Err(e) => self
+                            .out
+                            .error(format!("{job}: prune on {}: {e}", p.storage)),
+                    }
+                }
+            }
+            Some(Err(e)) => self.out.error(format!("{job}: prune: {e}")),
+            None => {}
+        }
+        match &run.drill {
+            Some(Ok(runs)) => runs.iter().for_each(|r| {
+                render::drill(self.out, r);
+            }),
+            Some(Err(e)) => self.out.error(format!("{job}: drill: {e}")),
+            None => {}
+        }
+        let exit = run.exit();
+        if exit != Exit::Ok {
+            self.out.warn(format!(
+                "daemon: {task} ended with exit code {}; the schedule goes on",
+                exit.code()
             ));
         }
-        Err(e) => ctx.out.error(format!(
-            "daemon: SIGHUP: the new config is not used, the running one goes on: {e}"
-        )),
     }
-}
 
-pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
-    let mut app = ctx.app.clone();
-    let mut plan = Plan::of(app.config())?;
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| drkit_core::Error::config(format!("cannot listen for SIGHUP: {e}")))?;
-    let listener = match &args.listen {
-        Some(addr) => Some(drkit_app::monitor::bind(addr).await?),
-        None => None,
-    };
-    look(ctx, &app).await;
-    if let Some(listener) = listener {
-        let addr = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        tokio::spawn(drkit_app::monitor::serve(
-            listener,
-            app.monitor(),
-            app.job_limits(),
-        ));
-        ctx.out.info(format!(
-            "daemon: serving /metrics and /healthz on http://{addr}"
-        ));
+    fn note(&self, note: &Note) {
+        match note {
+            Note::Skipped { task, count } => self.out.warn(format!(
+                "daemon: {task}: {count} slot(s) came while it ran or waited and were skipped"
+            )),
+            Note::Retry { task, attempt, at } => self.out.info(format!(
+                "daemon: {task} failed; retry {attempt} at {}",
+                at.to_rfc3339()
+            )),
+            Note::NoRetry {
+                task,
+                attempts,
+                next_slot,
+            } => match next_slot {
+                Some(slot) => self.out.warn(format!(
+                    "daemon: {task} failed; not retried, its next slot {} comes first",
+                    slot.to_rfc3339()
+                )),
+                None => self.out.error(format!(
+                    "daemon: {task} failed after {attempts} retries; next try at its next slot"
+                )),
+            },
+        }
     }
-    let mut next_look = Instant::now() + LOOK_EVERY;
-    let mut after = Utc::now();
-    'plan: loop {
-        let (at, due) = plan.next(after)?;
-        let names: Vec<String> = due.iter().map(ToString::to_string).collect();
-        ctx.out.info(format!(
+
+    fn next(&self, at: DateTime<Utc>, tasks: &[Task]) {
+        let names: Vec<String> = tasks.iter().map(ToString::to_string).collect();
+        self.out.info(format!(
             "daemon: next run at {} ({})",
             at.to_rfc3339(),
             names.join(", ")
         ));
-        loop {
-            let wait = (at - Utc::now()).to_std().unwrap_or_default();
-            let to_look = next_look.saturating_duration_since(Instant::now());
-            tokio::select! {
-                _ = tokio::time::sleep(wait.min(to_look)) => {}
-                _ = hangup.recv() => {
-                    reload(ctx, &mut app, &mut plan);
-                    after = Utc::now();
-                    continue 'plan;
-                }
+    }
+
+    fn reloaded(&self, result: &Result<()>) {
+        match result {
+            Ok(()) => self
+                .out
+                .info(format!("daemon: SIGHUP: reloaded {}", self.config)),
+            Err(e) => self.out.error(format!(
+                "daemon: SIGHUP: the new config is not used, the running one goes on: {e}"
+            )),
+        }
+    }
+
+    fn warn(&self, message: String) {
+        self.out.warn(message);
+    }
+
+    fn stopping(&self, cancelled: &[Task]) {
+        for task in cancelled {
+            match task {
+                Task::Backup(_) => self.out.warn(format!(
+                    "daemon: stopping: {task} is cancelled; nothing of it is committed"
+                )),
+                Task::Drill(_) => self.out.warn(format!(
+                    "daemon: stopping: {task} is stopped and removes its scratch copy"
+                )),
             }
-            if wait <= to_look {
+        }
+    }
+}
+
+pub async fn run(ctx: &Ctx, args: Args) -> Result<Exit> {
+    let app = ctx.app.clone();
+    // The schedules are checked before anything is served.
+    drkit_core::ops::daemon::Plan::of(app.config())?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| drkit_core::Error::config(format!("cannot listen for SIGHUP: {e}")))?;
+    if let Some(addr) = &args.listen {
+        let listener = drkit_app::monitor::bind(addr).await?;
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tokio::spawn(drkit_app::monitor::serve(listener, app.monitor()));
+        ctx.out.info(format!(
+            "daemon: serving /metrics and /healthz on http://{addr}"
+        ));
+    }
+    // SIGHUP: read the config again; the runtime takes it between steps.
+    let (reload, reloads) = tokio::sync::mpsc::channel(4);
+    let reader = app.clone();
+    let env_files = ctx.env_files.clone();
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            if reload.send(reader.reloaded(&env_files)).await.is_err() {
                 break;
             }
-            look(ctx, &app).await;
-            next_look = Instant::now() + LOOK_EVERY;
         }
-        for task in &due {
-            let started = Instant::now();
-            let run = app
-                .run_task(task, drkit_core::pipeline::no_progress())
-                .await;
-            let job = task.job();
-            match &run.backup {
-                Some(Ok(o)) => {
-                    render::backup(&ctx.out, job, o, started.elapsed());
-                }
-                Some(Err(e)) => ctx.out.error(format!("{job}: backup: {e}")),
-                None => {}
-            }
-            match &run.prune {
-                Some(Ok(prunes)) => {
-                    for p in prunes {
-                        match &p.result {
-                            Ok(r) => {
-                                let removed = r.items.iter().filter(|i| !i.keep).count();
-                                for i in &r.items {
-                                    if let drkit_core::ops::prune::Action::Failed { error } =
-                                        &i.action
-                                    {
-                                        ctx.out.error(format!(
-                                            "{job}: removing backup {} from {} failed: {error}",
-                                            i.id, p.storage
-                                        ));
-                                    }
-                                }
-                                if removed > 0 {
-                                    ctx.out.info(format!(
-                                        "{job}: prune on {}: {removed} backup(s) past the keep policy",
-                                        p.storage
-                                    ));
-                                }
-                            }
-                            Err(e) => ctx.out.error(format!("{job}: prune on {}: {e}", p.storage)),
-                        }
-                    }
-                }
-                Some(Err(e)) => ctx.out.error(format!("{job}: prune: {e}")),
-                None => {}
-            }
-            match &run.drill {
-                Some(Ok(runs)) => runs.iter().for_each(|r| {
-                    render::drill(&ctx.out, r);
-                }),
-                Some(Err(e)) => ctx.out.error(format!("{job}: drill: {e}")),
-                None => {}
-            }
-            let exit = run.exit();
-            if exit != Exit::Ok {
-                ctx.out.warn(format!(
-                    "daemon: {task} ended with exit code {}; the schedule goes on",
-                    exit.code()
-                ));
-            }
-        }
-        look(ctx, &app).await;
-        next_look = Instant::now() + LOOK_EVERY;
-        after = at;
-    }
+    });
+    let lines = Lines {
+        out: &ctx.out,
+        config: ctx.config_path.display().to_string(),
+    };
+    let opts = Options {
+        metrics_file: ctx.metrics_file.clone(),
+    };
+    drkit_app::daemon::run(app, reloads, &lines, opts).await
 }

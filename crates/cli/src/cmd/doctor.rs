@@ -43,10 +43,18 @@ pub async fn run(ctx: &Ctx, _args: Args) -> Result<Exit> {
                 .await?;
             storage.delete(&probe).await?;
             storage.list("").await?;
-            Ok::<_, Error>(vec![format!(
+            let mut notes = vec![format!(
                 "{}: listed, wrote and deleted a probe object",
                 storage.describe()
-            )])
+            )];
+            if let Some(c) = storage.lock_check().await? {
+                notes.push(if c.exclusive {
+                    format!("job leases: {}", c.note)
+                } else {
+                    format!("WARNING: job leases are ADVISORY: {}", c.note)
+                });
+            }
+            Ok::<_, Error>(notes)
         }
         .await;
         report(format!("storage {name}"), r);

@@ -196,6 +196,11 @@ fn rows(verdict: &Verdict) -> Vec<Vec<String>> {
                     .map(|n| format!("{}/{} on {}", n.job, n.manifest.id, n.storage))
                     .unwrap_or_else(|| "-".into()),
                 match &p.problem {
+                    // A dump of the database server whose data the volume holds (the job
+                    // `covers` the volume): the consistent backup of that data.
+                    None if p.newest.as_ref().is_some_and(|n| n.dump) => {
+                        "ok: verified dump of the server whose data it holds".into()
+                    }
                     None => "ok: verified".into(),
                     Some(why) => why.to_string(),
                 },
@@ -212,7 +217,7 @@ fn refusal_json(verdict: &Verdict, summary: &str, hint: &str) -> serde_json::Val
         "volumes": verdict.volumes.iter().map(|p| json!({
             "volume": p.volume.info.name,
             "size": p.volume.size.map_or(-1, |s| i64::try_from(s).unwrap_or(i64::MAX)),
-            "newest_backup": p.newest.as_ref().map(|n| json!({"job": n.job, "id": n.manifest.id, "storage": n.storage, "finished_at": n.manifest.finished_at})),
+            "newest_backup": p.newest.as_ref().map(|n| json!({"job": n.job, "dump": n.dump, "id": n.manifest.id, "storage": n.storage, "finished_at": n.manifest.finished_at})),
             "protected": p.protected(),
             "problem": p.problem.as_ref().map(ToString::to_string),
         })).collect::<Vec<_>>(),

@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod doctor;
 pub mod drill;
 pub mod guard;
+pub mod init;
 pub mod list;
 pub mod prune;
 pub mod rekey;

@@ -113,7 +113,7 @@ async fn accept_on(
     let detail = match entry.state() {
         State::Good => "not suspect: nothing to accept".to_string(),
         State::Accepted => "already accepted".to_string(),
-        State::Suspect => match write_record(storage, signer, key, json).await {
+        State::Suspect => match write_record(storage, job, signer, key, json).await {
             Ok(()) => {
                 let outcome = AcceptOutcome {
                     storage: t.name.clone(),
@@ -141,8 +141,24 @@ async fn accept_on(
     (outcome, error)
 }
 
-/// Write the accept record at `key`, after its signature when there is a signer.
+/// Write the accept record at `key`, after its signature when there is a signer, under the
+/// job's lock (refused, or waited for, while another run writes the job).
 async fn write_record(
+    storage: &dyn crate::Storage,
+    job: &str,
+    signer: Option<&Signer>,
+    key: &str,
+    json: &[u8],
+) -> Result<()> {
+    let lock = storage.lock(job).await?;
+    let written = write_signed(storage, signer, key, json).await;
+    if let Err(e) = lock.release().await {
+        tracing::warn!(event = "lock.release_failed", job, "{e}");
+    }
+    written
+}
+
+async fn write_signed(
     storage: &dyn crate::Storage,
     signer: Option<&Signer>,
     key: &str,

@@ -389,6 +389,7 @@ mod tests {
             backups: 0,
             last_good_at: None,
             drill_passed_at: None,
+            lease: None,
         };
         let cases = [
             (Health::Ok, None),

@@ -165,6 +165,9 @@ pub struct JobHealth {
     pub last_good_at: Option<DateTime<Utc>>,
     /// When the newest drill that passed started: the last verified restore.
     pub drill_passed_at: Option<DateTime<Utc>>,
+    /// Who holds a live lease on the job in this storage (a run writing it now, maybe on
+    /// another host): `host H, pid P, since T, lease expires E`.
+    pub lease: Option<String>,
 }
 
 impl JobHealth {
@@ -181,6 +184,7 @@ impl JobHealth {
             backups: 0,
             last_good_at: None,
             drill_passed_at: None,
+            lease: None,
         }
     }
 }
@@ -316,10 +320,15 @@ pub async fn health(
                     backups: listing.backups.len(),
                     last_good_at: listing.newest_good().map(|g| g.manifest.finished_at),
                     drill_passed_at: None,
+                    lease: None,
                 }
             }
         };
-        let row = with_drill(row, t, job, trust, now, drill_limit).await;
+        let mut row = with_drill(row, t, job, trust, now, drill_limit).await;
+        if row.state != Health::Error {
+            // A lease that cannot be read is the next writer's business, not the health's.
+            row.lease = t.storage.lease_holder(job, now).await.ok().flatten();
+        }
         out.push(row);
     }
     out

@@ -133,6 +133,8 @@ impl StoragePrune {
     pub fn exit(&self) -> crate::Exit {
         match &self.result {
             Ok(r) => r.exit(),
+            // A job held by another run is refused (3), like a backup's.
+            Err(e) if e.kind() == crate::ErrorKind::Refused => crate::Exit::Refused,
             Err(_) => crate::Exit::Failed,
         }
     }
@@ -166,12 +168,38 @@ pub async fn prune(
     now: DateTime<Utc>,
     dry_run: bool,
 ) -> Result<PruneReport> {
-    let storage = target.storage.as_ref();
-    let _lock = if dry_run {
+    let lock = if dry_run {
         None
     } else {
-        Some(storage.lock_job(job).await?)
+        Some(target.storage.lock(job).await?)
     };
+    let held = lock.as_ref().map(|l| l.is_held());
+    let result = prune_under(job, target, policy, trust, now, dry_run, held).await;
+    if let Some(lock) = lock {
+        if let Err(e) = lock.release().await {
+            tracing::warn!(
+                event = "lock.release_failed",
+                job,
+                "storage {}: {e}",
+                target.name
+            );
+        }
+    }
+    result
+}
+
+/// [`prune`] under the job's lock: `held` is `None` for a dry run (no lock, no cleaning),
+/// else whether the lock is really held ([`crate::JobLock::is_held`]).
+async fn prune_under(
+    job: &str,
+    target: &Target,
+    policy: &KeepPolicy,
+    trust: &Trust,
+    now: DateTime<Utc>,
+    dry_run: bool,
+    held: Option<bool>,
+) -> Result<PruneReport> {
+    let storage = target.storage.as_ref();
     let listing = catalog::scan(storage, job, trust).await?;
     if !dry_run {
         if let Some(b) = listing.broken.iter().find(|b| b.unreadable) {
@@ -183,8 +211,8 @@ pub async fn prune(
     }
     // What an earlier prune cut short (or a crashed backup) left: the same cleaning as a
     // backup's, under the same rule (everything under a held lock, else only old leftovers).
-    let cleaned = match &_lock {
-        Some(lock) => crate::layout::clean_leftovers(storage, job, lock.is_held()).await?,
+    let cleaned = match held {
+        Some(held) => crate::layout::clean_leftovers(storage, job, held).await?,
         None => Vec::new(),
     };
     let decisions = plan(&listing, policy, now)?;

@@ -112,6 +112,22 @@ impl Lane {
     }
 }
 
+/// Give back every lane's job lock (a lease is removed from its storage, awaited); a lease
+/// that cannot be removed expires by itself.
+async fn release_locks(lanes: &mut [Lane]) {
+    for lane in lanes.iter_mut() {
+        if let Some(lock) = lane._lock.take() {
+            if let Err(e) = lock.release().await {
+                tracing::warn!(
+                    event = "lock.release_failed",
+                    "storage {}: {e}",
+                    lane.outcome.storage
+                );
+            }
+        }
+    }
+}
+
 async fn abort_all(lanes: &mut [Lane]) {
     for lane in lanes.iter_mut() {
         if let Some(up) = lane.upload.take() {
@@ -157,9 +173,16 @@ pub async fn backup(
 
     let (mut lanes, baseline) = prepare_lanes(job, &key, targets, &opts.trust).await;
     if lanes.iter().all(|l| !l.live()) {
+        release_locks(&mut lanes).await;
         return Err(first_failure(lanes));
     }
-    let streamed = stream_dump(source, &key, opts, &mut lanes, progress).await?;
+    let streamed = match stream_dump(source, &key, opts, &mut lanes, progress).await {
+        Ok(s) => s,
+        Err(e) => {
+            release_locks(&mut lanes).await;
+            return Err(e);
+        }
+    };
     commit_archives(&key, streamed.stored_size, &mut lanes).await;
 
     let mut manifest = Manifest {
@@ -200,7 +223,14 @@ pub async fn backup(
         manifest.suspect = Some(Suspect { reasons });
     }
     manifest.finished_at = Utc::now().trunc_subsecs(3);
+    for lane in lanes.iter_mut().filter(|l| l.live()) {
+        // A lease taken over by another run: this run must not commit there.
+        if let Some(Err(e)) = lane._lock.as_ref().map(|l| l.check()) {
+            lane.fail(e.context(format!("storage {}", lane.outcome.storage)));
+        }
+    }
     write_manifests(&manifest, opts.signer.as_deref(), &mut lanes).await;
+    release_locks(&mut lanes).await;
     if lanes.iter().all(|l| !l.live()) {
         return Err(first_failure(lanes));
     }
@@ -238,9 +268,10 @@ async fn prepare_lanes(
             _lock: None,
         };
         let prepared = async {
-            let lock = t.storage.lock_job(job).await?;
+            let lock = t.storage.lock(job).await?;
             let cleaned =
-                crate::layout::clean_leftovers(t.storage.as_ref(), job, lock.is_held()).await?;
+                crate::layout::clean_recent_leftovers(t.storage.as_ref(), job, lock.is_held())
+                    .await?;
             let upload = t.storage.create(key).await?;
             Ok::<_, Error>((lock, cleaned, upload))
         }
@@ -250,9 +281,9 @@ async fn prepare_lanes(
                 lane._lock = Some(lock);
                 lane.outcome.cleaned = cleaned;
                 lane.upload = Some(upload);
-                match catalog::scan(t.storage.as_ref(), job, trust).await {
-                    Ok(listing) => {
-                        if let Some(e) = listing.newest_good() {
+                match catalog::newest_good(t.storage.as_ref(), job, trust, Utc::now()).await {
+                    Ok(newest) => {
+                        if let Some(e) = newest {
                             if baseline
                                 .as_ref()
                                 .is_none_or(|b| e.manifest.started_at > b.started_at)

@@ -228,11 +228,40 @@ pub async fn drill(
     report.notes = notes;
     let mut json = serde_json::to_vec_pretty(&report).expect("a report serializes");
     json.push(b'\n');
-    if let Some(signer) = opts.signer {
-        let sig = signer.sign(Record::Drill, &json);
-        storage.put(&signature_key(&report.key()), sig).await?;
+    // The report is written under the job's lock. A drill that ends while another run holds
+    // it (after --wait) still keeps its report: a new key under drills/ that no backup or
+    // prune writes, so it cannot spoil that run.
+    let lock = match storage.lock(&report.job).await {
+        Ok(l) => Some(l),
+        Err(e) if e.kind() == ErrorKind::Refused => {
+            tracing::warn!(
+                event = "drill.report_unlocked",
+                job = report.job.as_str(),
+                "{}: writing the drill report while another run holds the job: {e}",
+                report.job
+            );
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let written = async {
+        if let Some(signer) = opts.signer {
+            let sig = signer.sign(Record::Drill, &json);
+            storage.put(&signature_key(&report.key()), sig).await?;
+        }
+        storage.put(&report.key(), json).await
     }
-    storage.put(&report.key(), json).await?;
+    .await;
+    if let Some(lock) = lock {
+        if let Err(e) = lock.release().await {
+            tracing::warn!(
+                event = "lock.release_failed",
+                job = report.job.as_str(),
+                "{e}"
+            );
+        }
+    }
+    written?;
     Ok(report)
 }
 

@@ -120,6 +120,33 @@ pub fn split_services(ctrs: &[ContainerFact]) -> Vec<String> {
 /// Gather the facts from the engine and apply both rules. Volumes of `focus` (a compose
 /// project about to lose its volumes) count as in use.
 pub async fn check(engine: &Engine, focus: Option<&str>) -> Result<Vec<String>> {
+    let (facts, cfacts) = facts(engine, focus).await?;
+    let mut out = lookalike_volumes(&facts);
+    out.extend(split_services(&cfacts));
+    Ok(out)
+}
+
+/// The volume rule only, for the volumes of `project` (`drkit init`): those that have a
+/// lookalike holding more data in another project.
+pub async fn volumes_of(engine: &Engine, project: Option<&str>) -> Result<Vec<String>> {
+    let (facts, _) = facts(engine, project).await?;
+    let mine: Vec<VolumeFact> = facts
+        .into_iter()
+        .map(|mut f| {
+            if project.is_some() && f.project.as_deref() != project {
+                f.in_use = false;
+            }
+            f
+        })
+        .collect();
+    Ok(lookalike_volumes(&mine))
+}
+
+/// The facts the rules need, from the engine.
+async fn facts(
+    engine: &Engine,
+    focus: Option<&str>,
+) -> Result<(Vec<VolumeFact>, Vec<ContainerFact>)> {
     let vols = volumes::list(engine, &[]).await?;
     let ctrs = volumes::containers(engine, &[]).await?;
     let need_sizes = {
@@ -159,9 +186,7 @@ pub async fn check(engine: &Engine, focus: Option<&str>) -> Result<Vec<String>> 
             running: c.running,
         })
         .collect();
-    let mut out = lookalike_volumes(&facts);
-    out.extend(split_services(&cfacts));
-    Ok(out)
+    Ok((facts, cfacts))
 }
 
 /// For `drkit doctor`: connect to the engine (`host`, else `DOCKER_HOST`, else the local

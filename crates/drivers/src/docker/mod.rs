@@ -15,7 +15,9 @@ use bollard::Docker;
 use drkit_core::{Error, ErrorKind, Result};
 
 pub mod containers;
+pub mod direct;
 pub(crate) mod helper;
+pub mod inventory;
 pub mod lookalike;
 pub(crate) mod tar;
 pub mod throwaway;
@@ -180,6 +182,34 @@ pub fn human_size(bytes: i64) -> String {
         Ok(n) => drkit_core::units::human_bytes(n),
         Err(_) => "size unknown".into(),
     }
+}
+
+/// The content digest (`stats.digest`) that a backup of the volume archive `tar` records,
+/// computed with `algorithm` (`"blake3"`, what backups record now, or `"sha256"`, what they
+/// recorded before): for tests of programs built on drkit, e.g. of manifests of older
+/// backups.
+#[cfg(feature = "test-util")]
+pub fn archive_digest(mut tar: impl std::io::Read, algorithm: &str) -> Result<String> {
+    let algo = tar::DigestAlgo::of(&format!("{algorithm}:"))
+        .ok_or_else(|| Error::config(format!("unknown digest algorithm {algorithm:?}")))?;
+    let mut scanner = tar::Scanner::with_digest(tar::Mode::Observe, algo);
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = tar
+            .read(&mut buf)
+            .map_err(|e| drkit_core::from_io(e, ErrorKind::Source, "reading the archive"))?;
+        if n == 0 {
+            break;
+        }
+        scanner
+            .feed(&buf[..n], None)
+            .map_err(|e| Error::integrity(e.to_string()))?;
+    }
+    Ok(scanner
+        .finish()
+        .map_err(|e| Error::integrity(e.to_string()))?
+        .stats
+        .digest)
 }
 
 /// Whether an error kind means "the thing is not there".

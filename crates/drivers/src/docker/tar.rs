@@ -8,7 +8,71 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
+
+/// The algorithm of a content digest (`stats.digest`), named by its prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DigestAlgo {
+    /// `blake3:`: what new backups record (one pass of BLAKE3 is several times cheaper than
+    /// SHA-256 on the machines drkit runs on, and as collision-resistant for this use).
+    #[default]
+    Blake3,
+    /// `sha256:`: what backups recorded before; kept so that their manifests still verify.
+    Sha256,
+}
+
+impl DigestAlgo {
+    /// The algorithm a recorded digest names (`"blake3:..."`, `"sha256:..."`); `None` for
+    /// anything else (a manifest is hostile input: the caller says so).
+    pub fn of(digest: &str) -> Option<DigestAlgo> {
+        if digest.starts_with("blake3:") {
+            Some(DigestAlgo::Blake3)
+        } else if digest.starts_with("sha256:") {
+            Some(DigestAlgo::Sha256)
+        } else {
+            None
+        }
+    }
+
+    /// The prefix it writes (`blake3`, `sha256`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DigestAlgo::Blake3 => "blake3",
+            DigestAlgo::Sha256 => "sha256",
+        }
+    }
+}
+
+/// The running content digest.
+enum Hasher {
+    Blake3(Box<blake3::Hasher>),
+    Sha256(Sha256),
+}
+
+impl Hasher {
+    fn new(algo: DigestAlgo) -> Hasher {
+        match algo {
+            DigestAlgo::Blake3 => Hasher::Blake3(Box::new(blake3::Hasher::new())),
+            DigestAlgo::Sha256 => Hasher::Sha256(Sha256::new()),
+        }
+    }
+
+    fn update(&mut self, bytes: impl AsRef<[u8]>) {
+        match self {
+            Hasher::Blake3(h) => {
+                h.update(bytes.as_ref());
+            }
+            Hasher::Sha256(h) => h.update(bytes.as_ref()),
+        }
+    }
+
+    fn finish(self) -> String {
+        match self {
+            Hasher::Blake3(h) => format!("blake3:{}", h.finalize().to_hex()),
+            Hasher::Sha256(h) => format!("sha256:{}", hex::encode(h.finalize())),
+        }
+    }
+}
 
 const BLOCK: usize = 512;
 /// Largest PAX or GNU long-name block accepted (Go's reader caps these at 1 MiB too).
@@ -42,7 +106,8 @@ pub struct TarStats {
     pub other: u64,
     /// Bytes of regular file content.
     pub bytes: u64,
-    /// `sha256:` of every entry's path, type, mode, owner, mtime, link target, xattrs and
+    /// `blake3:` (older backups: `sha256:`) of every entry's path, type, mode, owner, mtime,
+    /// link target, xattrs and
     /// content, in archive order: equal digests mean equal volume contents.
     pub digest: String,
 }
@@ -129,7 +194,7 @@ pub struct Scanner {
     pending: Pending,
     /// Header bytes not yet released (Enforce mode releases an entry's headers once checked).
     held: Vec<u8>,
-    hasher: Sha256,
+    hasher: Hasher,
     stats: TarStats,
     symlinks: HashSet<String>,
     crossed: HashSet<String>,
@@ -177,8 +242,14 @@ pub struct RootMeta {
 }
 
 impl Scanner {
-    /// A scanner in `mode`.
+    /// A scanner in `mode`, with a BLAKE3 content digest (what new backups record).
     pub fn new(mode: Mode) -> Self {
+        Self::with_digest(mode, DigestAlgo::Blake3)
+    }
+
+    /// A scanner in `mode` computing the content digest with `algo` (to compare with a
+    /// recorded digest of that algorithm).
+    pub fn with_digest(mode: Mode, algo: DigestAlgo) -> Self {
         Scanner {
             mode,
             state: State::Header,
@@ -186,7 +257,7 @@ impl Scanner {
             meta: Vec::new(),
             pending: Pending::default(),
             held: Vec::new(),
-            hasher: Sha256::new(),
+            hasher: Hasher::new(algo),
             stats: TarStats::default(),
             symlinks: HashSet::new(),
             crossed: HashSet::new(),
@@ -322,7 +393,7 @@ impl Scanner {
                 ))
             }
         }
-        self.stats.digest = format!("sha256:{}", hex::encode(self.hasher.finalize()));
+        self.stats.digest = self.hasher.finish();
         Ok(Finished {
             stats: self.stats,
             problems: self.problems,
@@ -1061,7 +1132,7 @@ mod tests {
                 (s.entries, s.files, s.dirs, s.symlinks, s.hardlinks, s.bytes),
                 (6, 2, 1, 2, 1, 1505)
             );
-            assert!(s.digest.starts_with("sha256:"));
+            assert!(s.digest.starts_with("blake3:"));
         }
     }
 
@@ -1118,6 +1189,30 @@ mod tests {
             d(&archive(&[entry("a", b'0', "", b"x")])),
             "./ prefix is not content"
         );
+    }
+
+    #[test]
+    fn digest_algorithms_are_named_by_their_prefix() {
+        let a = archive(&[entry("./a", b'0', "", b"x")]);
+        let d = |algo| {
+            let mut s = Scanner::with_digest(Mode::Observe, algo);
+            s.feed(&a, None).unwrap();
+            s.finish().unwrap().stats.digest
+        };
+        let (b3, sha) = (d(DigestAlgo::Blake3), d(DigestAlgo::Sha256));
+        assert!(b3.starts_with("blake3:") && b3.len() == 7 + 64, "{b3}");
+        assert!(sha.starts_with("sha256:") && sha.len() == 7 + 64, "{sha}");
+        assert_eq!(
+            scan(&a, Mode::Observe, 3).unwrap().0.stats.digest,
+            b3,
+            "blake3 by default"
+        );
+        assert_eq!(DigestAlgo::of(&b3), Some(DigestAlgo::Blake3));
+        assert_eq!(DigestAlgo::of(&sha), Some(DigestAlgo::Sha256));
+        for bad in ["md5:00", "", "BLAKE3:00", "sha256"] {
+            assert_eq!(DigestAlgo::of(bad), None, "{bad}");
+        }
+        assert_eq!(DigestAlgo::Sha256.name(), "sha256");
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! # or by compose identity, resolved through the com.docker.compose.* labels:
 //! source = { type = "docker-volume", project = "myapp", volume = "pgdata" }
 //! ```
+//!
+//! A backup reads the volume's directory directly when the engine is local and it can
+//! (`mode = "auto"`, the default; [`crate::docker::direct`]), else through the engine; the
+//! manifest's `source.read` says which ran. A restore always goes through the engine.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -25,8 +29,9 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use crate::docker::containers::Stopper;
+use crate::docker::direct::{self, ReadMode, Route};
 use crate::docker::helper::{self, Helper, MOUNT};
-use crate::docker::tar::{self, Finished, Mode, Scanner, TarError};
+use crate::docker::tar::{self, DigestAlgo, Finished, Mode, Scanner, TarError};
 use crate::docker::volumes::{self, ContainerRef, VolumeInfo};
 use crate::docker::{engine_error, Engine};
 
@@ -48,6 +53,10 @@ pub struct DockerVolumeConfig {
     /// The engine's address (default: `DOCKER_HOST`, else the local socket).
     #[serde(default)]
     pub host: Option<String>,
+    /// How a backup reads the volume: `auto` (directly when it can, else through the
+    /// engine), `direct` (directly, or a clear error), `engine` (the archive endpoint).
+    #[serde(default)]
+    pub mode: ReadMode,
 }
 
 /// A Docker named volume.
@@ -93,6 +102,7 @@ impl DockerVolumeSource {
                 stop_containers,
                 stop_timeout: None,
                 host: None,
+                mode: ReadMode::Auto,
             },
             stop_timeout: 30,
         }
@@ -112,6 +122,30 @@ impl DockerVolumeSource {
         match &self.cfg.project {
             Some(p) => volumes::resolve_compose(engine, p, &self.cfg.volume).await,
             None => volumes::inspect(engine, &self.cfg.volume).await,
+        }
+    }
+
+    /// How a backup of volume `name` reads it ([`direct::choose`] over the facts of the
+    /// engine and the volume); with the volume's directory open when directly. With
+    /// `mode = "direct"`, a clear error when it cannot.
+    async fn route(
+        &self,
+        engine: &Engine,
+        name: &str,
+    ) -> Result<(Route, Option<std::os::fd::OwnedFd>)> {
+        if self.cfg.mode == ReadMode::Engine {
+            return Ok((Route::Engine(None), None));
+        }
+        let (facts, root) = direct::gather(engine, name).await?;
+        match direct::choose(self.cfg.mode, &facts) {
+            Ok(Route::Direct) => match root {
+                Some(fd) => Ok((Route::Direct, Some(fd))),
+                None => Err(Error::source_error(format!("volume {name}: its directory could not be opened"))),
+            },
+            Ok(route) => Ok((route, None)),
+            Err(why) => Err(Error::source_error(format!(
+                "volume {name} cannot be read directly (mode = \"direct\"): {why}; set mode = \"auto\" to read it through the engine when it cannot"
+            ))),
         }
     }
 
@@ -345,9 +379,14 @@ impl Source for DockerVolumeSource {
             .map(|c| c.name.clone())
             .collect();
         let mut warnings = Vec::new();
-        // The helper exists before any container is stopped: nothing is created while they
-        // are down, so an interruption then leaves nothing behind.
-        let helper = Helper::create(&engine, &vol.name, MOUNT, true).await?;
+        let (route, root) = self.route(&engine, &vol.name).await?;
+        // The helper (or the volume's directory) is open before any container is stopped:
+        // nothing is created while they are down, so an interruption then leaves nothing
+        // behind.
+        let helper = match root {
+            Some(_) => None,
+            None => Some(Helper::create(&engine, &vol.name, MOUNT, true).await?),
+        };
         let stopper = if self.cfg.stop_containers {
             Some(
                 Stopper::stop(
@@ -370,10 +409,23 @@ impl Source for DockerVolumeSource {
             None
         };
         let slot: Arc<Mutex<Option<Finished>>> = Arc::default();
-        let reader = ScanReader::start(&helper, slot.clone(), vol.name.clone());
+        let skipped: Arc<Mutex<Vec<String>>> = Arc::default();
+        let reader = match (&helper, root) {
+            (Some(h), _) => ScanReader::start(h, slot.clone(), vol.name.clone()),
+            (None, Some(fd)) => ScanReader::from_channel(direct::start(
+                fd,
+                vol.name.clone(),
+                slot.clone(),
+                skipped.clone(),
+            )),
+            (None, None) => unreachable!("a helper exists unless the directory is open"),
+        };
         let finish = async move {
             let mut stopper = stopper;
-            let removed = helper.remove().await;
+            let removed = match helper {
+                Some(h) => h.remove().await,
+                None => Ok(()),
+            };
             let restarted = match stopper.as_mut() {
                 Some(s) => s.restart().await?,
                 None => Vec::new(),
@@ -383,6 +435,15 @@ impl Source for DockerVolumeSource {
                 Error::source_error(format!("volume {}: the archive stream was not read to its end", vol.name))
             })?;
             let stats = finished.stats.clone();
+            let skipped = std::mem::take(&mut *skipped.lock().expect("lock"));
+            if !skipped.is_empty() {
+                warnings.push(format!(
+                    "volume {}: {} socket(s) left out, as the engine leaves them out: {}",
+                    vol.name,
+                    skipped.len(),
+                    skipped.iter().take(5).map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ")
+                ));
+            }
             if stats.entries == 0 {
                 warnings.push(format!("volume {} holds no files: this backup is empty", vol.name));
             }
@@ -407,6 +468,11 @@ impl Source for DockerVolumeSource {
                 "api_version": engine.api_version,
                 "stopped_containers": stopped,
                 "restarted_containers": restarted,
+                "read": match &route { Route::Direct => "direct", Route::Engine(_) => "engine" },
+                "read_reason": match &route {
+                    Route::Direct => Some("the engine is local: the volume's directory was read directly".to_string()),
+                    Route::Engine(why) => why.clone(),
+                },
             });
             Ok(DumpSummary { source, stats: stats.to_json(), warnings })
         }
@@ -457,7 +523,7 @@ impl Source for DockerVolumeSource {
         let mut report = self.plan_restore(manifest, opts).await?;
         let engine = self.engine().await?;
         let (name, existing) = self.destination(&engine, manifest, opts).await?;
-        let expected = expected_stats(manifest);
+        let expected = expected_stats(manifest)?;
 
         let got = match existing {
             None => {
@@ -507,6 +573,17 @@ impl Source for DockerVolumeSource {
         )];
         helper::ensure_image(&engine).await?;
         notes.push(format!("helper image {} present", helper::HELPER_IMAGE));
+        notes.push(match self.route(&engine, &vol.name).await? {
+            (Route::Direct, _) => {
+                "backups read the volume's directory directly (mode = auto/direct)".to_string()
+            }
+            (Route::Engine(None), _) => {
+                "backups read the volume through the engine (mode = \"engine\")".to_string()
+            }
+            (Route::Engine(Some(why)), _) => {
+                format!("backups read the volume through the engine: {why}")
+            }
+        });
         for w in crate::docker::lookalike::check(&engine, vol.project()).await? {
             notes.push(format!("WARNING: {w}"));
         }
@@ -602,8 +679,16 @@ impl Source for DockerVolumeSource {
     /// The whole archive, entry by entry (bounded memory: headers only), counted and
     /// digested as the backup did, and compared with the manifest's stats.
     fn deep_check(&self, manifest: &Manifest) -> Option<Box<dyn DeepCheck>> {
+        // The recorded digest's algorithm (older backups: sha256); an unknown one is
+        // reported by compare_stats.
+        let algo = manifest
+            .stats
+            .get("digest")
+            .and_then(|d| d.as_str())
+            .and_then(DigestAlgo::of)
+            .unwrap_or_default();
         Some(Box::new(DeepTarCheck {
-            scanner: Scanner::new(Mode::Observe),
+            scanner: Scanner::with_digest(Mode::Observe, algo),
             stats: manifest.stats.clone(),
         }))
     }
@@ -819,6 +904,12 @@ fn compare_stats(got: &tar::TarStats, stats: &serde_json::Value) -> Result<Strin
                     short_json(v)
                 ))
             })?;
+            if DigestAlgo::of(want).is_none() {
+                return Err(Error::integrity(format!(
+                    "the manifest's content digest {:?} names no algorithm drkit knows (blake3:, sha256:)",
+                    short(want)
+                )));
+            }
             if want != got.digest {
                 return Err(Error::integrity(format!(
                     "content digest: the archive's is {}, the manifest says {}",
@@ -880,7 +971,8 @@ async fn check_restored(
     name: &str,
     expected: Option<&Expected>,
 ) -> Result<tar::TarStats> {
-    let got = scan_volume(engine, name).await?;
+    let algo = expected.map(|e| e.algo).unwrap_or_default();
+    let got = scan_volume(engine, name, algo).await?;
     if let Some(want) = expected {
         if got.digest != want.digest || got.entries != want.entries || got.bytes != want.bytes {
             return Err(Error::integrity(format!(
@@ -910,15 +1002,33 @@ struct Expected {
     entries: u64,
     bytes: u64,
     digest: String,
+    algo: DigestAlgo,
 }
 
-fn expected_stats(m: &Manifest) -> Option<Expected> {
+/// What the restored volume must hold, from the manifest's stats; `None` when they record no
+/// counts or digest (nothing to compare). A digest of an unknown algorithm is refused before
+/// anything is written.
+fn expected_stats(m: &Manifest) -> Result<Option<Expected>> {
     let s = &m.stats;
-    Some(Expected {
-        entries: s.get("entries")?.as_u64()?,
-        bytes: s.get("bytes")?.as_u64()?,
-        digest: s.get("digest")?.as_str()?.to_string(),
-    })
+    let (Some(entries), Some(bytes), Some(digest)) = (
+        s.get("entries").and_then(|v| v.as_u64()),
+        s.get("bytes").and_then(|v| v.as_u64()),
+        s.get("digest").and_then(|v| v.as_str()),
+    ) else {
+        return Ok(None);
+    };
+    let algo = DigestAlgo::of(digest).ok_or_else(|| {
+        Error::integrity(format!(
+            "restore refused: the manifest's content digest {:?} names no algorithm drkit knows (blake3:, sha256:)",
+            short(digest)
+        ))
+    })?;
+    Ok(Some(Expected {
+        entries,
+        bytes,
+        digest: digest.to_string(),
+        algo,
+    }))
 }
 
 fn labels_of(m: &Manifest) -> BTreeMap<String, String> {
@@ -939,11 +1049,12 @@ fn string_map(v: Option<&serde_json::Value>) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// Read a whole volume and return its stats.
-pub async fn scan_volume(engine: &Engine, volume: &str) -> Result<tar::TarStats> {
+/// Read a whole volume through the engine and return its stats, with a content digest of
+/// `algo`.
+pub async fn scan_volume(engine: &Engine, volume: &str, algo: DigestAlgo) -> Result<tar::TarStats> {
     let helper = Helper::create(engine, volume, MOUNT, true).await?;
     let mut reader = helper.download(&format!("{MOUNT}/."));
-    let mut scanner = Scanner::new(Mode::Observe);
+    let mut scanner = Scanner::with_digest(Mode::Observe, algo);
     let mut buf = vec![0u8; 256 * 1024];
     let result = loop {
         match reader.read(&mut buf).await {
@@ -1125,7 +1236,7 @@ async fn empty_volume(engine: &Engine, volume: &str) -> Result<()> {
 struct ScanReader {
     rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
     buf: Bytes,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ScanReader {
@@ -1166,14 +1277,26 @@ impl ScanReader {
         ScanReader {
             rx,
             buf: Bytes::new(),
-            task,
+            task: Some(task),
+        }
+    }
+
+    /// Chunks that are already scanned on their way (the direct read: its writer stops
+    /// when this reader, and so the channel, is dropped).
+    fn from_channel(rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>) -> ScanReader {
+        ScanReader {
+            rx,
+            buf: Bytes::new(),
+            task: None,
         }
     }
 }
 
 impl Drop for ScanReader {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(t) = &self.task {
+            t.abort();
+        }
     }
 }
 
@@ -1333,6 +1456,8 @@ mod tests {
                 .contains("content digest")
         );
         assert!(with("digest", serde_json::json!(3)).contains("not a digest"));
+        assert!(with("digest", serde_json::json!("md5:0123456789abcdef"))
+            .contains("names no algorithm drkit knows"),);
         let mut none = stats.clone();
         none.as_object_mut().unwrap().remove("bytes");
         assert!(compare_stats(&got, &none)

@@ -161,6 +161,7 @@ impl Upload for LocalUpload {
             key: String::new(),
             size,
             modified: Some(Utc::now()),
+            etag: None,
         })
     }
 
@@ -186,7 +187,9 @@ impl Drop for LocalUpload {
     }
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectMeta>) -> std::io::Result<()> {
+/// Every file under `dir` whose key starts with `prefix`; folders that cannot hold such a key
+/// are not entered (a listing of one day of a job does not read every backup's folder).
+fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) -> std::io::Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == IoKind::NotFound => return Ok(()),
@@ -196,20 +199,24 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectMeta>) -> std::io::Result<(
         let entry = entry?;
         let ft = entry.file_type()?;
         let path = entry.path();
+        let rel = path.strip_prefix(root).expect("walked under root");
+        let key = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/");
         if ft.is_dir() {
-            walk(root, &path, out)?;
-        } else if ft.is_file() {
+            let folder = format!("{key}/");
+            if folder.starts_with(prefix) || prefix.starts_with(&folder) {
+                walk(root, &path, prefix, out)?;
+            }
+        } else if ft.is_file() && key.starts_with(prefix) {
             let meta = entry.metadata()?;
-            let rel = path.strip_prefix(root).expect("walked under root");
-            let key = rel
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/");
             out.push(ObjectMeta {
                 key,
                 size: meta.len(),
                 modified: meta.modified().ok().map(DateTime::<Utc>::from),
+                etag: None,
             });
         }
     }
@@ -296,6 +303,7 @@ impl Storage for LocalStorage {
                 key: key.to_string(),
                 size: m.len(),
                 modified: m.modified().ok().map(DateTime::<Utc>::from),
+                etag: None,
             })),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == IoKind::NotFound => Ok(None),
@@ -316,9 +324,10 @@ impl Storage for LocalStorage {
             self.path_of(dir_part)?
         };
         let prefix = prefix.to_string();
+        let wanted = prefix.clone();
         let walked = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            walk(&root, &start, &mut out).map(|_| out)
+            walk(&root, &start, &wanted, &mut out).map(|_| out)
         })
         .await
         .map_err(|e| Error::storage(format!("listing {}: {e}", self.root.display())))?

@@ -9,8 +9,10 @@
 //! - Requests are retried by the SDK with exponential backoff and full jitter (throttling, 5xx,
 //!   timeouts, resets); permanent errors (bad credentials, missing bucket, 403) fail at once
 //!   with one line naming the bucket and the endpoint.
-//! - S3 has no lock: [`Storage::lock_job`] holds nothing, and leftovers (backup folders
-//!   without a manifest, unfinished multipart uploads: [`Storage::unfinished`]) are only
+//! - [`Storage::lock_job`] takes a lease object on the job (`<job>/.drkit.lease`, created and
+//!   renewed with conditional writes: `lease.rs`). On a server that ignores conditional writes
+//!   the lease is advisory and the lock does not count as held: leftovers (backup folders
+//!   without a manifest, unfinished multipart uploads: [`Storage::unfinished`]) are then only
 //!   removed once older than `leftover_age` (the rule is `drkit_core::layout::clean_leftovers`).
 //! - `object_lock` sets a retention date on every object written; [`Storage::locked_until`]
 //!   says until when an object is locked, so that `delete` on `dyn Storage` (in drkit-core)
@@ -18,6 +20,7 @@
 
 mod download;
 mod errors;
+pub mod lease;
 mod settings;
 mod upload;
 
@@ -60,6 +63,11 @@ pub(crate) struct Inner {
     root: String,
     client: OnceCell<Client>,
     lock_checked: OnceCell<()>,
+    /// Which conditional writes the server honours (probed once, for leases).
+    conditional: OnceCell<lease::Conditional>,
+    /// Whether the bucket was found to exist (once, before the first lease: s3s-fs answers
+    /// NoSuchKey for a missing bucket and creates it on a PUT).
+    bucket_checked: OnceCell<()>,
 }
 
 impl std::fmt::Debug for S3Storage {
@@ -104,6 +112,8 @@ impl S3Storage {
                 root,
                 client: OnceCell::new(),
                 lock_checked: OnceCell::new(),
+                conditional: OnceCell::new(),
+                bucket_checked: OnceCell::new(),
             }),
         }
     }
@@ -121,10 +131,18 @@ impl S3Storage {
     /// Check that the bucket can be reached with the credentials, and that object lock is
     /// enabled on it when `object_lock` is configured (for `drkit doctor`).
     pub async fn check(&self) -> Result<()> {
-        let client = self.inner.client().await?;
+        self.inner.head_bucket().await?;
+        self.inner.ready().await.map(|_| ())
+    }
+}
+
+impl Inner {
+    /// HeadBucket: the bucket exists and the credentials reach it.
+    pub(crate) async fn head_bucket(&self) -> Result<()> {
+        let client = self.client().await?;
         client
             .head_bucket()
-            .bucket(&self.inner.settings.bucket)
+            .bucket(&self.settings.bucket)
             .send()
             .await
             .map_err(|e| {
@@ -138,9 +156,18 @@ impl S3Storage {
                     },
                     other => other,
                 };
-                errors::to_error(&self.inner.place, "checking the bucket", f)
+                errors::to_error(&self.place, "checking the bucket", f)
             })?;
-        self.inner.ready().await.map(|_| ())
+        Ok(())
+    }
+}
+
+impl S3Storage {
+    /// Probe whether the server honours conditional writes (`If-None-Match: *`, `If-Match`),
+    /// which job leases need to exclude other runs (for `drkit doctor`): a probe object is
+    /// written three times under the prefix, then deleted.
+    pub async fn conditional_writes(&self) -> Result<lease::Conditional> {
+        self.inner.probe_conditional().await
     }
 }
 
@@ -333,6 +360,7 @@ impl Inner {
             key: key.to_string(),
             size,
             modified: head.last_modified().and_then(to_chrono),
+            etag: head.e_tag().map(str::to_string),
         })
     }
 
@@ -637,6 +665,7 @@ impl Storage for S3Storage {
             key: key.to_string(),
             size: o.content_length().unwrap_or(0).max(0) as u64,
             modified: o.last_modified().and_then(to_chrono),
+            etag: o.e_tag().map(str::to_string),
         }))
     }
 
@@ -665,6 +694,7 @@ impl Storage for S3Storage {
                     key: key.to_string(),
                     size: o.size().unwrap_or(0).max(0) as u64,
                     modified: o.last_modified().and_then(to_chrono),
+                    etag: o.e_tag().map(str::to_string),
                 });
             }
             match (page.is_truncated(), page.next_continuation_token()) {
@@ -739,8 +769,29 @@ impl Storage for S3Storage {
         ))
     }
 
-    async fn lock_job(&self, _job: &str) -> Result<JobLock> {
-        Ok(JobLock::none())
+    /// Whether the server honours the conditional writes leases are taken with (a probe
+    /// object, written three times and deleted).
+    async fn lock_check(&self) -> Result<Option<drkit_core::LockCheck>> {
+        let c = self.inner.probe_conditional().await?;
+        Ok(Some(drkit_core::LockCheck {
+            exclusive: c.strict(),
+            note: c.describe(),
+        }))
+    }
+
+    /// A lease on the job (`<job>/.drkit.lease`, see `lease.rs` and docs/s3.md): refused
+    /// while another run holds a live one; held (strictly) only where the server honours
+    /// conditional writes.
+    async fn lock_job(&self, job: &str) -> Result<JobLock> {
+        lease::acquire(self.inner.clone(), job).await
+    }
+
+    async fn lease_holder(
+        &self,
+        job: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<String>> {
+        self.inner.lease_holder(job, now).await
     }
 
     fn leftover_age(&self) -> std::time::Duration {

@@ -60,6 +60,10 @@ struct RawConfig {
     sse_kms_key_id: Option<String>,
     #[serde(default)]
     storage_class: Option<String>,
+    #[serde(default)]
+    lease_ttl: Option<String>,
+    #[serde(default)]
+    lease_renew: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +136,11 @@ pub struct S3Settings {
     pub sse: Option<Sse>,
     /// Storage class (`STANDARD_IA`, `GLACIER_IR`, ...).
     pub storage_class: Option<String>,
+    /// How long a job's lease lives without renewal (a killed holder's lease is taken over
+    /// after this).
+    pub lease_ttl: Duration,
+    /// How often a held lease is renewed (less than `lease_ttl`).
+    pub lease_renew: Duration,
 }
 
 /// Parse a size: a number of bytes, or a number and a unit (`16MiB`, `64MB`, `8M`, `1GiB`).
@@ -169,6 +178,7 @@ impl S3Settings {
         let prefix = prefix(raw.prefix, what)?;
         let keys = (raw.access_key_id, raw.secret_access_key, raw.session_token);
         let credentials = credentials(keys, raw.profile.is_some(), what)?;
+        let (lease_ttl, lease_renew) = lease_times(raw.lease_ttl, raw.lease_renew, what)?;
         Ok(S3Settings {
             bucket,
             endpoint,
@@ -207,6 +217,8 @@ impl S3Settings {
                 .storage_class
                 .map(|c| c.trim().to_ascii_uppercase())
                 .filter(|c| !c.is_empty()),
+            lease_ttl,
+            lease_renew,
         })
     }
 
@@ -364,6 +376,32 @@ fn duration(raw: Option<String>, default: Duration, key: &str, what: &str) -> Re
     }
 }
 
+/// The lease's time to live (default 60 s, 2 s to 1 h) and renewal interval (default a
+/// third of it, at least 1 s and less than the time to live).
+fn lease_times(
+    ttl: Option<String>,
+    renew: Option<String>,
+    what: &str,
+) -> Result<(Duration, Duration)> {
+    let ttl = duration(ttl, Duration::from_secs(60), "lease_ttl", what)?;
+    if !(Duration::from_secs(2)..=Duration::from_secs(3600)).contains(&ttl) {
+        return Err(bad(what, "lease_ttl", "must be between 2s and 1h"));
+    }
+    let default = (ttl / 3).max(Duration::from_secs(1));
+    let renew = duration(renew, default, "lease_renew", what)?;
+    if renew < Duration::from_secs(1) || renew >= ttl {
+        return Err(bad(
+            what,
+            "lease_renew",
+            format!(
+                "must be at least 1s and less than lease_ttl ({}s)",
+                ttl.as_secs()
+            ),
+        ));
+    }
+    Ok((ttl, renew))
+}
+
 fn object_lock(raw: RawObjectLock, what: &str) -> Result<ObjectLock> {
     let mode = match raw.mode.to_ascii_lowercase().as_str() {
         "governance" => LockMode::Governance,
@@ -441,6 +479,41 @@ mod tests {
         assert_eq!(s.object_lock, None);
         assert_eq!(s.leftover_age, Duration::from_secs(48 * 3600));
         assert_eq!(s.max_object_size(), (16 << 20) * 10_000);
+        assert_eq!(s.lease_ttl, Duration::from_secs(60));
+        assert_eq!(s.lease_renew, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn lease_times_table() {
+        let secs = Duration::from_secs;
+        let cases = [
+            ("", Some((secs(60), secs(20)))),
+            ("lease_ttl = \"3s\"", Some((secs(3), secs(1)))),
+            ("lease_ttl = \"2s\"", Some((secs(2), secs(1)))),
+            ("lease_ttl = \"5m\"", Some((secs(300), secs(100)))),
+            (
+                "lease_ttl = \"90s\"\nlease_renew = \"10s\"",
+                Some((secs(90), secs(10))),
+            ),
+            ("lease_ttl = \"1s\"", None),
+            ("lease_ttl = \"2h\"", None),
+            ("lease_ttl = \"soon\"", None),
+            ("lease_renew = \"60s\"", None),
+            ("lease_renew = \"0s\"", None),
+            ("lease_ttl = \"10s\"\nlease_renew = \"11s\"", None),
+        ];
+        for (extra, want) in cases {
+            let got =
+                S3Settings::from_spec(&spec(&format!("bucket = \"b\"\n{extra}")), "storage.x");
+            match (got, want) {
+                (Ok(s), Some(w)) => assert_eq!((s.lease_ttl, s.lease_renew), w, "{extra}"),
+                (Err(e), None) => {
+                    let msg = e.to_string();
+                    assert!(msg.starts_with("storage.x.lease_"), "{extra}: {msg}");
+                }
+                (got, want) => panic!("{extra}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 
     #[test]
