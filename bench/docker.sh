@@ -3,7 +3,8 @@
 # way next to its floor, measured side by side in one run:
 #   direct backup  (mode = "direct": drkit reads the volume's directory)  vs host `tar -c | zstd -3 -T0`
 #   engine backup  (mode = "engine": the Engine's archive endpoint)       vs the endpoint `| zstd -3 -T0`
-#   restore        (`drkit restore --to NEW`, through the endpoint)       vs host `zstd -d | tar -x`
+#   restore        (`drkit restore --to NEW`, direct and through the endpoint) vs host `zstd -d | tar -x`
+#                  (and `drkit verify`, the restore's first pass, on its own)
 # Targets (issue 17): direct <= 1.15x, engine <= 1.1x, restore <= 1.3x their floors; peak RSS
 # <= 64 MiB.
 #
@@ -23,10 +24,11 @@ FILES=${FILES:-20000}
 SIZE_MB=${SIZE_MB:-1024}
 VOL=drkit-bench-$$
 RESTORED=$VOL-restored
+RESTORED_D=$VOL-restored-direct
 HOSTCOPY=$VOL-hostcopy
 WORK=$(mktemp -d /var/tmp/drkit-bench.XXXXXX)
 cleanup() {
-    docker volume rm -f "$VOL" "$RESTORED" "$HOSTCOPY" >/dev/null 2>&1 || true
+    docker volume rm -f "$VOL" "$RESTORED" "$RESTORED_D" "$HOSTCOPY" >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -119,13 +121,21 @@ docker volume create "$HOSTCOPY" >/dev/null
 HOST_MP=$(docker volume inspect -f '{{.Mountpoint}}' "$HOSTCOPY")
 export HOST_MP
 HR=$(timed bash -c host_restore)
+# The loop left only the engine job's backup: one of the direct job to restore (untimed).
+"$DRKIT" --config "$WORK/drkit.toml" -q backup direct >/dev/null
+V=$(timed "$DRKIT" --config "$WORK/drkit.toml" -q verify direct)
+RD=$(timed "$DRKIT" --config "$WORK/drkit.toml" -q restore direct --to "$RESTORED_D")
 R=$(timed "$DRKIT" --config "$WORK/drkit.toml" -q restore engine --to "$RESTORED")
+# The direct restore must reproduce what the host's tar extracted.
+diff <(cd "$HOST_MP" && find . -printf '%p %y %m %U %G %T@ %s %l\n' | sort) \
+     <(cd "$(docker volume inspect -f '{{.Mountpoint}}' "$RESTORED_D")" && find . -printf '%p %y %m %U %G %T@ %s %l\n' | sort) >/dev/null ||
+    echo "WARNING: the direct restore's listing differs from the host's extraction" >&2
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
-python3 - "$H" "$E" "$D" "$G" "$HR" "$R" "$HOST_STORED" "$DIRECT_STORED" "$FILES" "$BYTES" "$LOAD_BEFORE" "$LOAD_AFTER" <<'PY'
+python3 - "$H" "$E" "$D" "$G" "$HR" "$R" "$RD" "$V" "$HOST_STORED" "$DIRECT_STORED" "$FILES" "$BYTES" "$LOAD_BEFORE" "$LOAD_AFTER" <<'PY'
 import sys
-h, e, d, g, hr, r = (list(map(float, a.split())) for a in sys.argv[1:7])
-host_stored, direct_stored, files, size = map(int, sys.argv[7:11])
+h, e, d, g, hr, r, rd, v = (list(map(float, a.split())) for a in sys.argv[1:9])
+host_stored, direct_stored, files, size = map(int, sys.argv[9:13])
 mb = lambda kb: f"{kb / 1024:.0f} MiB"
 cpu = lambda t: f"{t[2]:.1f} + {t[3]:.1f}"
 rows = [
@@ -134,14 +144,16 @@ rows = [
     ("engine endpoint `\\| zstd -3 -T0` (floor of engine)", e, "-", None),
     ("`drkit backup`, mode = engine", g, mb(g[1]), (g[0] / e[0], 1.10)),
     ("host `zstd -d \\| tar -x` (floor of restore)", hr, "-", None),
-    ("`drkit restore --to NEW` (endpoint, checked)", r, mb(r[1]), (r[0] / hr[0], 1.30)),
+    ("`drkit restore --to NEW`, mode = direct (verified, extracted, read back)", rd, mb(rd[1]), (rd[0] / hr[0], 1.30)),
+    ("  of which: `drkit verify` alone (its first pass)", v, mb(v[1]), None),
+    ("`drkit restore --to NEW`, mode = engine (endpoint, checked)", r, mb(r[1]), (r[0] / hr[0], 1.30)),
 ]
 print("\n| what | seconds | CPU user + sys | peak RSS | ratio (target) |\n|---|---|---|---|---|")
 for name, t, rss, ratio in rows:
     rt = "-" if ratio is None else f"{ratio[0]:.2f}x (<= {ratio[1]}x) {'met' if ratio[0] <= ratio[1] else 'MISSED'}"
     print(f"| {name} | {t[0]:.2f} | {cpu(t)} | {rss} | {rt} |")
-peak = max(d[1], g[1], r[1]) / 1024
+peak = max(d[1], g[1], r[1], rd[1], v[1]) / 1024
 print(f"\nvolume: {files} files, {size // 1000000} MB; stored: host {host_stored // 1000000} MB, drkit {direct_stored // 1000000} MB;"
       f" peak RSS {peak:.0f} MiB (target <= 64 MiB: {'met' if peak <= 64 else 'MISSED'});"
-      f" load average before {sys.argv[11]}, after {sys.argv[12]}")
+      f" load average before {sys.argv[13]}, after {sys.argv[14]}")
 PY

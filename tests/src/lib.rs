@@ -96,6 +96,19 @@ impl Run {
         })
     }
 
+    /// `(id, state, reason)` of each entry of a `list --json` output, in its order.
+    pub fn list_entries(&self) -> Vec<(String, String, String)> {
+        self.json()
+            .as_array()
+            .expect("list --json prints an array")
+            .iter()
+            .map(|e| {
+                let text = |k: &str| e[k].as_str().unwrap_or("").to_string();
+                (text("id"), text("state"), text("reason"))
+            })
+            .collect()
+    }
+
     /// Assert the exit code, showing the output when it differs.
     #[track_caller]
     pub fn expect_code(&self, code: i32) -> &Run {

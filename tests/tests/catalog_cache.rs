@@ -56,18 +56,7 @@ fn scratch(server: &S3Server, bucket: &str, job_extra: &str) -> Arc<Scratch> {
 async fn listed(s: &Arc<Scratch>) -> Vec<(String, String, String)> {
     let l = drkit(s, &["--json", "list", "app"], &[]).await;
     l.expect_code(0);
-    l.json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["id"].as_str().unwrap().to_string(),
-                e["state"].as_str().unwrap().to_string(),
-                e["reason"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect()
+    l.list_entries()
 }
 
 /// The cache files: (path, header, body).

@@ -215,3 +215,268 @@ fn direct_mode_fails_clearly_where_it_cannot() {
         m["source"]
     );
 }
+
+/// A restore says which way it wrote the volume (the report's notes, on stderr or stdout).
+fn restore_says(r: &drkit_tests::Run, want: &str) {
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(all.contains(want), "no {want:?} in: {all}");
+}
+
+/// The direct restore (into a new volume, and with --force over an existing one: staging,
+/// emptied destination, entries renamed in, read back directly) reproduces the volume entry
+/// for entry and metadata for metadata, as the engine's restore does.
+#[test]
+fn direct_and_engine_restores_reproduce_the_volume_alike() {
+    ensure_image();
+    let mut clean = Cleanup::default();
+    let vol = unique("rdirect");
+    let by_direct = unique("rdcopy");
+    let by_engine = unique("recopy");
+    clean
+        .volumes
+        .extend([vol.clone(), by_direct.clone(), by_engine.clone()]);
+    docker(&["volume", "create", &vol]);
+    fill(&vol);
+    let before = listing(&vol);
+    let s = Scratch::new();
+    s.config(&config(
+        &s.path("store"),
+        &format!(
+            "{}{}",
+            job("direct", &vol, "direct"),
+            job("engine", &vol, "engine")
+        ),
+    ));
+    s.drkit(&["backup", "direct"]).expect_code(0);
+    s.drkit(&["backup", "engine"]).expect_code(0);
+
+    let r = s.drkit(&["restore", "direct", "--to", &by_direct]);
+    r.expect_code(0);
+    restore_says(&r, "written directly into the volume's directory (direct)");
+    let r = s.drkit(&["restore", "engine", "--to", &by_engine]);
+    r.expect_code(0);
+    restore_says(&r, "through the engine's archive endpoint (engine)");
+    assert_eq!(listing(&by_direct), before, "the direct restore differs");
+    assert_eq!(listing(&by_engine), before, "the engine restore differs");
+
+    // Over the changed original with --force: staged, checked, renamed in.
+    in_volume(
+        &vol,
+        "rm -rf /data/deep; echo new > /data/a.txt; mkdir /data/extra; echo e > /data/extra/f",
+    );
+    assert_ne!(listing(&vol), before);
+    s.drkit(&["restore", "direct"])
+        .expect_code(3)
+        .expect_one_line_error("not empty");
+    let r = s.drkit(&["restore", "direct", "--force"]);
+    r.expect_code(0);
+    restore_says(&r, "written directly into the volume's directory (direct)");
+    restore_says(&r, "(rename)");
+    assert_eq!(
+        listing(&vol),
+        before,
+        "the direct restore over the volume differs"
+    );
+    let staging = docker(&[
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label=drkit.staging={vol}"),
+    ]);
+    assert_eq!(staging.trim(), "", "staging volumes left behind");
+}
+
+/// Replays a crafted archive as if it were a volume dump, to store it as a backup.
+struct Crafted(Vec<u8>);
+
+#[async_trait::async_trait]
+impl drkit_core::Source for Crafted {
+    fn driver(&self) -> &'static str {
+        "docker-volume"
+    }
+    fn extension(&self) -> &'static str {
+        "tar"
+    }
+    fn describe(&self) -> String {
+        "crafted archive".into()
+    }
+    async fn dump(&self) -> drkit_core::Result<drkit_core::Dump> {
+        use futures::FutureExt;
+        Ok(drkit_core::Dump {
+            reader: Box::new(std::io::Cursor::new(self.0.clone())),
+            finish: async { Ok(drkit_core::DumpSummary::default()) }.boxed(),
+        })
+    }
+    async fn plan_restore(
+        &self,
+        _: &drkit_core::Manifest,
+        _: &drkit_core::RestoreOptions,
+    ) -> drkit_core::Result<drkit_core::RestoreReport> {
+        unreachable!("only dumped")
+    }
+    async fn restore(
+        &self,
+        _: drkit_core::BoxRead,
+        _: &drkit_core::Manifest,
+        _: &drkit_core::RestoreOptions,
+    ) -> drkit_core::Result<drkit_core::RestoreReport> {
+        unreachable!("only dumped")
+    }
+}
+
+/// Hostile archives through the direct restore (mode = "direct"), behind the verification
+/// (as if the stored bytes changed after it): refused while extracting, the new volume
+/// removed, an existing one untouched even with --force, nothing written outside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_restore_refuses_crafted_archives_and_writes_nothing() {
+    use drkit_core::pipeline::{self, Target};
+    use drkit_drivers::docker::direct::ReadMode;
+    use drkit_drivers::source::docker_volume::{DockerVolumeConfig, DockerVolumeSource};
+    use drkit_drivers::test_util::volume_tar::{archive, entry};
+    ensure_image();
+    let mut clean = Cleanup::default();
+    let existing = unique("dvictim");
+    clean.volumes.push(existing.clone());
+    docker(&["volume", "create", &existing]);
+    in_volume(&existing, "echo keep > /data/marker; mkdir /data/d");
+    let before = listing(&existing);
+    let outside = tempfile::tempdir().unwrap();
+    let out = outside.path().display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = drkit_core::DriverSpec {
+        kind: "local".into(),
+        settings: Default::default(),
+    };
+    spec.settings
+        .insert("path".into(), dir.path().display().to_string().into());
+    let storage = drkit_drivers::open_storage("local", &spec).unwrap();
+    let targets = [Target {
+        name: "local".into(),
+        storage,
+    }];
+    let source = |volume: &str| {
+        DockerVolumeSource::new(
+            DockerVolumeConfig {
+                volume: volume.into(),
+                project: None,
+                stop_containers: false,
+                stop_timeout: None,
+                host: None,
+                mode: ReadMode::Direct,
+            },
+            "test",
+        )
+        .unwrap()
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "through-symlink",
+            archive(&[
+                entry("./fine", b'0', "", b"fine"),
+                entry("./l", b'2', "d", b""),
+                entry("./l/evil", b'0', "", b"evil"),
+            ]),
+            "through the symbolic link",
+        ),
+        (
+            "dotdot",
+            archive(&[
+                entry("./fine", b'0', "", b"fine"),
+                entry("../x", b'0', "", b"x"),
+            ]),
+            "climbs out",
+        ),
+        (
+            "absolute-link",
+            archive(&[
+                entry("./fine", b'0', "", b"fine"),
+                entry("./out", b'2', &out, b""),
+                entry("./out/evil", b'0', "", b"evil"),
+            ]),
+            "absolute path",
+        ),
+        (
+            "hardlink-out",
+            archive(&[
+                entry("./fine", b'0', "", b"fine"),
+                entry("./h", b'1', "../../x", b""),
+            ]),
+            "climbs out",
+        ),
+        (
+            "device",
+            archive(&[
+                entry("./fine", b'0', "", b"fine"),
+                entry("./tty", b'3', "", b""),
+            ]),
+            "device node",
+        ),
+    ];
+    for (name, bytes, want) in cases {
+        let outcome = pipeline::backup(
+            &format!("dcrafted-{name}"),
+            &Crafted(bytes.clone()),
+            &targets,
+            &Default::default(),
+            pipeline::no_progress(),
+        )
+        .await
+        .unwrap();
+        let manifest = outcome.manifest;
+        let fresh = unique("dfresh");
+        clean.volumes.push(fresh.clone());
+        let opts = drkit_core::RestoreOptions::default();
+        let err = drkit_core::Source::restore(
+            &source(&fresh),
+            Box::new(std::io::Cursor::new(bytes.clone())),
+            &manifest,
+            &opts,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), drkit_core::ErrorKind::Refused, "{name}: {err}");
+        assert!(
+            err.to_string().contains(want) && err.to_string().contains("nothing was written"),
+            "{name}: {err}"
+        );
+        assert!(
+            !err.to_string().contains('\n'),
+            "{name}: not one line: {err}"
+        );
+        let gone = docker(&["volume", "ls", "-q", "--filter", &format!("name=^{fresh}$")]);
+        assert_eq!(
+            gone.trim(),
+            "",
+            "{name}: the refused restore left volume {fresh}"
+        );
+        let opts = drkit_core::RestoreOptions {
+            force: true,
+            ..Default::default()
+        };
+        let err = drkit_core::Source::restore(
+            &source(&existing),
+            Box::new(std::io::Cursor::new(bytes.clone())),
+            &manifest,
+            &opts,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), drkit_core::ErrorKind::Refused, "{name}: {err}");
+        assert_eq!(
+            listing(&existing),
+            before,
+            "{name}: the refused restore changed the volume"
+        );
+    }
+    let staging = docker(&[
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label=drkit.staging={existing}"),
+    ]);
+    assert_eq!(staging.trim(), "", "staging volumes left behind");
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    assert!(!Path::new("/x").exists() && !Path::new("/evil").exists());
+}

@@ -50,18 +50,7 @@ fn manifest_path(s: &Scratch, id: &str) -> PathBuf {
 fn listed(s: &Scratch) -> Vec<(String, String, String)> {
     let l = s.drkit(&["--json", "list", "app"]);
     l.expect_code(0);
-    l.json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["id"].as_str().unwrap().to_string(),
-                e["state"].as_str().unwrap().to_string(),
-                e["reason"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect()
+    l.list_entries()
 }
 
 #[test]

@@ -551,7 +551,7 @@ struct Level {
 }
 
 /// The names in directory `dir`, sorted by bytes (as Go's `filepath.Walk`).
-fn names(dir: &OwnedFd) -> std::io::Result<Vec<CString>> {
+pub(crate) fn names(dir: &OwnedFd) -> std::io::Result<Vec<CString>> {
     let mut out = Vec::new();
     for entry in rustix::fs::Dir::read_from(dir)? {
         let entry = entry?;
@@ -566,7 +566,7 @@ fn names(dir: &OwnedFd) -> std::io::Result<Vec<CString>> {
 }
 
 /// A path for messages: quoted, never raw bytes of a hostile name.
-fn shown(path: &[u8]) -> String {
+pub(crate) fn shown(path: &[u8]) -> String {
     format!("{:?}", String::from_utf8_lossy(path))
 }
 

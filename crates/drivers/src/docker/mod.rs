@@ -16,6 +16,7 @@ use drkit_core::{Error, ErrorKind, Result};
 
 pub mod containers;
 pub mod direct;
+pub(crate) mod extract;
 pub(crate) mod helper;
 pub mod inventory;
 pub mod lookalike;

@@ -151,6 +151,40 @@ pub enum TarError {
     Malformed(String),
     /// An entry that would land outside the volume, or that is not allowed in a volume.
     Unsafe(Unsafe),
+    /// The [`Sink`] fed by [`Scanner::feed_to`] failed (a write of the direct restore).
+    Sink(String),
+}
+
+/// One entry, as a [`Sink`] sees it: only entries the policy accepted (in
+/// [`Mode::Enforce`]) reach it, with their path already normalized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryView<'a> {
+    /// `b'0'` (also for type NUL and `7`), `b'1'`, `b'2'`, `b'5'`, `b'6'`.
+    pub typeflag: u8,
+    /// The normalized path (`""` for the root; no `./`, no `..`, no trailing `/`).
+    pub path: &'a str,
+    /// A hard link's target, normalized; a symbolic link's target as written.
+    pub link: &'a [u8],
+    /// Permission bits (with setuid, setgid and sticky).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u64,
+    /// Group.
+    pub gid: u64,
+    /// Modification time, whole seconds.
+    pub mtime: i64,
+    /// Content bytes that follow (regular files).
+    pub size: u64,
+    /// PAX extended attributes (`SCHILY.xattr.NAME`), sorted.
+    pub xattrs: &'a [(String, Vec<u8>)],
+}
+
+/// Where [`Scanner::feed_to`] hands what it accepted: each entry, then its content.
+pub trait Sink {
+    /// An accepted entry; its `size` content bytes follow through [`Sink::data`].
+    fn entry(&mut self, e: &EntryView<'_>) -> Result<(), String>;
+    /// The next content bytes of the last entry.
+    fn data(&mut self, bytes: &[u8]) -> Result<(), String>;
 }
 
 impl std::fmt::Display for TarError {
@@ -158,6 +192,7 @@ impl std::fmt::Display for TarError {
         match self {
             TarError::Malformed(m) => write!(f, "not a valid tar archive: {m}"),
             TarError::Unsafe(u) => write!(f, "unsafe archive: {u}"),
+            TarError::Sink(m) => write!(f, "{m}"),
         }
     }
 }
@@ -281,16 +316,34 @@ impl Scanner {
 
     /// Feed bytes; in [`Mode::Enforce`], the bytes that are safe to pass on are appended to
     /// `out` (an entry's headers are held back until the entry is checked).
-    pub fn feed(
+    pub fn feed(&mut self, input: &[u8], out: Option<&mut Vec<u8>>) -> Result<(), TarError> {
+        self.feed_inner(input, out, None)
+    }
+
+    /// Feed bytes, handing every entry the policy accepts, and its content, to `sink` (the
+    /// direct restore): in [`Mode::Enforce`] a refused entry stops the stream before `sink`
+    /// sees it.
+    pub fn feed_to(&mut self, input: &[u8], sink: &mut dyn Sink) -> Result<(), TarError> {
+        if self.mode != Mode::Enforce {
+            // Observe lets refused entries through: never into a sink that writes them.
+            return Err(TarError::Sink(
+                "a scanner that only observes cannot feed an extraction".into(),
+            ));
+        }
+        self.feed_inner(input, None, Some(sink))
+    }
+
+    fn feed_inner(
         &mut self,
         mut input: &[u8],
         mut out: Option<&mut Vec<u8>>,
+        mut sink: Option<&mut dyn Sink>,
     ) -> Result<(), TarError> {
         while !input.is_empty() {
             let taken = match self.state {
-                State::Header => self.take_header(input, out.as_deref_mut())?,
+                State::Header => self.take_header(input, out.as_deref_mut(), &mut sink)?,
                 State::Meta { .. } => self.take_meta(input)?,
-                State::Content { .. } => self.take_content(input, out.as_deref_mut()),
+                State::Content { .. } => self.take_content(input, out.as_deref_mut(), &mut sink)?,
                 State::End => {
                     // Whatever follows the end marker is never extracted; pass it on.
                     if let Some(o) = out.as_deref_mut() {
@@ -307,13 +360,18 @@ impl Scanner {
     /// Collect header bytes. A whole block is parsed; the header bytes held so far are
     /// released once no PAX or GNU long-name header waits for its entry. Returns the bytes
     /// taken from `input`.
-    fn take_header(&mut self, input: &[u8], out: Option<&mut Vec<u8>>) -> Result<usize, TarError> {
+    fn take_header(
+        &mut self,
+        input: &[u8],
+        out: Option<&mut Vec<u8>>,
+        sink: &mut Option<&mut dyn Sink>,
+    ) -> Result<usize, TarError> {
         let take = (BLOCK - self.block.len()).min(input.len());
         self.block.extend_from_slice(&input[..take]);
         if self.block.len() == BLOCK {
             let block = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
             self.held.extend_from_slice(&block);
-            self.header(&block)?;
+            self.header(&block, sink)?;
             if self.pending_is_clear() {
                 match out {
                     Some(o) => o.append(&mut self.held),
@@ -347,7 +405,12 @@ impl Scanner {
     }
 
     /// Pass file content through, hashing it.
-    fn take_content(&mut self, input: &[u8], out: Option<&mut Vec<u8>>) -> usize {
+    fn take_content(
+        &mut self,
+        input: &[u8],
+        out: Option<&mut Vec<u8>>,
+        sink: &mut Option<&mut dyn Sink>,
+    ) -> Result<usize, TarError> {
         let State::Content { remaining, padding } = &mut self.state else {
             unreachable!("take_content runs in State::Content");
         };
@@ -359,7 +422,12 @@ impl Scanner {
         if let Some(o) = out {
             o.extend_from_slice(&input[..take]);
         }
-        take
+        if let Some(s) = sink.as_mut() {
+            if data > 0 {
+                s.data(&input[..data]).map_err(TarError::Sink)?;
+            }
+        }
+        Ok(take)
     }
 
     /// Entries (other than the root) whose headers were read so far.
@@ -419,7 +487,7 @@ impl Scanner {
 
     /// One header block: the end marker, a PAX or GNU long-name header (whose body follows),
     /// or an entry, which is checked against the entry policy, counted and hashed.
-    fn header(&mut self, block: &[u8]) -> Result<(), TarError> {
+    fn header(&mut self, block: &[u8], sink: &mut Option<&mut dyn Sink>) -> Result<(), TarError> {
         if block.iter().all(|&b| b == 0) {
             self.state = State::End;
             // Go's reader stops here and drops pending PAX or long-name headers: so must we,
@@ -434,6 +502,28 @@ impl Scanner {
         let entry = EntryInfo::resolve(fields, std::mem::take(&mut self.pending))?;
         let normalized = self.admit(&entry)?;
         self.count(&entry, &normalized);
+        if let Some(s) = sink.as_mut() {
+            let link = if entry.typeflag == b'1' {
+                normalize(&entry.link).unwrap_or_default().into_bytes()
+            } else {
+                entry.link.clone()
+            };
+            let view = EntryView {
+                typeflag: match entry.typeflag {
+                    0 | b'7' => b'0',
+                    t => t,
+                },
+                path: &normalized,
+                link: &link,
+                mode: (entry.mode & 0o7777) as u32,
+                uid: entry.uid,
+                gid: entry.gid,
+                mtime: entry.mtime.parse().unwrap_or(0),
+                size: entry.content,
+                xattrs: &entry.xattrs,
+            };
+            s.entry(&view).map_err(TarError::Sink)?;
+        }
         self.hash_entry(&entry, normalized);
         self.state = if entry.content > 0 {
             State::Content {

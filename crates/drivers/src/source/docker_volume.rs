@@ -10,7 +10,10 @@
 //!
 //! A backup reads the volume's directory directly when the engine is local and it can
 //! (`mode = "auto"`, the default; [`crate::docker::direct`]), else through the engine; the
-//! manifest's `source.read` says which ran. A restore always goes through the engine.
+//! manifest's `source.read` says which ran. A restore writes the same way where it can
+//! ([`crate::docker::extract`]: the same entry policy, then `openat`/`O_NOFOLLOW` writes, a
+//! rename of the staging copy into place, a direct read-back), as root only; its report's
+//! notes say which way ran and why.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -30,6 +33,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use crate::docker::containers::Stopper;
 use crate::docker::direct::{self, ReadMode, Route};
+use crate::docker::extract;
 use crate::docker::helper::{self, Helper, MOUNT};
 use crate::docker::tar::{self, DigestAlgo, Finished, Mode, Scanner, TarError};
 use crate::docker::volumes::{self, ContainerRef, VolumeInfo};
@@ -228,6 +232,39 @@ impl DockerVolumeSource {
         expected: Option<&Expected>,
         report: &mut RestoreReport,
     ) -> Result<tar::TarStats> {
+        let (route, dest) = restore_route(engine, name, self.cfg.mode).await?;
+        let staging_dir = match &route {
+            Route::Direct => restore_route(engine, staging, self.cfg.mode).await?.1,
+            Route::Engine(_) => None,
+        };
+        if let (Some(dest), Some(staging_dir)) = (dest, staging_dir) {
+            report.notes.push(route_note(&route));
+            return self
+                .replace_directly(
+                    engine,
+                    name,
+                    staging,
+                    dest,
+                    staging_dir,
+                    data,
+                    expected,
+                    report,
+                )
+                .await;
+        }
+        let route = match route {
+            Route::Direct => Route::Engine(Some(format!(
+                "the staging volume {staging} cannot be written directly"
+            ))),
+            r => r,
+        };
+        if self.cfg.mode == ReadMode::Direct {
+            let Route::Engine(Some(why)) = &route else {
+                unreachable!("direct route handled above")
+            };
+            return Err(Error::source_error(format!("volume {name} cannot be restored directly (mode = \"direct\"): {why}; set mode = \"auto\" to restore through the engine when it cannot")));
+        }
+        report.notes.push(route_note(&route));
         let staged = extract(engine, staging, data).await?;
         let users = volumes::users(engine, name).await?;
         let mut stopper = self.stop_users(engine, name, &users, report).await?;
@@ -239,6 +276,95 @@ impl DockerVolumeSource {
             report.replaces_existing,
             expected,
         )
+        .await;
+        let restarted = match stopper.as_mut() {
+            Some(s) => s.restart().await,
+            None => Ok(Vec::new()),
+        };
+        let written = written?;
+        let restarted = restarted?;
+        if let Some(s) = &stopper {
+            if !s.stopped.is_empty() {
+                report.notes.push(format!(
+                    "stopped containers {} and started them again: {}",
+                    s.stopped.join(", "),
+                    restarted.join(", ")
+                ));
+            }
+        }
+        Ok(written)
+    }
+
+    /// The direct way of [`Self::replace_from_staging`]: extract into the staging volume's
+    /// directory `staging_dir`, then (containers stopped when the config says so) empty the
+    /// destination's directory `dest` (`--force`), move the staged entries in by renaming
+    /// (or, across filesystems, copy them through the engine), give the root its metadata,
+    /// and read the destination back directly.
+    #[allow(clippy::too_many_arguments)]
+    async fn replace_directly(
+        &self,
+        engine: &Engine,
+        name: &str,
+        staging: &str,
+        dest: std::os::fd::OwnedFd,
+        staging_dir: std::os::fd::OwnedFd,
+        data: BoxRead,
+        expected: Option<&Expected>,
+        report: &mut RestoreReport,
+    ) -> Result<tar::TarStats> {
+        let staging_keep = staging_dir.try_clone().map_err(|e| {
+            Error::source_error(format!(
+                "volume {staging}: cannot keep its directory open ({e})"
+            ))
+        })?;
+        let staged = extract::extract_into(staging_dir, data, staging, tar_refusal).await?;
+        let users = volumes::users(engine, name).await?;
+        let mut stopper = self.stop_users(engine, name, &users, report).await?;
+        let written = async {
+            let same = extract::same_filesystem(&staging_keep, &dest).unwrap_or(false);
+            let replaces = report.replaces_existing;
+            let owned = name.to_string();
+            let (dest, staging_keep, moved) = blocking(move || {
+                let name = owned.as_str();
+                if replaces {
+                    extract::empty_dir(&dest).map_err(|e| {
+                        Error::source_error(format!(
+                            "could not empty volume {name} before the restore ({e}); empty it by hand and retry"
+                        ))
+                    })?;
+                }
+                let moved = if same {
+                    Some(extract::move_entries(&staging_keep, &dest).map_err(|e| {
+                        Error::source_error(format!(
+                            "moving the restored files into volume {name} failed ({e})"
+                        ))
+                    })?)
+                } else {
+                    None
+                };
+                Ok((dest, staging_keep, moved))
+            })
+            .await?;
+            drop(staging_keep);
+            match moved {
+                Some(n) => report.notes.push(format!(
+                    "moved the {n} top-level entries of the checked staging copy into volume {name} (rename)"
+                )),
+                None => {
+                    report.notes.push(format!(
+                        "the staging volume {staging} is on another filesystem than volume {name}: copied through the engine"
+                    ));
+                    copy_volume(engine, staging, name).await?;
+                }
+            }
+            if let Some(r) = staged.root {
+                extract::set_root(&dest, &r).map_err(|e| {
+                    Error::source_error(format!("volume {name}: setting its root's metadata: {e}"))
+                })?;
+            }
+            // Checked before the containers start again and write to it.
+            check_restored_directly(dest, name, expected).await
+        }
         .await;
         let restarted = match stopper.as_mut() {
             Some(s) => s.restart().await,
@@ -294,6 +420,7 @@ impl DockerVolumeSource {
 /// Restore into the new volume `name`: nobody uses it, so restore straight into it (created
 /// with the backup's driver, and its options and labels unless `--to`), and remove it again
 /// if anything goes wrong.
+#[allow(clippy::too_many_arguments)]
 async fn restore_new(
     engine: &Engine,
     name: &str,
@@ -301,6 +428,8 @@ async fn restore_new(
     manifest: &Manifest,
     opts: &RestoreOptions,
     expected: Option<&Expected>,
+    mode: ReadMode,
+    notes: &mut Vec<String>,
 ) -> Result<tar::TarStats> {
     let recorded_labels = if opts.to.is_none() {
         labels_of(manifest)
@@ -322,6 +451,18 @@ async fn restore_new(
     };
     volumes::create(engine, name, &driver, &options, &recorded_labels).await?;
     let result = async {
+        let (route, dir) = restore_route(engine, name, mode).await?;
+        notes.push(route_note(&route));
+        if let Some(dir) = dir {
+            let keep = dir.try_clone().map_err(|e| {
+                Error::source_error(format!(
+                    "volume {name}: cannot keep its directory open ({e})"
+                ))
+            })?;
+            // The root's metadata is set by the extraction itself.
+            extract::extract_into(dir, data, name, tar_refusal).await?;
+            return check_restored_directly(keep, name, expected).await;
+        }
         let finished = extract(engine, name, data).await?;
         set_root(engine, name, finished.root).await?;
         check_restored(engine, name, expected).await
@@ -331,6 +472,69 @@ async fn restore_new(
         let _ = volumes::remove(engine, name).await;
     }
     result
+}
+
+/// How a restore writes volume `name`: as a backup reads it ([`direct::choose`] over the
+/// same facts), and directly only as root (it sets every file's owner). With the volume's
+/// directory open when directly; with `mode = "direct"`, a clear error when it cannot.
+async fn restore_route(
+    engine: &Engine,
+    name: &str,
+    mode: ReadMode,
+) -> Result<(Route, Option<std::os::fd::OwnedFd>)> {
+    if mode == ReadMode::Engine {
+        return Ok((Route::Engine(None), None));
+    }
+    let (facts, root) = direct::gather(engine, name).await?;
+    let cannot = |why: String| {
+        Error::source_error(format!(
+            "volume {name} cannot be restored directly (mode = \"direct\"): {why}; set mode = \"auto\" to restore through the engine when it cannot"
+        ))
+    };
+    match direct::choose(mode, &facts) {
+        Ok(Route::Direct) if !facts.root => {
+            let why =
+                "drkit does not run as root: it could not give the files their owners".to_string();
+            match mode {
+                ReadMode::Direct => Err(cannot(why)),
+                _ => Ok((Route::Engine(Some(why)), None)),
+            }
+        }
+        Ok(Route::Direct) => match root {
+            Some(fd) => Ok((Route::Direct, Some(fd))),
+            None => Err(cannot("its directory could not be opened".into())),
+        },
+        Ok(route) => Ok((route, None)),
+        Err(why) => Err(cannot(why)),
+    }
+}
+
+/// The report's line saying which way the restore wrote the volume, and why.
+fn route_note(route: &Route) -> String {
+    match route {
+        Route::Direct => "written directly into the volume's directory (direct): the engine is local and drkit runs as root".into(),
+        Route::Engine(None) => "written through the engine's archive endpoint (engine): mode = \"engine\"".into(),
+        Route::Engine(Some(why)) => format!("written through the engine's archive endpoint (engine): {why}"),
+    }
+}
+
+/// Run blocking file system work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::source_error(format!("a restore step failed ({e})")))?
+}
+
+/// Read a restored volume's directory back (the direct walk) and compare it with the
+/// backup's stats.
+async fn check_restored_directly(
+    dir: std::os::fd::OwnedFd,
+    name: &str,
+    expected: Option<&Expected>,
+) -> Result<tar::TarStats> {
+    let algo = expected.map(|e| e.algo).unwrap_or_default();
+    let got = extract::read_back(dir, name, algo).await?;
+    compare_restored(name, got, expected)
 }
 
 /// Replace the contents of volume `name` (emptied first when `replaces`) with those of
@@ -527,8 +731,17 @@ impl Source for DockerVolumeSource {
 
         let got = match existing {
             None => {
-                let got =
-                    restore_new(&engine, &name, data, manifest, opts, expected.as_ref()).await?;
+                let got = restore_new(
+                    &engine,
+                    &name,
+                    data,
+                    manifest,
+                    opts,
+                    expected.as_ref(),
+                    self.cfg.mode,
+                    &mut report.notes,
+                )
+                .await?;
                 report.notes.push(format!("created volume {name}"));
                 got
             }
@@ -973,6 +1186,15 @@ async fn check_restored(
 ) -> Result<tar::TarStats> {
     let algo = expected.map(|e| e.algo).unwrap_or_default();
     let got = scan_volume(engine, name, algo).await?;
+    compare_restored(name, got, expected)
+}
+
+/// The restored volume's stats against the backup's: a difference is an integrity error.
+fn compare_restored(
+    name: &str,
+    got: tar::TarStats,
+    expected: Option<&Expected>,
+) -> Result<tar::TarStats> {
     if let Some(want) = expected {
         if got.digest != want.digest || got.entries != want.entries || got.bytes != want.bytes {
             return Err(Error::integrity(format!(
@@ -1165,6 +1387,7 @@ fn tar_refusal(e: TarError) -> Error {
     match e {
         TarError::Unsafe(u) => Error::refused(format!("restore refused, nothing was written to the volume: the archive's {u}")),
         TarError::Malformed(m) => Error::integrity(format!("restore refused, nothing was written to the volume: the backup is not a valid tar archive ({m})")),
+        TarError::Sink(m) => Error::source_error(format!("restore failed, the volume was left as it was: writing {m}")),
     }
 }
 

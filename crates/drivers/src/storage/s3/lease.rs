@@ -522,7 +522,9 @@ impl Inner {
         })
     }
 
-    async fn delete_raw(&self, full: &str) -> Result<()> {
+    /// Delete the object at the full key `full` (a missing one is not an error); errors
+    /// name `shown`.
+    pub(super) async fn delete_raw(&self, full: &str, shown: &str) -> Result<()> {
         let client = self.client().await?;
         match client
             .delete_object()
@@ -540,7 +542,7 @@ impl Inner {
                 } else {
                     Err(errors::to_error(
                         &self.place,
-                        &format!("deleting {full}"),
+                        &format!("deleting {shown}"),
                         f,
                     ))
                 }
@@ -575,7 +577,7 @@ impl Inner {
             })
         }
         .await;
-        let cleaned = self.delete_raw(&full).await;
+        let cleaned = self.delete_raw(&full, &full).await;
         let found = result?;
         cleaned?;
         Ok(found)
@@ -869,7 +871,7 @@ async fn renew(
 /// Remove the lease `full` if it is still the one we wrote (`etag`).
 async fn give_back(inner: &Inner, full: &str, etag: &str) -> Result<()> {
     match inner.head_raw(full).await? {
-        Some((Some(now), _)) if now == etag => inner.delete_raw(full).await,
+        Some((Some(now), _)) if now == etag => inner.delete_raw(full, full).await,
         _ => Ok(()), // gone, or another run's by now
     }
 }

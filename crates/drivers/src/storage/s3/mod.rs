@@ -714,29 +714,7 @@ impl Storage for S3Storage {
 
     async fn delete_object(&self, key: &str) -> Result<()> {
         let full = self.inner.full_key(key)?;
-        let client = self.inner.client().await?;
-        match client
-            .delete_object()
-            .bucket(&self.inner.settings.bucket)
-            .key(&full)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let f = Failure::of(&e);
-                if matches!(f, Failure::Service { status: 404, ref code, .. } if code != "NoSuchBucket")
-                {
-                    Ok(())
-                } else {
-                    Err(errors::to_error(
-                        &self.inner.place,
-                        &format!("deleting {key}"),
-                        f,
-                    ))
-                }
-            }
-        }
+        self.inner.delete_raw(&full, key).await
     }
 
     async fn delete_objects(&self, keys: &[String]) -> Result<Vec<String>> {
