@@ -507,3 +507,20 @@ async fn a_lost_signature_answer_is_checked_before_the_manifest_is_written() {
     );
     assert_eq!(env.listed().await, [id]);
 }
+
+/// The lease PUT lands but its answer is lost: the retry of that write fails its condition
+/// (the lease exists), and drkit finds the lease is its own instead of refusing itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_answer_is_found_to_be_our_own_lease() {
+    let env = Env::new().await;
+    let cut = env
+        .proxy
+        .add_rule(Rule::new("PUT", "/.drkit.lease", Action::CutResponse).nth(1));
+    let b = env.drkit(&["--json", "backup"]);
+    let traffic = env.traffic();
+    b.expect_code(0);
+    assert_eq!(env.proxy.stats(cut).fired, 1, "the fault fired:\n{traffic}");
+    let id = b.json()[0]["manifest"]["id"].as_str().unwrap().to_string();
+    env.proxy.clear_rules();
+    assert_eq!(env.listed().await, std::slice::from_ref(&id));
+}

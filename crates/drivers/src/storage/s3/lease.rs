@@ -336,7 +336,50 @@ impl Inner {
     }
 
     async fn put_cond(&self, full: &str, body: Vec<u8>, cond: Cond<'_>) -> Result<Put> {
-        let client = self.client().await?;
+        self.put_cond_retrying(full, body, cond, 0).await
+    }
+
+    /// [`Inner::put_cond`], tried `retries` more times when no answer came (the connection
+    /// failed or was closed under load). Only for taking a lease: a write that landed with
+    /// its answer lost then fails its condition, and the taker finds its own lease.
+    async fn put_cond_retrying(
+        &self,
+        full: &str,
+        body: Vec<u8>,
+        cond: Cond<'_>,
+        retries: u32,
+    ) -> Result<Put> {
+        let mut attempt = 0;
+        loop {
+            match self.put_cond_once(full, body.clone(), cond).await {
+                Err(Failure::Network { .. }) if attempt < retries => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                }
+                Err(f) => {
+                    return Err(errors::to_error(
+                        &self.place,
+                        &format!("writing the lease {full}"),
+                        f,
+                    ))
+                }
+                Ok(put) => return put,
+            }
+        }
+    }
+
+    /// One conditional write: its outcome, or the failure of a request that got no usable
+    /// answer or an error the caller maps.
+    async fn put_cond_once(
+        &self,
+        full: &str,
+        body: Vec<u8>,
+        cond: Cond<'_>,
+    ) -> std::result::Result<Result<Put>, Failure> {
+        let client = match self.client().await {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
         let mut req = client
             .put_object()
             .bucket(&self.settings.bucket)
@@ -360,33 +403,28 @@ impl Inner {
             None => {}
         }
         match req.send().await {
-            Ok(out) => match out.e_tag() {
+            Ok(out) => Ok(match out.e_tag() {
                 Some(e) => Ok(Put::Written(e.to_string())),
                 None => {
                     // No ETag in the answer: ask for it.
-                    let head = self.head_raw(full).await?;
-                    Ok(Put::Written(head.and_then(|(e, _)| e).ok_or_else(
-                        || {
+                    self.head_raw(full).await.and_then(|head| {
+                        head.and_then(|(e, _)| e).map(Put::Written).ok_or_else(|| {
                             Error::storage(format!(
-                            "{}: the server gives no ETag for {full}: it cannot hold job leases",
-                            self.place
-                        ))
-                        },
-                    )?))
+                                "{}: the server gives no ETag for {full}: it cannot hold job leases",
+                                self.place
+                            ))
+                        })
+                    })
                 }
-            },
+            }),
             Err(e) => {
                 let f = Failure::of(&e);
                 if is_condition_failed(&f) {
-                    Ok(Put::ConditionFailed)
+                    Ok(Ok(Put::ConditionFailed))
                 } else if !matches!(cond, Cond::Always) && is_unsupported(&f) {
-                    Ok(Put::Unsupported)
+                    Ok(Ok(Put::Unsupported))
                 } else {
-                    Err(errors::to_error(
-                        &self.place,
-                        &format!("writing the lease {full}"),
-                        f,
-                    ))
+                    Err(f)
                 }
             }
         }
@@ -625,7 +663,10 @@ impl Inner {
         cond: Cond<'_>,
         known: &mut Conditional,
     ) -> Result<Option<String>> {
-        match self.put_cond(full, body.clone(), cond.on(known)).await? {
+        match self
+            .put_cond_retrying(full, body.clone(), cond.on(known), 2)
+            .await?
+        {
             Put::Written(e) => Ok(Some(e)),
             Put::ConditionFailed => Ok(None),
             Put::Unsupported => {
@@ -678,6 +719,10 @@ pub(crate) async fn acquire(inner: Arc<Inner>, job: &str) -> Result<JobLock> {
         let now = Utc::now();
         let lease = Lease::new(&owner, job, now, ttl);
         let written = match inner.read_lease(&full, job).await? {
+            // Ours: a write whose answer was lost landed, and its retry failed the condition.
+            Some(found) if found.parsed.as_ref().is_ok_and(|l| l.owner == owner) => {
+                Some(found.etag.unwrap_or_default())
+            }
             None => {
                 inner
                     .write_lease_as(&full, lease.encode(), Cond::Absent, &mut cond)
