@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "error: cargo is not installed: install Rust (rustup) first" >&2; exit 2; }
-cargo build --release -q -p drkit
+echo "quickstart: building drkit (release; the first build compiles every dependency and takes a few minutes) ..." >&2
+cargo build --release -p drkit
 drkit=$PWD/target/release/drkit
 demo=$PWD/.drkit-demo
 mkdir -p "$demo"
