@@ -256,3 +256,41 @@ pub fn config(store: &std::path::Path, jobs: &str) -> String {
         store.display()
     )
 }
+
+/// Replays a crafted archive as if it were a volume dump, to store it as a backup.
+pub struct Crafted(pub Vec<u8>);
+
+#[async_trait::async_trait]
+impl drkit_core::Source for Crafted {
+    fn driver(&self) -> &'static str {
+        "docker-volume"
+    }
+    fn extension(&self) -> &'static str {
+        "tar"
+    }
+    fn describe(&self) -> String {
+        "crafted archive".into()
+    }
+    async fn dump(&self) -> drkit_core::Result<drkit_core::Dump> {
+        use futures::FutureExt;
+        Ok(drkit_core::Dump {
+            reader: Box::new(std::io::Cursor::new(self.0.clone())),
+            finish: async { Ok(drkit_core::DumpSummary::default()) }.boxed(),
+        })
+    }
+    async fn plan_restore(
+        &self,
+        _: &drkit_core::Manifest,
+        _: &drkit_core::RestoreOptions,
+    ) -> drkit_core::Result<drkit_core::RestoreReport> {
+        unreachable!("only dumped")
+    }
+    async fn restore(
+        &self,
+        _: drkit_core::BoxRead,
+        _: &drkit_core::Manifest,
+        _: &drkit_core::RestoreOptions,
+    ) -> drkit_core::Result<drkit_core::RestoreReport> {
+        unreachable!("only dumped")
+    }
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use drkit_tests::docker::{
     compose_flavours, config, docker, docker_out, ensure_image, in_volume, listing, populate,
-    running, unique, volume_exists, Cleanup, IMAGE,
+    running, unique, volume_exists, Cleanup, Crafted, IMAGE,
 };
 use drkit_tests::Scratch;
 
@@ -645,44 +645,6 @@ fn lookalike_volumes_and_split_services_are_reported() {
     );
     assert!(volume_exists(&new_v));
     let _ = docker_out(&["ps"]);
-}
-
-/// Replays a crafted archive as if it were a volume dump, to store it as a backup.
-struct Crafted(Vec<u8>);
-
-#[async_trait::async_trait]
-impl drkit_core::Source for Crafted {
-    fn driver(&self) -> &'static str {
-        "docker-volume"
-    }
-    fn extension(&self) -> &'static str {
-        "tar"
-    }
-    fn describe(&self) -> String {
-        "crafted archive".into()
-    }
-    async fn dump(&self) -> drkit_core::Result<drkit_core::Dump> {
-        use futures::FutureExt;
-        Ok(drkit_core::Dump {
-            reader: Box::new(std::io::Cursor::new(self.0.clone())),
-            finish: async { Ok(drkit_core::DumpSummary::default()) }.boxed(),
-        })
-    }
-    async fn plan_restore(
-        &self,
-        _: &drkit_core::Manifest,
-        _: &drkit_core::RestoreOptions,
-    ) -> drkit_core::Result<drkit_core::RestoreReport> {
-        unreachable!("only dumped")
-    }
-    async fn restore(
-        &self,
-        _: drkit_core::BoxRead,
-        _: &drkit_core::Manifest,
-        _: &drkit_core::RestoreOptions,
-    ) -> drkit_core::Result<drkit_core::RestoreReport> {
-        unreachable!("only dumped")
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

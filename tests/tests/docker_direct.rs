@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use drkit_tests::docker::{config, docker, ensure_image, in_volume, listing, unique, Cleanup};
+use drkit_tests::docker::{
+    config, docker, ensure_image, in_volume, listing, unique, Cleanup, Crafted,
+};
 use drkit_tests::Scratch;
 
 /// Files, symlinks, a hard link, an empty dir, odd modes (setuid, sticky, 000) and owners
@@ -285,44 +287,6 @@ fn direct_and_engine_restores_reproduce_the_volume_alike() {
         &format!("label=drkit.staging={vol}"),
     ]);
     assert_eq!(staging.trim(), "", "staging volumes left behind");
-}
-
-/// Replays a crafted archive as if it were a volume dump, to store it as a backup.
-struct Crafted(Vec<u8>);
-
-#[async_trait::async_trait]
-impl drkit_core::Source for Crafted {
-    fn driver(&self) -> &'static str {
-        "docker-volume"
-    }
-    fn extension(&self) -> &'static str {
-        "tar"
-    }
-    fn describe(&self) -> String {
-        "crafted archive".into()
-    }
-    async fn dump(&self) -> drkit_core::Result<drkit_core::Dump> {
-        use futures::FutureExt;
-        Ok(drkit_core::Dump {
-            reader: Box::new(std::io::Cursor::new(self.0.clone())),
-            finish: async { Ok(drkit_core::DumpSummary::default()) }.boxed(),
-        })
-    }
-    async fn plan_restore(
-        &self,
-        _: &drkit_core::Manifest,
-        _: &drkit_core::RestoreOptions,
-    ) -> drkit_core::Result<drkit_core::RestoreReport> {
-        unreachable!("only dumped")
-    }
-    async fn restore(
-        &self,
-        _: drkit_core::BoxRead,
-        _: &drkit_core::Manifest,
-        _: &drkit_core::RestoreOptions,
-    ) -> drkit_core::Result<drkit_core::RestoreReport> {
-        unreachable!("only dumped")
-    }
 }
 
 /// Hostile archives through the direct restore (mode = "direct"), behind the verification
